@@ -1,0 +1,577 @@
+"""PII detection with Microsoft Presidio's pattern recognizers, offline and quiet.
+
+The :class:`PresidioDetector` builds one Presidio ``AnalyzerEngine`` when it is constructed
+and reuses it for every prompt. By default no spaCy model is needed: a blank English spaCy
+pipeline only tokenizes, and each token's lemma is its lower-cased text, so Presidio's
+context words ("ssn", "social security", "passport") still raise the score of a nearby
+match. A trained spaCy model can be named instead; it adds PERSON and LOCATION from its NER.
+
+Only pattern recognizers that suit a PII topic are registered (Presidio's default registry
+also flags dates, numbers, organisations and nationalities, which ordinary prompts are full
+of). Each Presidio entity then has a weight and a minimum score in :data:`ENTITY_RULES`:
+weak evidence (a phone-like number, an IP address) stays LOW on its own, strong evidence
+(an SSN next to "ssn", a Luhn-valid card, an email address) reaches MEDIUM or HIGH.
+
+Nothing here touches the network: Presidio's email validation asks ``tldextract`` for the
+public suffix list, which ``tldextract`` would download on first use; the detector's
+extractor reads only the snapshot bundled with ``tldextract``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import threading
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version as _package_version
+from typing import Any
+
+import spacy
+import tldextract
+from presidio_analyzer import (
+    AnalyzerEngine,
+    EntityRecognizer,
+    Pattern,
+    PatternRecognizer,
+    RecognizerRegistry,
+    RecognizerResult,
+)
+from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
+from presidio_analyzer.nlp_engine import NlpArtifacts, NlpEngine
+from presidio_analyzer.predefined_recognizers import (
+    CreditCardRecognizer,
+    DateRecognizer,
+    EmailRecognizer,
+    IbanRecognizer,
+    IpRecognizer,
+    NhsRecognizer,
+    PhoneRecognizer,
+    SpacyRecognizer,
+    UsBankRecognizer,
+    UsItinRecognizer,
+    UsLicenseRecognizer,
+    UsPassportRecognizer,
+    UsSsnRecognizer,
+)
+from spacy.language import Language
+from spacy.tokens import Doc
+from spacy.tokens import Span as SpacySpan
+
+from classifiers.address_recognizer import StreetAddressRecognizer
+from promptfence.core import Finding, Span, Topic
+
+LANGUAGE = "en"
+KIND_PREFIX = "pii."
+
+
+@dataclass(frozen=True)
+class EntityRule:
+    """How one Presidio entity becomes a finding.
+
+    ``min_score`` applies to Presidio's own score (after its context-word boost): below it
+    the match is dropped. ``weight`` scales what remains into the finding's score, so that
+    ``weight * presidio_score`` says how strongly this entity alone indicates PII.
+    """
+
+    weight: float
+    min_score: float
+
+
+# Presidio's scores, for reference: a match validated by a checksum or a known top-level
+# domain scores 1.0; a context word just before a match adds 0.35 (and lifts it to >= 0.4).
+# Entities marked "context only" have every weak pattern at 0.3 (see build_recognizers):
+# alone they stay under their minimum of 0.5, with a context word they score 0.65.
+ENTITY_RULES: Mapping[str, EntityRule] = {
+    # Validated (TLD, Luhn, IBAN checksum): strong on their own.
+    "EMAIL_ADDRESS": EntityRule(weight=0.7, min_score=0.5),
+    "CREDIT_CARD": EntityRule(weight=0.9, min_score=0.5),
+    "IBAN_CODE": EntityRule(weight=0.85, min_score=0.5),
+    # "ddd-dd-dddd" alone is LOW (0.5); beside "ssn"/"social security" HIGH (0.85). Plain
+    # nine-digit runs are context only.
+    "US_SSN": EntityRule(weight=1.0, min_score=0.4),
+    "US_ITIN": EntityRule(weight=1.0, min_score=0.5),
+    # Context only: digit runs that are something else unless a word says what they are.
+    "US_PASSPORT": EntityRule(weight=1.0, min_score=0.5),
+    "US_BANK_NUMBER": EntityRule(weight=1.0, min_score=0.5),
+    "US_DRIVER_LICENSE": EntityRule(weight=1.0, min_score=0.5),
+    "UK_NHS": EntityRule(weight=1.0, min_score=0.5),
+    "DATE_OF_BIRTH": EntityRule(weight=1.0, min_score=0.5),
+    # Weak alone (LOW, 0.33 to 0.41): phone-like numbers, public IP addresses and bare
+    # street addresses. Two different weak kinds together (a phone number and a street
+    # address: a contact block) reach MEDIUM through the noisy-or; a phone number after
+    # "phone"/"mobile"/"call" does too (0.66).
+    "PHONE_NUMBER": EntityRule(weight=0.875, min_score=0.4),
+    "IP_ADDRESS": EntityRule(weight=0.55, min_score=0.5),
+    # Ours: a house number on a named street is LOW (0.41); with a city (0.54), after
+    # "address"/"lives" (0.72) or both (0.9), more.
+    "STREET_ADDRESS": EntityRule(weight=0.9, min_score=0.4),
+    # Only with a configured spaCy model: names and places are weak evidence alone.
+    "PERSON": EntityRule(weight=0.4, min_score=0.5),
+    "LOCATION": EntityRule(weight=0.25, min_score=0.5),
+}
+
+_CONTEXT_ONLY_PATTERN_SCORE = 0.3
+
+# Context words replacing Presidio's where its list is too broad for whole words in ordinary
+# prompts (the passport list has "us", "united", "states", "travel", "document"; the driver
+# licence list has "license", which every source file header has).
+_CONTEXT_OVERRIDES: Mapping[str, list[str]] = {
+    "US_PASSPORT": ["passport", "passports", "passport#"],
+    "US_BANK_NUMBER": [
+        "account", "accounts", "acct", "account#", "bank", "checking", "savings", "routing",
+        "debit",
+    ],
+    "US_DRIVER_LICENSE": ["driver", "drivers", "driving", "dl", "dmv"],
+    "DATE_OF_BIRTH": ["born", "birth", "birthday", "birthdate", "dob"],
+}
+
+# spaCy NER labels kept when a model is configured, and the Presidio entity they become.
+_NER_LABELS: Mapping[str, str] = {
+    "PERSON": "PERSON",
+    "PER": "PERSON",
+    "GPE": "LOCATION",
+    "LOC": "LOCATION",
+    "FAC": "LOCATION",
+}
+
+# The score Presidio gives an NER entity (spaCy has no per-entity confidence).
+_NER_SCORE = 0.85
+
+# Rebuild a blank pipeline after its string store holds this many strings: spaCy interns
+# every token it has seen, which would otherwise grow for as long as the process lives.
+_MAX_VOCAB_STRINGS = 200_000
+
+# Run once at construction so every pattern is compiled before threads share them.
+_WARM_UP_TEXT = (
+    "Reach me at warm.up@example.org or +1 415 555 2671, SSN 111-22-3333, "
+    "card 4111 1111 1111 1111, 10 Main Street, Springfield, born 1/2/1990."
+)
+
+# Shapes that phonenumbers accepts for some region but that are something else here.
+_NOT_PHONE_SHAPES = (
+    re.compile(r"\d{5}-\d{4}"),  # a US ZIP+4 code
+)
+
+# Domains reserved for documentation and tests (RFC 2606, RFC 6761): addresses there are
+# placeholders, so they keep the pattern's score instead of the validated 1.0.
+_RESERVED_EMAIL_DOMAINS = frozenset({"example.com", "example.net", "example.org"})
+_RESERVED_EMAIL_TLDS = frozenset({"example", "test", "invalid", "localhost"})
+
+
+class SpacyModelUnavailableError(RuntimeError):
+    """A spaCy model was configured for the detector but cannot be loaded."""
+
+
+# --- recognizers ---------------------------------------------------------------------------
+
+# cache_dir=None: no disk cache; suffix_list_urls=(): no download; the bundled snapshot only.
+_OFFLINE_TLD_EXTRACT = tldextract.TLDExtract(
+    cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True
+)
+
+
+class _OfflineEmailRecognizer(EmailRecognizer):
+    """Presidio's email recognizer, offline, and not fooled by URLs or placeholders.
+
+    * Domains are validated against the suffix list bundled with ``tldextract``; Presidio's
+      own check would download the list on first use.
+    * ``user:password@host`` inside a URL or connection string is a credential, not an
+      email address, so matches right after ``:`` (other than ``mailto:``) or inside a
+      ``scheme://`` authority are dropped.
+    * Addresses at reserved example domains are not validated, so they score as a bare
+      pattern (LOW) rather than as a real address.
+    """
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        parts = _OFFLINE_TLD_EXTRACT(pattern_text)
+        if parts.fqdn == "":
+            return False
+        domain = pattern_text.rsplit("@", 1)[-1].lower().rstrip(".")
+        reserved = domain.rsplit(".", 1)[-1] in _RESERVED_EMAIL_TLDS or any(
+            domain == d or domain.endswith("." + d) for d in _RESERVED_EMAIL_DOMAINS
+        )
+        return None if reserved else True
+
+    def analyze(
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: NlpArtifacts | None = None,
+        regex_flags: int | None = None,
+    ) -> list[RecognizerResult]:
+        results = super().analyze(text, entities, nlp_artifacts, regex_flags)
+        return [r for r in results if not _in_url_userinfo(text, r.start)]
+
+
+def _in_url_userinfo(text: str, start: int) -> bool:
+    """Whether ``text[start:]`` begins inside the user-info part of a URL or DSN."""
+    before = _LAST_NON_SPACE_RUN.search(text, max(0, start - 512), start)
+    run = before.group(0).lower() if before else ""
+    if run.endswith("mailto:"):
+        return False
+    return run.endswith(":") or "://" in run
+
+
+_LAST_NON_SPACE_RUN = re.compile(r"[^\s\"'<>()\[\]{},;]*\Z")
+
+
+class _PhoneRecognizer(PhoneRecognizer):
+    """Presidio's phone recognizer without matches shaped like something else (ZIP+4)."""
+
+    def analyze(
+        self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
+    ) -> list[RecognizerResult]:
+        results = super().analyze(text, entities, nlp_artifacts)
+        return [
+            r
+            for r in results
+            if not any(shape.fullmatch(text[r.start : r.end]) for shape in _NOT_PHONE_SHAPES)
+        ]
+
+
+class _PublicIpRecognizer(IpRecognizer):
+    """IP addresses that can point at a subscriber: private, loopback, link-local,
+    documentation and other non-global addresses identify no one and are dropped."""
+
+    def invalidate_result(self, pattern_text: str) -> bool:
+        try:
+            return not ipaddress.ip_interface(pattern_text).ip.is_global
+        except ValueError:
+            return True
+
+
+class _ContextualNhsRecognizer(NhsRecognizer):
+    """NHS numbers need a context word: about one 10-digit number in eleven passes mod 11."""
+
+    def validate_result(self, pattern_text: str) -> bool | None:
+        # True would raise the score to 1.0 whatever surrounds it; None keeps the pattern's.
+        return None if super().validate_result(pattern_text) else False
+
+
+class _SsnRecognizer(UsSsnRecognizer):
+    """Presidio's SSN recognizer, with the issuing rules as invalidation and no sample list.
+
+    Presidio also drops the three published sample SSNs ("123-45-6789" among them). A
+    prompt that says "my SSN is 123-45-6789" still shares an SSN-shaped value as an SSN,
+    which is what a prompt gate reports, so only numbers the SSA never issues are dropped:
+    area 000, 666 or 9xx (9xx are ITINs), group 00, serial 0000, or one digit repeated.
+    """
+
+    def invalidate_result(self, pattern_text: str) -> bool:
+        delimiters = {c for c in pattern_text if c in ".- "}
+        if len(delimiters) > 1:
+            return True
+        digits = "".join(c for c in pattern_text if c.isdigit())
+        return (
+            len(set(digits)) == 1
+            or digits[:3] in ("000", "666")
+            or digits[0] == "9"
+            or digits[3:5] == "00"
+            or digits[5:] == "0000"
+        )
+
+
+def _context_only(patterns: Iterable[Pattern], *, keep_stronger: bool = True) -> list[Pattern]:
+    """Fresh copies of Presidio's patterns, the weak ones at :data:`_CONTEXT_ONLY_PATTERN_SCORE`.
+
+    Presidio scores bare digit runs 0.05 to 0.1, which its context boost lifts only to 0.4
+    or 0.45; at 0.3 a context word makes them 0.65 (MEDIUM) and alone they stay under
+    their rule's minimum. With ``keep_stronger`` a stronger pattern (a formatted SSN) keeps
+    its own score; without it every pattern needs a context word.
+    """
+    floor = _CONTEXT_ONLY_PATTERN_SCORE
+    return [
+        Pattern(p.name, p.regex, max(p.score, floor) if keep_stronger else floor)
+        for p in patterns
+    ]
+
+
+def build_recognizers() -> list[EntityRecognizer]:
+    """The PII topic's pattern recognizers, as fresh instances (they cache compiled regexes)."""
+    return [
+        _OfflineEmailRecognizer(name="EmailRecognizer"),
+        CreditCardRecognizer(),
+        IbanRecognizer(),
+        _SsnRecognizer(patterns=_context_only(UsSsnRecognizer.PATTERNS), name="UsSsnRecognizer"),
+        UsItinRecognizer(patterns=_context_only(UsItinRecognizer.PATTERNS)),
+        UsPassportRecognizer(
+            patterns=_context_only(UsPassportRecognizer.PATTERNS, keep_stronger=False),
+            context=list(_CONTEXT_OVERRIDES["US_PASSPORT"]),
+        ),
+        UsBankRecognizer(
+            patterns=_context_only(UsBankRecognizer.PATTERNS, keep_stronger=False),
+            context=list(_CONTEXT_OVERRIDES["US_BANK_NUMBER"]),
+        ),
+        UsLicenseRecognizer(
+            patterns=_context_only(UsLicenseRecognizer.PATTERNS, keep_stronger=False),
+            context=list(_CONTEXT_OVERRIDES["US_DRIVER_LICENSE"]),
+        ),
+        _ContextualNhsRecognizer(
+            patterns=_context_only(NhsRecognizer.PATTERNS, keep_stronger=False),
+            name="NhsRecognizer",
+        ),
+        DateRecognizer(
+            patterns=_context_only(DateRecognizer.PATTERNS, keep_stronger=False),
+            context=list(_CONTEXT_OVERRIDES["DATE_OF_BIRTH"]),
+            supported_entity="DATE_OF_BIRTH",
+            name="DateOfBirthRecognizer",
+        ),
+        _PhoneRecognizer(name="PhoneRecognizer"),
+        _PublicIpRecognizer(name="IpRecognizer"),
+        StreetAddressRecognizer(),
+    ]
+
+
+# --- the NLP engine: tokens and lemmas, NER only with a configured model -------------------
+
+
+def _is_punct(word: str) -> bool:
+    """spaCy's own rule for ``Lexeme.is_punct``, without interning the word in a vocab."""
+    return bool(word) and all(unicodedata.category(c).startswith("P") for c in word)
+
+
+class _TokenizingNlpEngine(NlpEngine):
+    """A Presidio NLP engine over one spaCy pipeline: blank by default, or a loaded model.
+
+    With a blank pipeline a token's lemma is its lower-cased text (a blank pipeline has no
+    lemmatizer, and empty lemmas would never match a context word). With a model the
+    model's lemma is used where it has one, and its PERSON/LOCATION entities are kept.
+
+    spaCy pipelines are not documented as thread-safe and intern every token they see, so
+    one lock covers running the pipeline; the blank pipeline is rebuilt when its string
+    store gets large (a model is kept as loaded).
+    """
+
+    def __init__(self, model: Language | None = None, context_words: Iterable[str] = ()) -> None:
+        self._model = model
+        self._nlp: Language = model if model is not None else spacy.blank(LANGUAGE)
+        # A recognizer's context word is never a stop word: spaCy lists "call", which would
+        # otherwise be dropped before it could support a phone number.
+        keep = {w.lower() for w in context_words}
+        self._stop_words = frozenset(w.lower() for w in self._nlp.Defaults.stop_words) - keep
+        self._lock = threading.Lock()
+
+    # NlpEngine's abstract interface.
+    def load(self) -> None:
+        """Nothing to do: the pipeline is built in the constructor."""
+
+    def is_loaded(self) -> bool:
+        return True
+
+    def process_text(self, text: str, language: str) -> NlpArtifacts:
+        self._check_language(language)
+        with self._lock:
+            if self._model is None and len(self._nlp.vocab.strings) > _MAX_VOCAB_STRINGS:
+                self._nlp = spacy.blank(LANGUAGE)
+            doc = self._nlp(text)
+        return self._artifacts(doc, language)
+
+    def process_batch(  # type: ignore[override]  # Presidio's signature takes **kwargs
+        self,
+        texts: Iterable[str],
+        language: str,
+        batch_size: int = 1,
+        n_process: int = 1,
+        **kwargs: Any,
+    ) -> Iterator[tuple[str, NlpArtifacts]]:
+        for text in texts:
+            yield text, self.process_text(text, language)
+
+    def is_stopword(self, word: str, language: str) -> bool:
+        return word.lower() in self._stop_words
+
+    def is_punct(self, word: str, language: str) -> bool:
+        return _is_punct(word)
+
+    def get_supported_entities(self) -> list[str]:
+        return sorted(set(_NER_LABELS.values())) if self._model is not None else []
+
+    def get_supported_languages(self) -> list[str]:
+        return [LANGUAGE]
+
+    def _check_language(self, language: str) -> None:
+        if language != LANGUAGE:
+            raise ValueError(f"language {language!r} is not supported (only {LANGUAGE!r})")
+
+    def _artifacts(self, doc: Doc, language: str) -> NlpArtifacts:
+        entities = [
+            SpacySpan(doc, ent.start, ent.end, label=_NER_LABELS[ent.label_])
+            for ent in doc.ents
+            if ent.label_ in _NER_LABELS
+        ]
+        return NlpArtifacts(
+            entities=entities,
+            tokens=doc,
+            tokens_indices=[token.idx for token in doc],
+            lemmas=[token.lemma_ or token.lower_ for token in doc],
+            nlp_engine=self,
+            language=language,
+            scores=[_NER_SCORE] * len(entities),
+        )
+
+
+def _load_spacy_model(model: str) -> Language:
+    """Load a configured spaCy model by package name or path; never download one."""
+    try:
+        nlp = spacy.load(model)
+    except (OSError, ImportError, ValueError) as exc:
+        raise SpacyModelUnavailableError(
+            f"spaCy model {model!r} is configured for the presidio detector but cannot be "
+            "loaded (it is neither an installed model package nor a model directory, or it "
+            "is incompatible with this spaCy); install it, fix the name, or leave "
+            f"spacy_model unset to use Presidio's patterns only: {exc}"
+        ) from exc
+    if "parser" in nlp.pipe_names:  # sentence structure is not needed for context words
+        nlp.disable_pipe("parser")
+    return nlp
+
+
+# --- the detector ---------------------------------------------------------------------------
+
+
+def _explanation(result: RecognizerResult, value: str) -> str:
+    """Name the recognizer, pattern and context word; never the matched value."""
+    meta = result.recognition_metadata or {}
+    recognizer = str(meta.get(RecognizerResult.RECOGNIZER_NAME_KEY) or "presidio recognizer")
+    parts = [f"{recognizer} found {result.entity_type}"]
+    explanation = result.analysis_explanation
+    if explanation is not None:
+        if explanation.pattern_name:
+            parts.append(f"pattern '{explanation.pattern_name}'")
+        if explanation.validation_result:
+            parts.append("checksum/format validated")
+        if explanation.supportive_context_word:
+            parts.append(f"context word '{explanation.supportive_context_word}'")
+    text = "; ".join(parts)
+    if value and value.strip().lower() in text.lower():
+        # A pattern or context word that happens to equal the value must not leak it.
+        text = f"{recognizer} found {result.entity_type}"
+        if value.strip().lower() in text.lower():
+            text = "presidio recognizer"
+    return text
+
+
+def _without_overlaps(findings: Iterable[Finding]) -> list[Finding]:
+    """Keep one finding per stretch of text: the strongest.
+
+    Presidio's recognizers overlap (a formatted SSN is also phone-like, a card number holds
+    bank-number-like digit runs); counting one value as two kinds of evidence would inflate
+    the topic's noisy-or.
+    """
+    kept: list[Finding] = []
+    for finding in sorted(findings, key=lambda f: (-f.score, _span_start(f), f.kind)):
+        span = finding.span
+        if span is not None and any(
+            k.span is not None and k.span.start < span.end and span.start < k.span.end
+            for k in kept
+        ):
+            continue
+        kept.append(finding)
+    return sorted(kept, key=lambda f: (_span_start(f), f.kind))
+
+
+def _span_start(finding: Finding) -> int:
+    return finding.span.start if finding.span is not None else -1
+
+
+def pii_topic_score(findings: Iterable[Finding]) -> float:
+    """The PII topic's score from findings: max within a kind, noisy-or across kinds.
+
+    An email and an SSN together are surer evidence than either alone; three emails are not
+    surer than one. Findings of other topics are ignored.
+    """
+    best: dict[str, float] = {}
+    for finding in findings:
+        if finding.topic is not Topic.PII:
+            continue
+        score = min(max(finding.score, 0.0), 1.0)
+        best[finding.kind] = max(best.get(finding.kind, 0.0), score)
+    miss = 1.0
+    for score in best.values():
+        miss *= 1.0 - score
+    return 1.0 - miss
+
+
+class PresidioDetector:
+    """PII findings from Presidio pattern recognizers (plus NER when a model is configured).
+
+    :param spacy_model: a spaCy model package name or directory to use for tokens, lemmas
+        and PERSON/LOCATION entities; ``None`` (the default) uses a blank English pipeline
+        and patterns only. A configured model that cannot be loaded raises
+        :class:`SpacyModelUnavailableError` rather than silently running without it.
+    :param rules: per-entity weight and minimum score; :data:`ENTITY_RULES` by default.
+        Entities without a rule are not reported.
+
+    ``detect`` is safe to call from several threads at once.
+    """
+
+    name = "presidio"
+
+    def __init__(
+        self,
+        spacy_model: str | None = None,
+        *,
+        rules: Mapping[str, EntityRule] | None = None,
+    ) -> None:
+        self.version = f"presidio-analyzer {_package_version('presidio-analyzer')}"
+        self.spacy_model = spacy_model
+        self._rules: Mapping[str, EntityRule] = dict(ENTITY_RULES if rules is None else rules)
+        model = _load_spacy_model(spacy_model) if spacy_model else None
+        recognizers = build_recognizers()
+        if model is not None:
+            recognizers.append(
+                SpacyRecognizer(
+                    supported_language=LANGUAGE,
+                    supported_entities=sorted(set(_NER_LABELS.values())),
+                    ner_strength=_NER_SCORE,
+                )
+            )
+        context_words = [w for r in recognizers for w in (r.context or ())]
+        registry = RecognizerRegistry(recognizers=recognizers, supported_languages=[LANGUAGE])
+        self._analyzer = AnalyzerEngine(
+            registry=registry,
+            nlp_engine=_TokenizingNlpEngine(model, context_words),
+            supported_languages=[LANGUAGE],
+            # Whole words: with substring matching "us" would match "use" and "business".
+            context_aware_enhancer=LemmaContextAwareEnhancer(context_matching_mode="whole_word"),
+        )
+        self._entities = sorted(
+            e for e in self._analyzer.get_supported_entities(LANGUAGE) if e in self._rules
+        )
+        # Warm up once, single-threaded: Presidio compiles each pattern on first use and
+        # tldextract reads its suffix-list snapshot on first use.
+        _OFFLINE_TLD_EXTRACT("example.com")
+        self.detect(_WARM_UP_TEXT)
+
+    @property
+    def entities(self) -> tuple[str, ...]:
+        """The Presidio entities this detector reports."""
+        return tuple(self._entities)
+
+    def detect(self, text: str) -> Sequence[Finding]:
+        if not text.strip():
+            return ()
+        results = self._analyzer.analyze(
+            text=text,
+            language=LANGUAGE,
+            entities=list(self._entities),
+            return_decision_process=True,
+        )
+        findings: list[Finding] = []
+        for result in results:
+            rule = self._rules.get(result.entity_type)
+            if rule is None or result.score < rule.min_score:
+                continue
+            findings.append(
+                Finding(
+                    detector=self.name,
+                    kind=KIND_PREFIX + result.entity_type,
+                    topic=Topic.PII,
+                    score=min(max(rule.weight * result.score, 0.0), 1.0),
+                    span=Span(result.start, result.end),
+                    explanation=_explanation(result, text[result.start : result.end]),
+                )
+            )
+        return tuple(_without_overlaps(findings))

@@ -1,0 +1,80 @@
+"""The inspector's HTTP API: ``POST /v1/inspect`` (operation JSON in, Inspection JSON out).
+
+It runs in its own process because it holds the models (seconds to load, gigabytes on GPU
+hosts) and the proxy must stay small. It listens on loopback by default; request bodies are
+never logged, and error replies never quote them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from classifiers.engine import InspectionEngine
+from promptfence.core import Operation, text_digest
+
+log = logging.getLogger("promptfence.inspector")
+
+ENGINE_KEY = web.AppKey("engine", InspectionEngine)
+
+
+def _bad_request(message: str) -> web.Response:
+    return web.json_response({"error": message}, status=400)
+
+
+async def inspect_handler(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE_KEY]
+    try:
+        data: Any = json.loads(await request.read())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _bad_request("body is not JSON")
+    if not isinstance(data, dict):
+        return _bad_request("body must be a JSON object")
+    if "operation" in data:
+        try:
+            operation = Operation.from_dict(data["operation"])
+        except (KeyError, TypeError, ValueError) as exc:
+            return _bad_request(f"invalid operation: {type(exc).__name__}")
+        text = operation.prompt
+        op_id = operation.operation_id
+    elif isinstance(data.get("prompt"), str):
+        text = data["prompt"]
+        op_id = "-"
+    else:
+        return _bad_request("expected 'operation' or 'prompt'")
+    inspection = await engine.inspect(text)
+    log.info(
+        "inspected op=%s chars=%d digest=%s topics=%s ms=%.1f",
+        op_id,
+        len(text),
+        text_digest(text),
+        ",".join(f"{t.value}:{c.name.lower()}" for t, c in inspection.detected().items()) or "-",
+        inspection.elapsed_ms,
+    )
+    return web.json_response(inspection.to_dict())
+
+
+async def health_handler(request: web.Request) -> web.Response:
+    engine = request.app[ENGINE_KEY]
+    return web.json_response(
+        {
+            "status": "ok",
+            "detectors": [{"name": d.name, "version": d.version} for d in engine.detectors],
+        }
+    )
+
+
+def build_app(engine: InspectionEngine, *, max_body_bytes: int = 16 * 1024 * 1024) -> web.Application:
+    app = web.Application(client_max_size=max_body_bytes)
+    app[ENGINE_KEY] = engine
+    app.router.add_post("/v1/inspect", inspect_handler)
+    app.router.add_get("/healthz", health_handler)
+
+    async def _close(_: web.Application) -> None:
+        engine.close()
+
+    app.on_cleanup.append(_close)
+    return app

@@ -1,0 +1,1 @@
+"""Step three of the data flow: identity-aware guardrail policies turn an Inspection into a Decision."""

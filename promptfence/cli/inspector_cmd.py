@@ -1,0 +1,43 @@
+"""``promptfence inspector``: load the detectors once and serve ``POST /v1/inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from aiohttp import web
+
+from classifiers.engine import InspectionEngine
+from classifiers.service import build_app
+from promptfence.config import Config, load_config
+from promptfence.core import Detector
+
+log = logging.getLogger("promptfence.inspector")
+
+
+def build_detectors(config: Config) -> list[Detector]:
+    from classifiers.presidio_detector import PresidioDetector
+
+    return [PresidioDetector(spacy_model=config.inspector.presidio_spacy_model)]
+
+
+def build_engine(config: Config) -> InspectionEngine:
+    started = time.perf_counter()
+    detectors = build_detectors(config)
+    log.info(
+        "detectors loaded in %.1fs: %s",
+        time.perf_counter() - started,
+        ", ".join(f"{d.name} ({d.version})" for d in detectors),
+    )
+    return InspectionEngine(detectors, deadline_s=config.inspector.detector_timeout_s)
+
+
+def run_inspector(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    engine = build_engine(config)
+    app = build_app(engine)
+    host, port = config.inspector.host, config.inspector.port
+    log.info("inspector listening on http://%s:%d", host, port)
+    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+    return 0

@@ -1,0 +1,78 @@
+"""``promptfence proxy``: mitmproxy's dump master with the PromptFence addon, and nothing heavy.
+
+This process imports mitmproxy, the policy engine, SQLAlchemy and the inspector *client*; it
+never imports torch, transformers or Presidio (a test checks ``sys.modules``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from classifiers.client import InspectorClient
+from logs.store import AsyncRecorder, LogStore, Recipient
+from policies.policy import load_policies
+from promptfence.config import Config, load_config
+from promptfence.errors import ConfigError
+from proxy.addon import PromptFenceAddon
+from proxy.catalogue import load_catalogue
+from proxy.master import build_dump_master
+
+log = logging.getLogger("promptfence.proxy")
+
+
+def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
+    """Everything the proxy needs, wired; configuration errors surface here, before listening."""
+    catalogue = load_catalogue()
+    policies = load_policies(config.policies.files)
+    recipients = []
+    for path in config.recipient_keys:
+        try:
+            recipients.append(Recipient.from_file(path))
+        except ValueError as exc:  # KeyFileError names the file and the problem
+            raise ConfigError(str(exc), field="logs.recipients") from None
+    recorder = AsyncRecorder(LogStore(config.database_url, recipients))
+    client = InspectorClient(config.inspector.base_url, timeout_s=config.proxy.inspect_timeout_s)
+    config.mitmproxy_confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    settings: dict[str, object] = {
+        "promptfence_inspect_timeout": config.proxy.inspect_timeout_s,
+        "promptfence_max_body": config.proxy.max_body_bytes,
+        "promptfence_resolve": ",".join(f"{h}={t}" for h, t in config.proxy.resolve.items()),
+    }
+    if config.proxy.upstream_ca is not None:
+        settings["ssl_verify_upstream_trusted_ca"] = str(config.proxy.upstream_ca)
+    master = build_dump_master(
+        PromptFenceAddon(catalogue, client, policies, recorder),
+        listen_host=config.proxy.listen_host,
+        listen_port=config.proxy.listen_port,
+        confdir=config.mitmproxy_confdir,
+        settings=settings,
+    )
+    return master, recorder, client
+
+
+async def _serve(config: Config) -> None:
+    master, recorder, client = build_master(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, master.shutdown)
+    log.info(
+        "proxy listening on %s:%d, CA certificate %s",
+        config.proxy.listen_host,
+        config.proxy.listen_port,
+        config.ca_cert_path,
+    )
+    try:
+        await master.run()
+    finally:
+        await client.close()
+        recorder.close()
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    asyncio.run(_serve(config))
+    return 0

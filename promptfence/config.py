@@ -1,0 +1,210 @@
+"""Configuration: embedded defaults, overridden by an optional ``promptfence.yaml``.
+
+PromptFence must start with no config file at all (``promptfence up``), so every field has a
+default. A config file overrides fields; an unknown key or a wrong type is an error that names
+the file, line and dotted field, because a silently ignored typo in a security product means a
+guardrail that is not there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from promptfence.errors import ConfigError
+from promptfence.yamlsource import YamlList, YamlMap, load_yaml_file
+
+CONFIG_ENV = "PROMPTFENCE_CONFIG"
+HOME_ENV = "PROMPTFENCE_HOME"
+DEFAULT_CONFIG_NAME = "promptfence.yaml"
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    """The mitmproxy process."""
+
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 8080
+    # mitmproxy's directory: the PromptFence CA lives here. Default: <data_dir>/mitmproxy.
+    confdir: Path | None = None
+    # Extra CA bundle (PEM) trusted for upstream servers, e.g. an internal TLS-inspecting gateway.
+    upstream_ca: Path | None = None
+    # Pin hostnames to addresses ("chatgpt.com": "10.0.0.5:443"), like curl --resolve: for
+    # staging mirrors and split-horizon networks. TLS still verifies the original hostname.
+    resolve: dict[str, str] = field(default_factory=dict)
+    # Wall-clock budget for one inspection round trip; past it the policy's on_error decides.
+    inspect_timeout_s: float = 10.0
+    # Largest prompt-carrying request body that is inspected; larger ones count as an error.
+    max_body_bytes: int = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class InspectorConfig:
+    """The inspection service (holds the models)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8731
+    # Where the proxy reaches the inspector; default http://<host>:<port>.
+    url: str | None = None
+    # Per-detector deadline inside one inspection.
+    detector_timeout_s: float = 5.0
+    # Optional spaCy model (installed package name or local path) for Presidio's NER.
+    presidio_spacy_model: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return self.url or f"http://{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    # Policy YAML files; empty means the shipped default policy.
+    files: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    # SQLAlchemy URL; default: SQLite file <data_dir>/promptfence-logs.db.
+    database_url: str | None = None
+    # Public key files the payloads are sealed to; default <data_dir>/keys/admin.pub.
+    recipients: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = field(default_factory=lambda: default_data_dir())
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    inspector: InspectorConfig = field(default_factory=InspectorConfig)
+    policies: PolicyConfig = field(default_factory=PolicyConfig)
+    logs: LogConfig = field(default_factory=LogConfig)
+    # Where this config came from (None: embedded defaults). Not a YAML key.
+    source: str | None = field(default=None, metadata={"internal": True})
+
+    @property
+    def mitmproxy_confdir(self) -> Path:
+        return self.proxy.confdir or self.data_dir / "mitmproxy"
+
+    @property
+    def ca_cert_path(self) -> Path:
+        return self.mitmproxy_confdir / "mitmproxy-ca-cert.pem"
+
+    @property
+    def database_url(self) -> str:
+        return self.logs.database_url or f"sqlite:///{self.data_dir / 'promptfence-logs.db'}"
+
+    @property
+    def default_private_key(self) -> Path:
+        return self.data_dir / "keys" / "admin.key"
+
+    @property
+    def default_public_key(self) -> Path:
+        return self.data_dir / "keys" / "admin.pub"
+
+    @property
+    def recipient_keys(self) -> list[Path]:
+        return list(self.logs.recipients) or [self.default_public_key]
+
+
+def default_data_dir() -> Path:
+    env = os.environ.get(HOME_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".promptfence"
+
+
+def find_config_file(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """The file to read: --config, then $PROMPTFENCE_CONFIG, then ./promptfence.yaml."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    local = Path.cwd() / DEFAULT_CONFIG_NAME
+    return local if local.is_file() else None
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    path = find_config_file(explicit)
+    if path is None:
+        return Config()
+    if not path.is_file():
+        raise ConfigError("config file not found", source=str(path))
+    data = load_yaml_file(path)
+    if data is None:
+        return Config(source=str(path))
+    if not isinstance(data, YamlMap):
+        raise ConfigError("the config file must be a mapping of sections", source=str(path))
+    base = path.resolve().parent
+    config: Config = _build(Config, data, prefix="", base=base)
+    return dataclasses.replace(config, source=str(path))
+
+
+def _build(cls: type[Any], data: YamlMap, *, prefix: str, base: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    values: dict[str, Any] = {}
+    for key, raw in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in known:
+            choices = ", ".join(sorted(known))
+            raise data.error(key, dotted, f"unknown key (expected one of: {choices})")
+        values[key] = _coerce(hints[key], raw, data, key, dotted, base)
+    return cls(**values)
+
+
+def _coerce(tp: Any, raw: Any, parent: YamlMap, key: str, dotted: str, base: Path) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if raw is None:
+            return None
+        return _coerce(options[0], raw, parent, key, dotted, base)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(raw, YamlMap):
+            raise parent.error(key, dotted, "expected a mapping")
+        return _build(tp, raw, prefix=f"{dotted}.", base=base)  # type: ignore[arg-type]
+    if tp is bool:
+        if not isinstance(raw, bool):
+            raise parent.error(key, dotted, "expected true or false")
+        return raw
+    if tp is int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise parent.error(key, dotted, "expected an integer")
+        return raw
+    if tp is float:
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+            raise parent.error(key, dotted, "expected a number")
+        return float(raw)
+    if tp is str:
+        if not isinstance(raw, str):
+            raise parent.error(key, dotted, "expected a string")
+        return raw
+    if tp is Path:
+        if not isinstance(raw, str) or not raw:
+            raise parent.error(key, dotted, "expected a path")
+        path = Path(raw).expanduser()
+        return path if path.is_absolute() else base / path
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(raw, YamlList):
+            raise parent.error(key, dotted, "expected a list")
+        holder = YamlMap(parent.source, *parent.where(key))
+        out = []
+        for i, item in enumerate(raw):
+            holder[str(i)] = item
+            holder.key_marks[str(i)] = raw.item_marks[i]
+            out.append(_coerce(item_tp, item, holder, str(i), f"{dotted}[{i}]", base))
+        return out
+    if origin is dict:
+        if not isinstance(raw, YamlMap):
+            raise parent.error(key, dotted, "expected a mapping")
+        out_map: dict[str, str] = {}
+        for k, v in raw.items():
+            if not isinstance(v, (str, int)) or isinstance(v, bool):
+                raise raw.error(k, f"{dotted}.{k}", "expected a string")
+            out_map[k] = str(v)
+        return out_map
+    raise TypeError(f"unsupported config type {tp!r}")  # a programming error, not user input

@@ -1,0 +1,439 @@
+"""The shared vocabulary of PromptFence: one module every package may import.
+
+Data flows one way: a flow becomes an :class:`Operation` (proxy), the operation's prompt an
+:class:`Inspection` (classifiers), the inspection a :class:`Decision` (policies), and all three
+a :class:`LogRecord` (logs). These types import nothing heavy (no mitmproxy, torch, faiss,
+sqlalchemy, HTTP clients) so the proxy process stays lean and every test can build them.
+
+Every type converts to and from plain JSON-able dicts because the inspection travels between
+the proxy and the inspector processes over HTTP.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class Topic(enum.StrEnum):
+    """The eight topics of the product description: five content topics, three intent topics."""
+
+    PII = "PII"
+    CREDENTIALS = "CREDENTIALS"
+    SOURCE_CODE = "SOURCE_CODE"
+    CUSTOMER_DATA = "CUSTOMER_DATA"
+    FINANCIAL = "FINANCIAL"
+    PII_REQUEST = "PII_REQUEST"
+    MALICIOUS_CODE = "MALICIOUS_CODE"
+    JAILBREAK = "JAILBREAK"
+
+    @property
+    def category(self) -> str:
+        return "intent" if self in _INTENT_TOPICS else "content"
+
+
+_INTENT_TOPICS = frozenset({Topic.PII_REQUEST, Topic.MALICIOUS_CODE, Topic.JAILBREAK})
+
+
+class Confidence(enum.IntEnum):
+    """Confidence levels a policy can require; scores underneath are in [0, 1]."""
+
+    NONE = 0
+    LOW = 1
+    MEDIUM = 2
+    HIGH = 3
+
+    @classmethod
+    def of(cls, score: float) -> Confidence:
+        """Bucket a score: the thresholds are the one place where numbers become levels."""
+        if score >= CONFIDENCE_THRESHOLDS[cls.HIGH]:
+            return cls.HIGH
+        if score >= CONFIDENCE_THRESHOLDS[cls.MEDIUM]:
+            return cls.MEDIUM
+        if score >= CONFIDENCE_THRESHOLDS[cls.LOW]:
+            return cls.LOW
+        return cls.NONE
+
+    @classmethod
+    def parse(cls, name: str) -> Confidence:
+        try:
+            return cls[name.strip().upper()]
+        except KeyError:
+            choices = ", ".join(c.name.lower() for c in cls if c is not cls.NONE)
+            raise ValueError(f"unknown confidence {name!r} (expected one of: {choices})") from None
+
+
+CONFIDENCE_THRESHOLDS: Mapping[Confidence, float] = {
+    Confidence.LOW: 0.3,
+    Confidence.MEDIUM: 0.6,
+    Confidence.HIGH: 0.85,
+}
+
+
+class OperationKind(enum.StrEnum):
+    """What a user does in an app, named the same across apps so one rule covers all apps."""
+
+    SEND_PROMPT = "SendPrompt"
+    SHARE = "Share"
+    UPLOAD_FILE = "UploadFile"
+    OTHER = "Other"
+
+
+class Action(enum.StrEnum):
+    """Policy actions, ordered from least to most restrictive by :data:`ACTION_RANK`."""
+
+    ALLOW = "allow"
+    LOG = "log"
+    REDACT = "redact"
+    WARN = "warn"
+    BLOCK = "block"
+
+
+ACTION_RANK: Mapping[Action, int] = {
+    Action.ALLOW: 0,
+    Action.LOG: 1,
+    Action.REDACT: 2,
+    Action.WARN: 3,
+    Action.BLOCK: 4,
+}
+
+
+def text_digest(text: str) -> str:
+    """A short, stable digest of a text: what plain-text logs may say instead of the text."""
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who sent the request, and how we know it."""
+
+    user: str
+    groups: tuple[str, ...] = ()
+    source: str = "anonymous"
+    client_address: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "user": self.user,
+            "groups": list(self.groups),
+            "source": self.source,
+            "client_address": self.client_address,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Identity:
+        return cls(
+            user=str(data["user"]),
+            groups=tuple(str(g) for g in data.get("groups", ())),
+            source=str(data.get("source", "anonymous")),
+            client_address=data.get("client_address"),
+        )
+
+
+@dataclass(frozen=True)
+class Operation:
+    """A request mapped to an app and an operation, with what the user sent.
+
+    ``prompt`` is the user's text and is sensitive: it is only ever inspected or sealed,
+    never printed; ``repr`` hides it for that reason.
+    """
+
+    app: str
+    app_type: str
+    operation_id: str
+    kind: OperationKind
+    identity: Identity
+    prompt: str = field(default="", repr=False)
+    conversation_id: str | None = None
+    message_id: str | None = None
+    parent_message_id: str | None = None
+    model: str | None = None
+    attachments: tuple[str, ...] = field(default=(), repr=False)
+    host: str = ""
+    path: str = field(default="", repr=False)
+
+    @property
+    def has_prompt(self) -> bool:
+        return bool(self.prompt.strip())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app,
+            "app_type": self.app_type,
+            "operation_id": self.operation_id,
+            "kind": self.kind.value,
+            "identity": self.identity.to_dict(),
+            "prompt": self.prompt,
+            "conversation_id": self.conversation_id,
+            "message_id": self.message_id,
+            "parent_message_id": self.parent_message_id,
+            "model": self.model,
+            "attachments": list(self.attachments),
+            "host": self.host,
+            "path": self.path,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Operation:
+        return cls(
+            app=str(data["app"]),
+            app_type=str(data.get("app_type", "genai_chat")),
+            operation_id=str(data["operation_id"]),
+            kind=OperationKind(data["kind"]),
+            identity=Identity.from_dict(data.get("identity") or {"user": "anonymous"}),
+            prompt=str(data.get("prompt", "")),
+            conversation_id=data.get("conversation_id"),
+            message_id=data.get("message_id"),
+            parent_message_id=data.get("parent_message_id"),
+            model=data.get("model"),
+            attachments=tuple(str(a) for a in data.get("attachments", ())),
+            host=str(data.get("host", "")),
+            path=str(data.get("path", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Span:
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One detector's evidence for one topic.
+
+    ``explanation`` names the rule or model that fired and never the matched value, so a
+    finding can be shown in clear metadata and plain logs.
+    """
+
+    detector: str
+    kind: str
+    topic: Topic
+    score: float
+    span: Span | None
+    explanation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "kind": self.kind,
+            "topic": self.topic.value,
+            "score": round(self.score, 4),
+            "span": None if self.span is None else [self.span.start, self.span.end],
+            "explanation": self.explanation,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Finding:
+        span = data.get("span")
+        return cls(
+            detector=str(data["detector"]),
+            kind=str(data["kind"]),
+            topic=Topic(data["topic"]),
+            score=float(data["score"]),
+            span=None if span is None else Span(int(span[0]), int(span[1])),
+            explanation=str(data.get("explanation", "")),
+        )
+
+
+class DetectorStatus(enum.StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+    TIMEOUT = "timeout"
+    INVALID_OUTPUT = "invalid_output"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True)
+class DetectorRun:
+    """What happened to one detector on one prompt: the Inspection keeps every run."""
+
+    detector: str
+    status: DetectorStatus
+    elapsed_ms: float
+    error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.status is not DetectorStatus.OK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "status": self.status.value,
+            "elapsed_ms": round(self.elapsed_ms, 2),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DetectorRun:
+        return cls(
+            detector=str(data["detector"]),
+            status=DetectorStatus(data["status"]),
+            elapsed_ms=float(data.get("elapsed_ms", 0.0)),
+            error=data.get("error"),
+        )
+
+
+@dataclass(frozen=True)
+class TopicScore:
+    topic: Topic
+    score: float
+
+    @property
+    def confidence(self) -> Confidence:
+        return Confidence.of(self.score)
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """What the classifiers found in one prompt; what policies read and logs record."""
+
+    findings: tuple[Finding, ...]
+    topics: Mapping[Topic, float]
+    runs: tuple[DetectorRun, ...]
+    elapsed_ms: float = 0.0
+
+    def confidence(self, topic: Topic) -> Confidence:
+        return Confidence.of(self.topics.get(topic, 0.0))
+
+    @property
+    def failed_detectors(self) -> tuple[str, ...]:
+        return tuple(run.detector for run in self.runs if run.failed)
+
+    @property
+    def detectors_run(self) -> tuple[str, ...]:
+        return tuple(run.detector for run in self.runs)
+
+    def detected(self, minimum: Confidence = Confidence.LOW) -> dict[Topic, Confidence]:
+        return {topic: Confidence.of(score) for topic, score in self.topics.items() if Confidence.of(score) >= minimum}
+
+    @classmethod
+    def failure(cls, detector: str, status: DetectorStatus, error: str) -> Inspection:
+        """An inspection that could not happen at all (e.g. the inspector is unreachable)."""
+        return cls(findings=(), topics={}, runs=(DetectorRun(detector, status, 0.0, error),))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "topics": {
+                topic.value: {"score": round(score, 4), "confidence": Confidence.of(score).name.lower()}
+                for topic, score in sorted(self.topics.items())
+            },
+            "findings": [f.to_dict() for f in self.findings],
+            "runs": [r.to_dict() for r in self.runs],
+            "elapsed_ms": round(self.elapsed_ms, 2),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Inspection:
+        topics: dict[Topic, float] = {}
+        for name, value in (data.get("topics") or {}).items():
+            score = value["score"] if isinstance(value, Mapping) else value
+            topics[Topic(name)] = float(score)
+        return cls(
+            findings=tuple(Finding.from_dict(f) for f in data.get("findings", ())),
+            topics=topics,
+            runs=tuple(DetectorRun.from_dict(r) for r in data.get("runs", ())),
+            elapsed_ms=float(data.get("elapsed_ms", 0.0)),
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The policy outcome: an action, the rules that produced it, and what to tell the user."""
+
+    action: Action
+    rule_ids: tuple[str, ...]
+    policy: str
+    message: str = ""
+    reason: str = ""
+
+    @property
+    def blocks(self) -> bool:
+        return self.action is Action.BLOCK
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action.value,
+            "rule_ids": list(self.rule_ids),
+            "policy": self.policy,
+            "message": self.message,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Payload:
+    """The sensitive part of a log record: only ever stored sealed to the admins' keys."""
+
+    prompt: str = field(repr=False)
+    response: str | None = field(default=None, repr=False)
+    attachments: tuple[str, ...] = field(default=(), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prompt": self.prompt,
+            "response": self.response,
+            "attachments": list(self.attachments),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Payload:
+        return cls(
+            prompt=str(data.get("prompt", "")),
+            response=data.get("response"),
+            attachments=tuple(str(a) for a in data.get("attachments", ())),
+        )
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    """One inspected operation: clear metadata plus a payload the store seals."""
+
+    record_id: str
+    timestamp: float
+    operation: Operation
+    inspection: Inspection
+    decision: Decision
+    payload: Payload = field(repr=False)
+    response_bytes: int = 0
+
+    def metadata(self) -> dict[str, Any]:
+        """Everything that may be stored in clear; the prompt and answer are not in it."""
+        op = self.operation
+        return {
+            "record_id": self.record_id,
+            "timestamp": self.timestamp,
+            "user": op.identity.user,
+            "groups": list(op.identity.groups),
+            "identity_source": op.identity.source,
+            "app": op.app,
+            "app_type": op.app_type,
+            "operation_id": op.operation_id,
+            "operation": op.kind.value,
+            "conversation_id": op.conversation_id,
+            "model": op.model,
+            "host": op.host,
+            "topics": self.inspection.to_dict()["topics"],
+            "detectors_run": list(self.inspection.detectors_run),
+            "detectors_failed": list(self.inspection.failed_detectors),
+            "findings": [f.to_dict() for f in self.inspection.findings],
+            "decision": self.decision.to_dict(),
+            "inspection_ms": round(self.inspection.elapsed_ms, 2),
+            "prompt_chars": len(self.payload.prompt),
+            "prompt_digest": text_digest(self.payload.prompt),
+            "response_chars": None if self.payload.response is None else len(self.payload.response),
+            "response_bytes": self.response_bytes,
+        }
+
+
+class Detector(Protocol):
+    """The uniform detector interface (LLM Guard's scanner idea, with typed findings)."""
+
+    name: str
+    version: str
+
+    def detect(self, text: str) -> Sequence[Finding]: ...
