@@ -19,6 +19,7 @@ extractor reads only the snapshot bundled with ``tldextract``.
 
 from __future__ import annotations
 
+import bisect
 import ipaddress
 import re
 import threading
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from importlib.metadata import version as _package_version
 from typing import Any
 
+import phonenumbers
 import spacy
 import tldextract
 from presidio_analyzer import (
@@ -143,11 +145,18 @@ _NER_SCORE = 0.85
 # every token it has seen, which would otherwise grow for as long as the process lives.
 _MAX_VOCAB_STRINGS = 200_000
 
+# Long prompts are analysed in overlapping windows (see _chunks).
+_CHUNK_CHARS = 4000
+_CHUNK_OVERLAP = 300
+
 # Run once at construction so every pattern is compiled before threads share them.
 _WARM_UP_TEXT = (
     "Reach me at warm.up@example.org or +1 415 555 2671, SSN 111-22-3333, "
     "card 4111 1111 1111 1111, 10 Main Street, Springfield, born 1/2/1990."
 )
+
+# Failed candidates phonenumbers may try per region and prompt (its default is 65535).
+_PHONE_MAX_TRIES = 1000
 
 # Shapes that phonenumbers accepts for some region but that are something else here.
 _NOT_PHONE_SHAPES = (
@@ -169,6 +178,16 @@ class SpacyModelUnavailableError(RuntimeError):
 # cache_dir=None: no disk cache; suffix_list_urls=(): no download; the bundled snapshot only.
 _OFFLINE_TLD_EXTRACT = tldextract.TLDExtract(
     cache_dir=None, suffix_list_urls=(), fallback_to_snapshot=True
+)
+
+
+# Presidio's email pattern with the local part bounded to 64 characters (RFC 5321's limit):
+# unbounded, a long run of "a.a.a..." costs quadratic time.
+_EMAIL_PATTERN = Pattern(
+    "Email (Medium)",
+    r"\b((([!#$%&'*+\-/=?^_`{|}~\w])|([!#$%&'*+\-/=?^_`{|}~\w][!#$%&'*+\-/=?^_`{|}~\.\w]"
+    r"{0,62}[!#$%&'*+\-/=?^_`{|}~\w]))[@]\w+(?:-+\w+)*(?:\.\w+(?:-+\w+)*)+)\b",
+    0.5,
 )
 
 
@@ -218,17 +237,29 @@ _LAST_NON_SPACE_RUN = re.compile(r"[^\s\"'<>()\[\]{},;]*\Z")
 
 
 class _PhoneRecognizer(PhoneRecognizer):
-    """Presidio's phone recognizer without matches shaped like something else (ZIP+4)."""
+    """Presidio's phone recognizer, bounded, and without matches shaped like something else.
+
+    ``phonenumbers`` tries up to 65535 candidates per region by default, which takes
+    seconds on a long run of digits; :data:`_PHONE_MAX_TRIES` failed candidates per region
+    bound it (real numbers are found all the same).
+    """
 
     def analyze(
         self, text: str, entities: list[str], nlp_artifacts: NlpArtifacts | None = None
     ) -> list[RecognizerResult]:
-        results = super().analyze(text, entities, nlp_artifacts)
-        return [
-            r
-            for r in results
-            if not any(shape.fullmatch(text[r.start : r.end]) for shape in _NOT_PHONE_SHAPES)
-        ]
+        results: list[RecognizerResult] = []
+        for region in self.supported_regions:
+            matcher = phonenumbers.PhoneNumberMatcher(
+                text, region, leniency=self.leniency, max_tries=_PHONE_MAX_TRIES
+            )
+            for match in matcher:
+                if any(shape.fullmatch(match.raw_string) for shape in _NOT_PHONE_SHAPES):
+                    continue
+                number_region = phonenumbers.region_code_for_number(match.number) or region
+                results.append(
+                    self._get_recognizer_result(match, text, number_region, nlp_artifacts)
+                )
+        return list(EntityRecognizer.remove_duplicates(results))
 
 
 class _PublicIpRecognizer(IpRecognizer):
@@ -291,7 +322,10 @@ def _context_only(patterns: Iterable[Pattern], *, keep_stronger: bool = True) ->
 def build_recognizers() -> list[EntityRecognizer]:
     """The PII topic's pattern recognizers, as fresh instances (they cache compiled regexes)."""
     return [
-        _OfflineEmailRecognizer(name="EmailRecognizer"),
+        _OfflineEmailRecognizer(
+            patterns=[Pattern(_EMAIL_PATTERN.name, _EMAIL_PATTERN.regex, _EMAIL_PATTERN.score)],
+            name="EmailRecognizer",
+        ),
         CreditCardRecognizer(),
         IbanRecognizer(),
         _SsnRecognizer(patterns=_context_only(UsSsnRecognizer.PATTERNS), name="UsSsnRecognizer"),
@@ -454,26 +488,69 @@ def _explanation(result: RecognizerResult, value: str) -> str:
 
 
 def _without_overlaps(findings: Iterable[Finding]) -> list[Finding]:
-    """Keep one finding per stretch of text: the strongest.
+    """Keep one finding per stretch of text: the strongest (then the longest).
 
     Presidio's recognizers overlap (a formatted SSN is also phone-like, a card number holds
     bank-number-like digit runs); counting one value as two kinds of evidence would inflate
-    the topic's noisy-or.
+    the topic's noisy-or. Kept spans never overlap, so each new span only needs checking
+    against its two neighbours: O(n log n) however many matches a prompt has.
     """
+    starts: list[int] = []  # kept spans, sorted by start
+    ends: list[int] = []
     kept: list[Finding] = []
-    for finding in sorted(findings, key=lambda f: (-f.score, _span_start(f), f.kind)):
+    for finding in sorted(findings, key=_strongest_first):
         span = finding.span
-        if span is not None and any(
-            k.span is not None and k.span.start < span.end and span.start < k.span.end
-            for k in kept
-        ):
-            continue
+        if span is not None:
+            i = bisect.bisect_right(starts, span.start)
+            if (i > 0 and ends[i - 1] > span.start) or (i < len(starts) and starts[i] < span.end):
+                continue
+            starts.insert(i, span.start)
+            ends.insert(i, span.end)
         kept.append(finding)
-    return sorted(kept, key=lambda f: (_span_start(f), f.kind))
+    return sorted(kept, key=lambda f: (f.span.start if f.span else -1, f.kind))
 
 
-def _span_start(finding: Finding) -> int:
-    return finding.span.start if finding.span is not None else -1
+def _strongest_first(finding: Finding) -> tuple[float, int, int, str]:
+    span = finding.span or Span(-1, -1)
+    return (-finding.score, span.start, span.start - span.end, finding.kind)
+
+
+def _chunks(text: str) -> Iterator[tuple[int, str]]:
+    """Overlapping windows of a long text, cut at whitespace, with their offsets.
+
+    Presidio's context step costs (matches x tokens), quadratic in a long prompt full of
+    numbers; windows keep it linear. The overlap is longer than any value we look for plus
+    the context words before it, so nothing is lost at a cut.
+    """
+    if len(text) <= _CHUNK_CHARS:
+        yield 0, text
+        return
+    start = 0
+    while True:
+        end = min(start + _CHUNK_CHARS, len(text))
+        if end < len(text):
+            cut = _last_space(text, end - _CHUNK_OVERLAP, end)
+            end = cut if cut > start else end
+        yield start, text[start:end]
+        if end >= len(text):
+            return
+        overlap_start = end - _CHUNK_OVERLAP
+        space = _first_space(text, overlap_start, end)
+        start = max(space if space >= 0 else overlap_start, start + 1)
+
+
+def _last_space(text: str, lo: int, hi: int) -> int:
+    match = _LAST_SPACE.search(text, lo, hi)
+    return match.start() if match else -1
+
+
+def _first_space(text: str, lo: int, hi: int) -> int:
+    match = _SPACE.search(text, lo, hi)
+    return match.end() if match else -1
+
+
+_SPACE = re.compile(r"\s")
+_LAST_SPACE = re.compile(r"\s(?=\S*\Z)")
 
 
 def pii_topic_score(findings: Iterable[Finding]) -> float:
@@ -553,8 +630,18 @@ class PresidioDetector:
     def detect(self, text: str) -> Sequence[Finding]:
         if not text.strip():
             return ()
+        findings: dict[tuple[str, int, int], Finding] = {}
+        for offset, chunk in _chunks(text):
+            for finding in self._detect_chunk(chunk, offset, text):
+                key = (finding.kind, finding.span.start, finding.span.end) if finding.span else (
+                    finding.kind, -1, -1)
+                if key not in findings or findings[key].score < finding.score:
+                    findings[key] = finding
+        return tuple(_without_overlaps(findings.values()))
+
+    def _detect_chunk(self, chunk: str, offset: int, text: str) -> list[Finding]:
         results = self._analyzer.analyze(
-            text=text,
+            text=chunk,
             language=LANGUAGE,
             entities=list(self._entities),
             return_decision_process=True,
@@ -564,14 +651,15 @@ class PresidioDetector:
             rule = self._rules.get(result.entity_type)
             if rule is None or result.score < rule.min_score:
                 continue
+            start, end = offset + result.start, offset + result.end
             findings.append(
                 Finding(
                     detector=self.name,
                     kind=KIND_PREFIX + result.entity_type,
                     topic=Topic.PII,
                     score=min(max(rule.weight * result.score, 0.0), 1.0),
-                    span=Span(result.start, result.end),
-                    explanation=_explanation(result, text[result.start : result.end]),
+                    span=Span(start, end),
+                    explanation=_explanation(result, text[start:end]),
                 )
             )
-        return tuple(_without_overlaps(findings))
+        return findings

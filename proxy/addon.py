@@ -25,7 +25,6 @@ from mitmproxy.proxy import server_hooks
 from promptfence.core import (
     Decision,
     DetectorStatus,
-    Identity,
     Inspection,
     LogRecord,
     Operation,
@@ -35,6 +34,7 @@ from promptfence.core import (
 from proxy.block_reply import BLOCK_REPLIES
 from proxy.catalogue import Catalogue, Match
 from proxy.extraction import EXTRACTORS, Extraction, ExtractionError
+from proxy.identity import ClientAddressIdentity, IdentityResolver
 
 log = logging.getLogger("promptfence.proxy")
 
@@ -84,8 +84,10 @@ class PromptFenceAddon:
         inspector: InspectionPort,
         policy: DecisionPort,
         recorder: RecordPort,
+        identity: IdentityResolver | None = None,
     ) -> None:
         self.catalogue = catalogue
+        self.identity = identity or ClientAddressIdentity()
         self.inspector = inspector
         self.policy = policy
         self.recorder = recorder
@@ -129,14 +131,6 @@ class PromptFenceAddon:
             data.server.address = target
 
     # -- requests ----------------------------------------------------------------------------
-    def _identity(self, flow: http.HTTPFlow) -> Identity:
-        address = flow.client_conn.peername[0] if flow.client_conn.peername else None
-        return Identity(
-            user=f"ip:{address}" if address else "anonymous",
-            source="client_address",
-            client_address=address,
-        )
-
     def _extract(self, flow: http.HTTPFlow, match: Match) -> tuple[Extraction, str | None]:
         name = match.operation.extractor
         if name is None:
@@ -166,7 +160,7 @@ class PromptFenceAddon:
             app_type=match.app.app_type,
             operation_id=match.operation.operation_id,
             kind=match.operation.kind,
-            identity=self._identity(flow),
+            identity=self.identity.identify(flow),
             prompt=extraction.prompt,
             conversation_id=extraction.conversation_id,
             message_id=extraction.message_id,

@@ -76,7 +76,9 @@ def _prompt_body(text: str) -> bytes:
         {
             "action": "next",
             "conversation_id": "c-42",
-            "messages": [{"id": "m-1", "author": {"role": "user"}, "content": {"content_type": "text", "parts": [text]}}],
+            "messages": [
+                {"id": "m-1", "author": {"role": "user"}, "content": {"content_type": "text", "parts": [text]}}
+            ],
         }
     ).encode()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.procs import free_port, port_open, stop, child_env, wait_for
+from tests.support.procs import child_env, free_port, port_open, stop, wait_for
 from tests.support.tls import make_server_cert
 
 pytestmark = pytest.mark.slow
@@ -118,7 +118,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     env = child_env(home)
     standin_port = free_port()
     standin = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.standin", str(standin_port), str(certs.cert), str(certs.key), str(received)],
+        [
+            sys.executable,
+            "-m",
+            "tests.support.standin",
+            str(standin_port),
+            str(certs.cert),
+            str(certs.key),
+            str(received),
+        ],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -146,8 +154,18 @@ inspector:
             stderr=err,
         )
     dep = Deployment(
-        root, home, config, proxy_port, inspector_port, home / "mitmproxy" / "mitmproxy-ca-cert.pem",
-        received, up, up_out, up_err, standin, env,
+        root,
+        home,
+        config,
+        proxy_port,
+        inspector_port,
+        home / "mitmproxy" / "mitmproxy-ca-cert.pem",
+        received,
+        up,
+        up_out,
+        up_err,
+        standin,
+        env,
     )
     try:
         wait_for(lambda: port_open(standin_port), 30, "stand-in upstream", standin)

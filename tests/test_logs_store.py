@@ -20,8 +20,23 @@ def _keys(tmp_path: Path, name: str) -> tuple[Path, Path]:
 
 
 def _record(prompt: str, conversation: str = "c-1") -> LogRecord:
-    op = Operation("chatgpt", "genai_chat", "chatgpt.send_prompt", OperationKind.SEND_PROMPT, Identity("alice", ("eng",)), prompt=prompt, conversation_id=conversation)
-    return LogRecord(str(uuid.uuid4()), 1_700_000_000.0, op, Inspection((), {}, ()), Decision(Action.ALLOW, ("r",), "default"), Payload(prompt, "the answer"))
+    op = Operation(
+        "chatgpt",
+        "genai_chat",
+        "chatgpt.send_prompt",
+        OperationKind.SEND_PROMPT,
+        Identity("alice", ("eng",)),
+        prompt=prompt,
+        conversation_id=conversation,
+    )
+    return LogRecord(
+        str(uuid.uuid4()),
+        1_700_000_000.0,
+        op,
+        Inspection((), {}, ()),
+        Decision(Action.ALLOW, ("r",), "default"),
+        Payload(prompt, "the answer"),
+    )
 
 
 def test_round_trip_two_recipients_and_wrong_key(tmp_path: Path) -> None:

@@ -24,7 +24,9 @@ from promptfence.errors import ConfigError
 from promptfence.yamlsource import load_yaml_text
 
 
-def _op(kind: OperationKind = OperationKind.SEND_PROMPT, app: str = "chatgpt", groups: tuple[str, ...] = ()) -> Operation:
+def _op(
+    kind: OperationKind = OperationKind.SEND_PROMPT, app: str = "chatgpt", groups: tuple[str, ...] = ()
+) -> Operation:
     return Operation(app, "genai_chat", f"{app}.x", kind, Identity("u", groups), prompt="p")
 
 
@@ -66,15 +68,21 @@ def test_on_error_fail_open_and_fail_closed() -> None:
 
 
 def test_most_restrictive_wins_regardless_of_order() -> None:
-    a = _policy("policy: a\ndefault: allow\non_error: block\nrules:\n- id: w\n  match: {topics: {PII: low}}\n  action: warn\n")
-    b = _policy("policy: b\ndefault: allow\non_error: block\nrules:\n- id: b\n  match: {apps: chatgpt}\n  action: block\n")
+    a = _policy(
+        "policy: a\ndefault: allow\non_error: block\nrules:\n- id: w\n  match: {topics: {PII: low}}\n  action: warn\n"
+    )
+    b = _policy(
+        "policy: b\ndefault: allow\non_error: block\nrules:\n- id: b\n  match: {apps: chatgpt}\n  action: block\n"
+    )
     for order in ([a, b], [b, a]):
         decision = evaluate(order, _op(), _insp(PII=0.5))  # type: ignore[arg-type]
         assert decision.action is Action.BLOCK and decision.rule_ids == ("b",)
 
 
 def test_group_selector() -> None:
-    p = _policy("policy: a\ndefault: allow\non_error: block\nrules:\n- id: hr\n  match: {groups: [eng]}\n  action: block\n")
+    p = _policy(
+        "policy: a\ndefault: allow\non_error: block\nrules:\n- id: hr\n  match: {groups: [eng]}\n  action: block\n"
+    )
     assert evaluate([p], _op(groups=("eng",)), _insp()).action is Action.BLOCK  # type: ignore[list-item]
     assert evaluate([p], _op(groups=("hr",)), _insp()).action is Action.ALLOW  # type: ignore[list-item]
 
@@ -85,7 +93,9 @@ def test_group_selector() -> None:
     extra=st.floats(0, 1),
     kind=st.sampled_from(list(OperationKind)),
 )
-def test_adding_evidence_never_relaxes_the_decision(base: dict[Topic, float], topic: Topic, extra: float, kind: OperationKind) -> None:
+def test_adding_evidence_never_relaxes_the_decision(
+    base: dict[Topic, float], topic: Topic, extra: float, kind: OperationKind
+) -> None:
     before = Inspection((), base, ())
     after = Inspection((), {**base, topic: max(base.get(topic, 0.0), extra)}, ())
     a = DEFAULT.decide(_op(kind), before)
@@ -102,11 +112,31 @@ def test_adding_evidence_never_relaxes_the_decision(base: dict[Topic, float], to
         ("policy: x\ndefault: maybe\non_error: block\n", 2, "default"),
         ("policy: x\ndefault: allow\non_error: block\nrules:\n- id: r\n  action: explode\n", 6, "rules[0].action"),
         ("policy: x\ndefault: allow\non_error: block\nrules:\n- action: block\n", 5, "rules[0].id"),
-        ("policy: x\ndefault: allow\non_error: block\nrules:\n- id: r\n  action: block\n  match: {topics: {PIII: high}}\n", 7, "rules[0].match.topics.PIII"),
-        ("policy: x\ndefault: allow\non_error: block\nrules:\n- id: r\n  action: block\n  match:\n    topics: {PII: extreme}\n", 8, "rules[0].match.topics.PII"),
-        ("policy: x\ndefault: allow\non_error: block\nrules:\n- id: r\n  action: block\n  match: {operation: Share}\n", 7, "rules[0].match.operation"),
-        ("policy: x\ndefault: allow\non_error: block\nrules:\n- id: r\n  action: block\n  match: {operations: [Shave]}\n", 7, "rules[0].match.operations"),
-        ("policy: x\ndefault: allow\non_error: block\nrules:\n- id: r\n  action: block\n- id: r\n  action: allow\n", 7, "rules[1].id"),
+        (
+            "policy: x\ndefault: allow\non_error: block\nrules:\n- id: r\n  action: block\n  match: {topics: {PIII: high}}\n",
+            7,
+            "rules[0].match.topics.PIII",
+        ),
+        (
+            "policy: x\ndefault: allow\non_error: block\nrules:\n- id: r\n  action: block\n  match:\n    topics: {PII: extreme}\n",
+            8,
+            "rules[0].match.topics.PII",
+        ),
+        (
+            "policy: x\ndefault: allow\non_error: block\nrules:\n- id: r\n  action: block\n  match: {operation: Share}\n",
+            7,
+            "rules[0].match.operation",
+        ),
+        (
+            "policy: x\ndefault: allow\non_error: block\nrules:\n- id: r\n  action: block\n  match: {operations: [Shave]}\n",
+            7,
+            "rules[0].match.operations",
+        ),
+        (
+            "policy: x\ndefault: allow\non_error: block\nrules:\n- id: r\n  action: block\n- id: r\n  action: allow\n",
+            7,
+            "rules[1].id",
+        ),
         ("policy: x\ndefault: allow\non_error: block\nrulez: []\n", 4, "rulez"),
     ],
 )

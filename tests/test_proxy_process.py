@@ -21,13 +21,18 @@ async def build():
     ensure_default_recipient(config)
     return build_master(config)
 asyncio.run(build())
-print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in %r)))
-""" % (HEAVY,)
+print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)))
+""".replace("HEAVY", repr(HEAVY))
 
 
 def test_proxy_never_imports_model_libraries(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=child_env(tmp_path / "home"), cwd=tmp_path, timeout=120
+        [sys.executable, "-c", SCRIPT],
+        capture_output=True,
+        text=True,
+        env=child_env(tmp_path / "home"),
+        cwd=tmp_path,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
@@ -35,6 +40,9 @@ def test_proxy_never_imports_model_libraries(tmp_path: Path) -> None:
     # The check itself works: the inspector side does load them.
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, classifiers.presidio_detector; print('presidio_analyzer' in sys.modules)"],
-        capture_output=True, text=True, env=child_env(tmp_path / "home"), timeout=120,
+        capture_output=True,
+        text=True,
+        env=child_env(tmp_path / "home"),
+        timeout=120,
     )
     assert probe.stdout.strip() == "True"

@@ -30,19 +30,14 @@ CANARY = b"CANARY-PLAINTEXT-do-not-leak-4f1c"
 # From cloudflare/matched-data-cli src/main.rs (test_decrypt) and README.md.
 CF_PRIVATE_KEY = "uBS5eBttHrqkdY41kbZPdvYnNz8Vj0TvKIUpjB1y/GA="
 CF_PUBLIC_KEY = "Ycig/Zr/pZmklmFUN99nr+taURlYItL91g+NcHGYpB8="
-CF_BLOB = (
-    "AzTY6FHajXYXuDMUte82wrd+1n5CEHPoydYiyd3FMg5IEQAAAAAAAAA0lOhGXBclw8pWU5jbbYuepSIJN5Joh"
-    "TtZekLliJBlVWk="
-)
+CF_BLOB = "AzTY6FHajXYXuDMUte82wrd+1n5CEHPoydYiyd3FMg5IEQAAAAAAAAA0lOhGXBclw8pWU5jbbYuepSIJN5JohTtZekLliJBlVWk="
 CF_PLAINTEXT = b"test matched data"
 
 SIZES = [0, 1, 1000, 1_000_000]
 
 
 def _suite() -> CipherSuite:
-    return CipherSuite.new(
-        KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305
-    )
+    return CipherSuite.new(KEMId.DHKEM_X25519_HKDF_SHA256, KDFId.HKDF_SHA256, AEADId.CHACHA20_POLY1305)
 
 
 def _parse(blob: str) -> tuple[int, bytes, int, bytes]:
@@ -102,9 +97,7 @@ def test_pyhpke_opens_our_blob(pair: KeyPair, size: int) -> None:
     version, enc, length, ct_and_tag = _parse(seal(pair.public_key, plaintext))
     assert (version, length) == (3, size)
     suite = _suite()
-    recipient = suite.create_recipient_context(
-        enc, suite.kem.deserialize_private_key(pair.private_key)
-    )
+    recipient = suite.create_recipient_context(enc, suite.kem.deserialize_private_key(pair.private_key))
     assert recipient.open(ct_and_tag, aad=b"") == plaintext
 
 
@@ -181,12 +174,8 @@ BAD_BLOBS: list[tuple[str, Callable[[str], str], str]] = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("mutate", "expected"), [c[1:] for c in BAD_BLOBS], ids=[c[0] for c in BAD_BLOBS]
-)
-def test_malformed_blob(
-    pair: KeyPair, sealed: str, mutate: Callable[[str], str], expected: str
-) -> None:
+@pytest.mark.parametrize(("mutate", "expected"), [c[1:] for c in BAD_BLOBS], ids=[c[0] for c in BAD_BLOBS])
+def test_malformed_blob(pair: KeyPair, sealed: str, mutate: Callable[[str], str], expected: str) -> None:
     with pytest.raises(SealingError, match=expected) as info:
         open_sealed(pair.private_key, mutate(sealed))
     _assert_safe(info.value, pair)
@@ -247,9 +236,7 @@ def _mode(path: Path) -> int:
 
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o077])
-def test_write_key_pair_modes_and_contents(
-    paths: tuple[Path, Path], umask: int, restore_umask: None
-) -> None:
+def test_write_key_pair_modes_and_contents(paths: tuple[Path, Path], umask: int, restore_umask: None) -> None:
     private_path, public_path = paths
     pair = KeyPair.generate()
     os.umask(umask)
@@ -383,9 +370,7 @@ BAD_KEY_FILES: list[tuple[str, LoadFn, str, str]] = [
     [c[1:] for c in BAD_KEY_FILES],
     ids=[c[0] for c in BAD_KEY_FILES],
 )
-def test_load_errors_name_file_and_hide_key(
-    tmp_path: Path, load: LoadFn, content: str, expected: str
-) -> None:
+def test_load_errors_name_file_and_hide_key(tmp_path: Path, load: LoadFn, content: str, expected: str) -> None:
     path = tmp_path / "key.json"
     path.write_text(content)
     with pytest.raises(KeyFileError, match=expected) as info:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from typing import TYPE_CHECKING
 
-from aiohttp import web
-
-from classifiers.engine import InspectionEngine
-from classifiers.service import build_app
+from promptfence.cli import add_config_option
 from promptfence.config import Config, load_config
 from promptfence.core import Detector
+
+if TYPE_CHECKING:
+    from classifiers.engine import InspectionEngine
 
 log = logging.getLogger("promptfence.inspector")
 
@@ -23,6 +24,8 @@ def build_detectors(config: Config) -> list[Detector]:
 
 
 def build_engine(config: Config) -> InspectionEngine:
+    from classifiers.engine import InspectionEngine
+
     started = time.perf_counter()
     detectors = build_detectors(config)
     log.info(
@@ -33,7 +36,15 @@ def build_engine(config: Config) -> InspectionEngine:
     return InspectionEngine(detectors, deadline_s=config.inspector.detector_timeout_s)
 
 
-def run_inspector(args: argparse.Namespace) -> int:
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_option(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from classifiers.service import build_app
+
     config = load_config(args.config)
     engine = build_engine(config)
     app = build_app(engine)

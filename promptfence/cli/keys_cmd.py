@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from logs.sealing import KeyPair, key_id, write_key_pair
+from promptfence.cli import add_config_option
 from promptfence.config import Config, load_config
 from promptfence.errors import KeyMaterialError
 
@@ -38,7 +39,15 @@ def ensure_default_recipient(config: Config) -> str | None:
     return generate_key_pair(config.default_private_key, config.default_public_key)
 
 
-def run_keys(args: argparse.Namespace) -> int:
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="keys_command", required=True, metavar="ACTION")
+    gen = sub.add_parser("generate", help="create an X25519 key pair (private file mode 0600)")
+    gen.add_argument("--private", metavar="FILE", help="private key file (default: <data_dir>/keys/admin.key)")
+    gen.add_argument("--public", metavar="FILE", help="public key file (default: next to the private one, .pub)")
+    add_config_option(gen)
+
+
+def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     private = Path(args.private) if args.private else config.default_private_key
     public = Path(args.public) if args.public else private.with_suffix(".pub")

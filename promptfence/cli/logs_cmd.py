@@ -6,15 +6,37 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from logs.store import LogStore, StoredRecord
+from promptfence.cli import add_config_option
 from promptfence.config import load_config
 from promptfence.core import Action
 from promptfence.errors import KeyMaterialError
 
+if TYPE_CHECKING:
+    from logs.store import LogStore, StoredRecord
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="logs_command", required=True, metavar="ACTION")
+    lst = sub.add_parser("list", help="list records (clear metadata only)")
+    lst.add_argument("--limit", type=int, default=50)
+    lst.add_argument("--app")
+    lst.add_argument("--action", choices=[a.value for a in Action])
+    lst.add_argument("--user")
+    lst.add_argument("--conversation", metavar="ID")
+    lst.add_argument("--json", action="store_true", help="one JSON object per line (for a SIEM)")
+    add_config_option(lst)
+    show = sub.add_parser("show", help="decrypt one record locally with a private key")
+    show.add_argument("record_id", metavar="ID")
+    show.add_argument("--key", required=True, metavar="FILE", help="private key file")
+    show.add_argument("--json", action="store_true")
+    add_config_option(show)
+
 
 def open_store(config_arg: str | None) -> LogStore:
+    from logs.store import LogStore
+
     # Reading needs no recipient keys: only the private key given to ``show``.
     return LogStore(load_config(config_arg).database_url, recipients=())
 
@@ -47,7 +69,7 @@ def _print_table(records: list[StoredRecord]) -> None:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
-def run_logs(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     store = open_store(args.config)
     try:
         if args.logs_command == "list":

@@ -10,22 +10,28 @@ import argparse
 import asyncio
 import logging
 import signal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from classifiers.client import InspectorClient
-from logs.store import AsyncRecorder, LogStore, Recipient
-from policies.policy import load_policies
+from promptfence.cli import add_config_option
 from promptfence.config import Config, load_config
 from promptfence.errors import ConfigError
-from proxy.addon import PromptFenceAddon
-from proxy.catalogue import load_catalogue
-from proxy.master import build_dump_master
+
+if TYPE_CHECKING:
+    from classifiers.client import InspectorClient
+    from logs.store import AsyncRecorder
 
 log = logging.getLogger("promptfence.proxy")
 
 
 def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     """Everything the proxy needs, wired; configuration errors surface here, before listening."""
+    from classifiers.client import InspectorClient
+    from logs.store import AsyncRecorder, LogStore, Recipient
+    from policies.policy import load_policies
+    from proxy.addon import PromptFenceAddon
+    from proxy.catalogue import load_catalogue
+    from proxy.master import build_dump_master
+
     catalogue = load_catalogue()
     policies = load_policies(config.policies.files)
     recipients = []
@@ -72,7 +78,11 @@ async def _serve(config: Config) -> None:
         recorder.close()
 
 
-def run_proxy(args: argparse.Namespace) -> int:
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_option(parser)
+
+
+def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     asyncio.run(_serve(config))
     return 0

@@ -7,6 +7,7 @@ processes in production too: the proxy must stay small, the inspector holds the 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import signal
 import socket
 import subprocess
@@ -16,11 +17,13 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from promptfence.cli import add_config_option
 from promptfence.cli.keys_cmd import ensure_default_recipient
 from promptfence.config import Config, load_config
 from promptfence.errors import PromptFenceError
 
 STARTUP_TIMEOUT_S = 180.0
+PR_SET_PDEATHSIG = 1
 
 
 class StartupFailed(PromptFenceError):
@@ -32,7 +35,16 @@ def _child(command: str, config_path: str | None) -> subprocess.Popen[bytes]:
     if config_path:
         argv += ["--config", str(Path(config_path).resolve())]
     # Own session: Ctrl-C reaches only this parent, which then stops the children in order.
-    return subprocess.Popen(argv, start_new_session=True)
+    return subprocess.Popen(argv, start_new_session=True, preexec_fn=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    """Linux: the child gets SIGTERM if ``up`` dies (even by SIGKILL), so no orphan holds the ports."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 def _wait_http(url: str, child: subprocess.Popen[bytes], name: str) -> None:
@@ -102,7 +114,11 @@ def _banner(config: Config, new_key: str | None) -> str:
     return "\n".join(lines)
 
 
-def run_up(args: argparse.Namespace) -> int:
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_config_option(parser)
+
+
+def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     config_path = args.config or config.source
     config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
