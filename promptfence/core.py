@@ -342,27 +342,63 @@ class Inspection:
 
 
 @dataclass(frozen=True)
+class Redaction:
+    """One span of the prompt that a ``redact`` decision replaces with ``[LABEL]``.
+
+    It holds offsets into :attr:`Operation.prompt` and a type label (``EMAIL_ADDRESS``), never
+    the value, so it may appear in clear metadata.
+    """
+
+    start: int
+    end: int
+    label: str
+
+    @property
+    def placeholder(self) -> str:
+        return f"[{self.label}]"
+
+
+@dataclass(frozen=True)
 class Decision:
-    """The policy outcome: an action, the rules that produced it, and what to tell the user."""
+    """The policy outcome: an action, the rules that produced it, and what to tell the user.
+
+    ``redactions`` are the spans every matching ``redact`` rule asks to replace (applied when
+    the request goes upstream); ``outcome`` is what enforcement did, set by the proxy
+    (e.g. ``"proceeded after warning"``, ``"redacted"``).
+    """
 
     action: Action
     rule_ids: tuple[str, ...]
     policy: str
     message: str = ""
     reason: str = ""
+    redactions: tuple[Redaction, ...] = ()
+    outcome: str = ""
 
     @property
     def blocks(self) -> bool:
         return self.action is Action.BLOCK
 
+    def redacted_counts(self) -> dict[str, int]:
+        """What was (or is to be) redacted, by kind: what logs may say instead of the values."""
+        counts: dict[str, int] = {}
+        for redaction in self.redactions:
+            counts[redaction.label] = counts.get(redaction.label, 0) + 1
+        return dict(sorted(counts.items()))
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "action": self.action.value,
             "rule_ids": list(self.rule_ids),
             "policy": self.policy,
             "message": self.message,
             "reason": self.reason,
         }
+        if self.redactions:
+            data["redacted"] = self.redacted_counts()
+        if self.outcome:
+            data["outcome"] = self.outcome
+        return data
 
 
 @dataclass(frozen=True)
