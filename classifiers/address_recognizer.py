@@ -38,11 +38,16 @@ _UNIT = (
     r"(?:,?[ \t]*(?i:apt|apartment|suite|ste|unit|floor|fl|room|rm)\b\.?[ \t]*#?[ \t]*"
     r"[A-Za-z0-9]{1,6}\b|,?[ \t]*#[ \t]*[A-Za-z0-9]{1,6}\b)?"
 )
+# An article does not start a street name: "Chapter 3 The Long Road" is a title.
+_NOT_ARTICLE = r"(?!(?:The|A|An)\b)"
 _STREET = (
     _HOUSE_NUMBER
+    + r"[ \t]+"
+    + _NOT_ARTICLE
+    + _NAME_WORD
     + r"(?:[ \t]+"
     + _NAME_WORD
-    + r"){1,4}[ \t]+"
+    + r"){0,3}[ \t]+"
     + _SUFFIX
     + _POST_DIRECTIONAL
     + _UNIT
@@ -53,9 +58,7 @@ _CITY = (
     r"(?:,?[ \t]*(?:[A-Z]{2,3}|U\.S\.A?\.?|" + _WORD + r"(?:[ \t]+" + _WORD + ")?)"
     r"(?:[ \t]+\d{5}(?:-\d{4})?)?)?"
 )
-_LOWERCASE_STREET = (
-    r"\b\d{1,6}(?:[ \t]+[A-Za-z][a-z']*){1,3}[ \t]+" + _DISTINCT_SUFFIX + _UNIT
-)
+_LOWERCASE_STREET = r"\b\d{1,6}(?:[ \t]+[A-Za-z][a-z']*){1,3}[ \t]+" + _DISTINCT_SUFFIX + _UNIT
 # "P.O. Box 149", "PO Box 12".
 _PO_BOX = r"\b(?i:p\.?[ \t]?o\.?[ \t]+box)[ \t]+\d{1,6}\b"
 # US military mail: "PSC 7589, Box 0572 APO AE 20040", "USS Mahler FPO AA 70489".
@@ -77,13 +80,14 @@ _EU_LEADING = (
 )
 _PARTICLE = r"(?:d[aeiou]s?|del|de[ \t]+la|la|le|les|du|des|di|della|van|von|der)"
 _HOUSE_NUMBER_AFTER = r"[ \t]+\d{1,5}[A-Za-z]?\b"
-_EU_STREET = (
-    r"\b(?:"
-    + _UPPER + r"\p{Ll}{2,40}" + _EU_JOINED
-    + "|" + _WORD + r"[ \t]+" + _EU_SEPARATE
-    + "|" + _EU_LEADING + r"(?:[ \t]+(?:" + _PARTICLE + "|" + _WORD + ")){1,5}"
-    + ")" + _HOUSE_NUMBER_AFTER + _UNIT
+_EU_NAME = "|".join(
+    [
+        _UPPER + r"\p{Ll}{2,40}" + _EU_JOINED,  # "Hammarvägen"
+        _WORD + r"[ \t]+" + _EU_SEPARATE,  # "Augsburger Strasse"
+        _EU_LEADING + r"(?:[ \t]+(?:" + _PARTICLE + "|" + _WORD + r")){1,5}",  # "Rua do Arenque"
+    ]
 )
+_EU_STREET = r"\b(?:" + _EU_NAME + ")" + _HOUSE_NUMBER_AFTER + _UNIT
 
 
 class StreetAddressRecognizer(PatternRecognizer):
