@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from inference.errors import InferenceError
 from promptfence.core import Detector, DetectorRun, DetectorStatus, Finding, Inspection, Topic
 
 log = logging.getLogger("promptfence.inspector")
@@ -67,6 +68,12 @@ class InspectionEngine:
         except TimeoutError:
             elapsed = (time.perf_counter() - started) * 1000
             return DetectorRun(detector.name, DetectorStatus.TIMEOUT, elapsed, f"deadline {deadline:g}s"), ()
+        except InferenceError as exc:  # a model that answered outside its schema, timed out, is down
+            elapsed = (time.perf_counter() - started) * 1000
+            # Their messages are prompt-free by contract (inference.errors): a field, a status code.
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("detector %s %s: %s", detector.name, exc.status.value, error)
+            return DetectorRun(detector.name, exc.status, elapsed, error), ()
         except Exception as exc:  # a detector bug must not take the inspection down
             elapsed = (time.perf_counter() - started) * 1000
             log.warning("detector %s failed: %s", detector.name, type(exc).__name__)

@@ -44,6 +44,45 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class PromptGuardConfig:
+    """Prompt Guard 2 (jailbreak / injection) in-process; off unless ``path`` is set."""
+
+    # Local directory of a saved sequence classifier (Llama-Prompt-Guard-2-86M or -22M). Never
+    # downloaded: a configured path that does not exist stops the inspector at start-up.
+    path: Path | None = None
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: str = "auto"  # auto (float32) | float32 | bfloat16 | float16 (CUDA only)
+    batch_size: int = 16
+    # Tokens per window; longer prompts are split into windows overlapping by window_overlap.
+    max_length: int = 512
+    window_overlap: int = 64
+    # Malicious probability at or above which a JAILBREAK finding is reported (its score is the
+    # probability itself, so confidence levels still apply).
+    threshold: float = 0.5
+    # Output index meaning malicious; default: read from the model's id2label (LABEL_1 / MALICIOUS).
+    malicious_label: int | None = None
+    # Deadline for this detector inside one inspection; default: detector_timeout_s.
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """An instruction-tuned LLM behind an OpenAI-compatible server (vLLM); off unless ``url`` is set."""
+
+    # Base URL of the server, e.g. http://127.0.0.1:8000 (the /v1/chat/completions path is added).
+    url: str | None = None
+    # Served model name (vllm serve --served-model-name, or the model path it was started with).
+    model: str | None = None
+    # Per-request timeout; the detector's deadline is this plus a small margin.
+    timeout_s: float = 4.0
+    # Name of the environment variable holding the server's API key (vllm serve --api-key).
+    api_key_env: str | None = None
+    max_tokens: int = 256
+    # Longer prompts are cut to this many characters before they are sent.
+    max_prompt_chars: int = 16000
+
+
+@dataclass(frozen=True)
 class InspectorConfig:
     """The inspection service (holds the models)."""
 
@@ -55,6 +94,9 @@ class InspectorConfig:
     detector_timeout_s: float = 5.0
     # Optional spaCy model (installed package name or local path) for Presidio's NER.
     presidio_spacy_model: str | None = None
+    # Model-backed detectors; each is off until configured (see PromptGuardConfig, LLMConfig).
+    prompt_guard: PromptGuardConfig = field(default_factory=PromptGuardConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
 
     @property
     def base_url(self) -> str:
