@@ -46,6 +46,8 @@ from promptfence.yamlsource import YamlList, YamlMap, load_yaml_file
 if TYPE_CHECKING:
     from mitmproxy import http
 
+    from promptfence.config import IdentityConfig
+
 log = logging.getLogger("promptfence.proxy")
 
 AUTH_REALM = "PromptFence"
@@ -504,3 +506,30 @@ class ConfiguredIdentity:
             source="client_address",
             client_address=peer,
         )
+
+
+def build_identity(config: IdentityConfig) -> IdentityResolver:
+    """The resolver for an ``identity:`` config section; file errors name file and line."""
+    directory = load_directory(config.directory) if config.directory is not None else Directory()
+    users = None
+    if config.proxy_auth.users_file is not None:
+        users = load_users_file(config.proxy_auth.users_file)
+    header = config.trusted_header
+    trusted = parse_networks(header.trusted_sources, field_name="identity.trusted_header.trusted_sources")
+    if header.name and not trusted:
+        raise ConfigError(
+            "a trusted header needs trusted_sources: it is only believed from those addresses",
+            field="identity.trusted_header.trusted_sources",
+        )
+    settings = IdentitySettings(
+        directory=directory,
+        default_group=config.default_group,
+        users=users,
+        auth_required=config.proxy_auth.required,
+        realm=config.proxy_auth.realm,
+        header=header.name,
+        groups_header=header.groups_name,
+        trusted_sources=trusted,
+        ip_map=IpMap.from_mapping(config.ip_map),
+    )
+    return ConfiguredIdentity(settings)
