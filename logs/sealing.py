@@ -56,9 +56,7 @@ _HPKE_V1 = b"HPKE-v1"
 _KEM_SUITE_ID = b"KEM\x00\x20"  # DHKEM(X25519, HKDF-SHA256)
 _HPKE_SUITE_ID = b"HPKE\x00\x20\x00\x01\x00\x03"  # KEM 0x0020, KDF 0x0001, AEAD 0x0003
 _MODE_BASE = b"\x00"
-_AUTH_FAILED = (
-    "cannot open sealed payload: authentication failed (wrong private key or corrupted data)"
-)
+_AUTH_FAILED = "cannot open sealed payload: authentication failed (wrong private key or corrupted data)"
 
 
 class SealingError(Exception):
@@ -149,10 +147,7 @@ def open_sealed(private_key: bytes, blob: str) -> bytes:
             f"(only version {FORMAT_VERSION} is supported)"
         )
     if len(raw) < _MIN_BLOB_LEN:
-        raise SealingError(
-            f"cannot open sealed payload: truncated ({len(raw)} bytes, "
-            f"at least {_MIN_BLOB_LEN} needed)"
-        )
+        raise SealingError(f"cannot open sealed payload: truncated ({len(raw)} bytes, at least {_MIN_BLOB_LEN} needed)")
     enc = raw[1 : 1 + KEY_LEN]
     ct_len = int.from_bytes(raw[1 + KEY_LEN : _HEADER_LEN], "little")
     if ct_len != len(raw) - _MIN_BLOB_LEN:
@@ -191,9 +186,7 @@ def _labeled_expand(suite_id: bytes, prk: bytes, label: bytes, info: bytes, leng
 def _key_schedule(dh: bytes, enc: bytes, recipient_public: bytes) -> tuple[bytes, bytes]:
     """DHKEM ExtractAndExpand then the base-mode KeySchedule; returns (key, base_nonce)."""
     eae_prk = _labeled_extract(_KEM_SUITE_ID, b"", b"eae_prk", dh)
-    shared_secret = _labeled_expand(
-        _KEM_SUITE_ID, eae_prk, b"shared_secret", enc + recipient_public, 32
-    )
+    shared_secret = _labeled_expand(_KEM_SUITE_ID, eae_prk, b"shared_secret", enc + recipient_public, 32)
     psk_id_hash = _labeled_extract(_HPKE_SUITE_ID, b"", b"psk_id_hash", b"")
     info_hash = _labeled_extract(_HPKE_SUITE_ID, b"", b"info_hash", b"")
     context = _MODE_BASE + psk_id_hash + info_hash
@@ -277,9 +270,7 @@ def _read_key_file(path: Path) -> dict[str, object] | str:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise KeyFileError(
-            f"key file {path} is not valid JSON (line {exc.lineno}, column {exc.colno})"
-        ) from None
+        raise KeyFileError(f"key file {path} is not valid JSON (line {exc.lineno}, column {exc.colno})") from None
     if not isinstance(doc, dict):
         raise KeyFileError(f"key file {path} must contain a JSON object")
     return doc
@@ -311,9 +302,7 @@ def _decode_key(path: Path, what: str, text: str) -> bytes:
     except (binascii.Error, ValueError):
         raise KeyFileError(f"key file {path}: {what} is not valid base64") from None
     if len(raw) != KEY_LEN:
-        raise KeyFileError(
-            f"key file {path}: {what} is {len(raw)} bytes, expected a {KEY_LEN}-byte X25519 key"
-        )
+        raise KeyFileError(f"key file {path}: {what} is {len(raw)} bytes, expected a {KEY_LEN}-byte X25519 key")
     return raw
 
 

@@ -1,58 +1,45 @@
-"""The prompt-log store: one row per inspected operation, payload sealed to every recipient key.
+"""The prompt-log store: clear metadata in columns, the payload sealed to every recipient key.
 
-Clear columns hold what a security team filters on (time, user, app, operation, topics,
-decision); the prompt and the answer exist only inside ``sealed``: one HPKE blob per recipient
-key, each tagged with its key id, so a record stays readable by every admin it was sealed to and
-old records stay readable after a key rotation.
+A :class:`LogRecord` is sealed first (:func:`seal_record`) into a :class:`SealedRecord`, which
+holds no plaintext; that is what the database, the spool and the replay ever see. Inserts are
+idempotent on ``record_id``, so replaying a spool twice, or a spool whose last records had already
+reached the database, never duplicates a record.
+
+The schema is created and upgraded by the Alembic migrations shipped in ``logs/migrations``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Boolean, Float, Index, String, Text, create_engine, select
+from sqlalchemy import Select, create_engine, delete, event, func, inspect, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session
 
+from logs.models import FeedbackRow, GroupRow, RecordRow, SealRow, TopicRow
 from logs.sealing import SealingError, key_id, load_private_key, load_public_key, open_sealed, seal
-from promptfence.core import Action, LogRecord, Payload
-from promptfence.errors import KeyMaterialError
+from promptfence.core import Action, Confidence, LogRecord, Payload, Topic
+from promptfence.errors import KeyMaterialError, PromptFenceError
 
 log = logging.getLogger("promptfence.logs")
 
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+SKELETON_REVISION = "0001"
+VERDICTS = ("false_positive", "true_positive")
+SQLITE_BUSY_TIMEOUT_S = 2.0
+PG_CONNECT_TIMEOUT_S = 3
 
-class Base(DeclarativeBase):
-    pass
 
-
-class PromptLogRow(Base):
-    __tablename__ = "prompt_log"
-
-    record_id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    timestamp: Mapped[float] = mapped_column(Float, index=True)
-    user: Mapped[str] = mapped_column(String(320), index=True)
-    groups: Mapped[str] = mapped_column(Text, default="[]")
-    app: Mapped[str] = mapped_column(String(64), index=True)
-    app_type: Mapped[str] = mapped_column(String(64))
-    operation: Mapped[str] = mapped_column(String(32))
-    operation_id: Mapped[str] = mapped_column(String(128))
-    conversation_id: Mapped[str | None] = mapped_column(String(128), index=True, nullable=True)
-    action: Mapped[str] = mapped_column(String(16), index=True)
-    rule_ids: Mapped[str] = mapped_column(Text, default="[]")
-    topics: Mapped[str] = mapped_column(Text, default="{}")
-    dlp_match: Mapped[bool] = mapped_column(Boolean, default=False)
-    prompt_captured: Mapped[bool] = mapped_column(Boolean, default=False)
-    meta: Mapped[str] = mapped_column(Text)
-    sealed: Mapped[str] = mapped_column(Text)
-
-    __table_args__ = (Index("ix_prompt_log_app_time", "app", "timestamp"),)
+class StoreUnavailable(PromptFenceError):
+    """The database cannot be reached or refused the operation; the message names no content."""
 
 
 @dataclass(frozen=True)
@@ -67,12 +54,42 @@ class Recipient:
 
 
 @dataclass(frozen=True)
+class SealedRecord:
+    """A record ready to store: clear metadata and one sealed blob per key id, no plaintext."""
+
+    record_id: str
+    metadata: dict[str, Any]
+    seals: dict[str, str]
+
+    def to_json(self) -> str:
+        return json.dumps({"record_id": self.record_id, "metadata": self.metadata, "seals": self.seals})
+
+    @classmethod
+    def from_json(cls, text: str) -> SealedRecord:
+        doc = json.loads(text)
+        return cls(str(doc["record_id"]), dict(doc["metadata"]), {str(k): str(v) for k, v in doc["seals"].items()})
+
+
+def seal_record(record: LogRecord, recipients: Sequence[Recipient]) -> SealedRecord:
+    """Seal the payload to every recipient; refuses (never stores plaintext) with no recipient."""
+    if not recipients:
+        raise KeyMaterialError("no recipient public key configured: refusing to store an unsealed payload")
+    plaintext = json.dumps(record.payload.to_dict(), ensure_ascii=False).encode("utf-8")
+    seals = {r.key_id: seal(r.public_key, plaintext) for r in recipients}
+    return SealedRecord(record.record_id, record.metadata(), seals)
+
+
+@dataclass(frozen=True)
 class StoredRecord:
-    """A row as read back: clear metadata, and sealed blobs that need a private key."""
+    """A record as read back: clear metadata, and sealed blobs that need a private key."""
 
     record_id: str
     metadata: dict[str, Any]
     sealed: dict[str, str]
+
+    @property
+    def key_ids(self) -> list[str]:
+        return sorted(self.sealed)
 
     def open(self, private_key_file: Path) -> Payload:
         try:
@@ -92,95 +109,430 @@ class StoredRecord:
             raise KeyMaterialError(f"record {self.record_id}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class LogFilter:
+    """What ``logs list`` and the viewer filter on; every field is optional (None: any)."""
+
+    since: float | None = None
+    until: float | None = None
+    user: str | None = None
+    group: str | None = None
+    app: str | None = None
+    app_type: str | None = None
+    operation: str | None = None
+    topic: Topic | None = None
+    min_confidence: Confidence = Confidence.LOW
+    action: Action | None = None
+    dlp_match: bool | None = None
+    prompt_captured: bool | None = None
+    conversation_id: str | None = None
+
+
+@dataclass(frozen=True)
+class FeedbackReport:
+    """An admin's verdict on one topic of one record, with the record's clear metadata.
+
+    ``record`` carries the sealed blobs too, so a learner holding a private key can open the
+    prompt the verdict is about (:meth:`StoredRecord.open`).
+    """
+
+    id: int
+    record_id: str
+    topic: Topic
+    verdict: str
+    reporter: str
+    source: str
+    note: str
+    created_at: float
+    record: StoredRecord | None = field(default=None, repr=False)
+
+    @property
+    def false_positive(self) -> bool:
+        return self.verdict == "false_positive"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "record_id": self.record_id,
+            "topic": self.topic.value,
+            "verdict": self.verdict,
+            "reporter": self.reporter,
+            "source": self.source,
+            "note": self.note,
+            "created_at": self.created_at,
+        }
+
+
+def dlp_matched(metadata: dict[str, Any]) -> bool:
+    """A "DLP payload match": a detector found something (any finding, any topic above none)."""
+    topics = metadata.get("topics") or {}
+    return bool(metadata.get("findings")) or any(v.get("confidence") != "none" for v in topics.values())
+
+
 class LogStore:
-    def __init__(self, database_url: str, recipients: Sequence[Recipient]) -> None:
-        if database_url.startswith("sqlite:///"):
-            Path(database_url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        self.engine: Engine = create_engine(database_url, future=True)
+    """The prompt log in any SQLAlchemy database (SQLite file by default, PostgreSQL tested).
+
+    The schema is brought to the newest migration on first use (:meth:`migrate`); a database that
+    is down at construction time is not an error, so the proxy can start and spool.
+    """
+
+    def __init__(self, database_url: str, recipients: Sequence[Recipient] = ()) -> None:
+        self.url = database_url
         self.recipients = tuple(recipients)
-        Base.metadata.create_all(self.engine)
+        connect_args: dict[str, Any] = {}
+        if database_url.startswith("sqlite"):
+            path = database_url.partition(":///")[2]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_S
+        elif database_url.startswith("postgresql"):
+            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+        self.engine: Engine = create_engine(database_url, connect_args=connect_args, pool_pre_ping=True)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._migrated = False
 
+    # -- schema -----------------------------------------------------------------------------
+    def migrate(self) -> None:
+        """Create or upgrade the schema with Alembic (idempotent; serialised on PostgreSQL)."""
+        if self._migrated:
+            return
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as conn:
+                tables = set(inspect(conn).get_table_names())
+                cfg.attributes["connection"] = conn
+                if "prompt_log" in tables and "alembic_version" not in tables:
+                    # A walking-skeleton database, made by create_all: adopt it, then upgrade.
+                    command.stamp(cfg, SKELETON_REVISION)
+                command.upgrade(cfg, "head")
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"cannot migrate the log database ({_reason(exc)})") from None
+        self._migrated = True
+
+    def schema_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            tables = set(inspect(conn).get_table_names())
+            if "alembic_version" not in tables:
+                return None
+            rev = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            return None if rev is None else str(rev)
+
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        self.migrate()
+        try:
+            with Session(self.engine) as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(f"log database error ({_reason(exc)})") from None
+
+    # -- writing ----------------------------------------------------------------------------
     def write(self, record: LogRecord) -> None:
-        if not self.recipients:
-            raise KeyMaterialError("no recipient public key configured: refusing to store an unsealed payload")
-        meta = record.metadata()
-        plaintext = json.dumps(record.payload.to_dict(), ensure_ascii=False).encode("utf-8")
-        sealed = {r.key_id: seal(r.public_key, plaintext) for r in self.recipients}
-        row = PromptLogRow(
-            record_id=record.record_id,
-            timestamp=record.timestamp,
-            user=meta["user"],
-            groups=json.dumps(meta["groups"]),
-            app=meta["app"],
-            app_type=meta["app_type"],
-            operation=meta["operation"],
-            operation_id=meta["operation_id"],
-            conversation_id=meta["conversation_id"],
-            action=record.decision.action.value,
-            rule_ids=json.dumps(list(record.decision.rule_ids)),
-            topics=json.dumps(meta["topics"]),
-            dlp_match=bool(record.inspection.findings),
-            prompt_captured=bool(record.payload.prompt),
-            meta=json.dumps(meta),
-            sealed=json.dumps(sealed),
-        )
-        with Session(self.engine) as session, session.begin():
-            session.add(row)
+        """Seal and store one record (synchronously; the proxy goes through the recorder)."""
+        self.insert(seal_record(record, self.recipients))
 
-    def list(
-        self,
-        *,
-        limit: int = 50,
-        app: str | None = None,
-        action: Action | None = None,
-        user: str | None = None,
-        conversation_id: str | None = None,
-    ) -> list[StoredRecord]:
-        query = select(PromptLogRow).order_by(PromptLogRow.timestamp.desc()).limit(limit)
-        if app:
-            query = query.where(PromptLogRow.app == app)
-        if action:
-            query = query.where(PromptLogRow.action == action.value)
-        if user:
-            query = query.where(PromptLogRow.user == user)
-        if conversation_id:
-            query = query.where(PromptLogRow.conversation_id == conversation_id)
-        with Session(self.engine) as session:
-            return [_stored(row) for row in session.scalars(query)]
+    def insert(self, sealed: SealedRecord) -> bool:
+        """Store a sealed record; False if ``record_id`` is already stored (nothing changes)."""
+        return self.insert_many([sealed]) == 1
+
+    def insert_many(self, records: Sequence[SealedRecord]) -> int:
+        """Store records in order in one transaction, skipping ids already present; returns how many were new."""
+        if not records:
+            return 0
+        with self._session() as session, session.begin():
+            ids = [r.record_id for r in records]
+            present = set(session.scalars(select(RecordRow.record_id).where(RecordRow.record_id.in_(ids))))
+            now = time.time()
+            added = 0
+            for sealed in records:
+                if sealed.record_id in present:
+                    continue
+                present.add(sealed.record_id)
+                session.add(_record_row(sealed, now))
+                session.flush()  # parent before children, and insertion order == id order
+                session.add_all(_child_rows(sealed))
+                added += 1
+        return added
+
+    # -- reading ----------------------------------------------------------------------------
+    def find(self, flt: LogFilter | None = None, *, limit: int = 50, offset: int = 0) -> list[StoredRecord]:
+        query = self._filtered(select(RecordRow), flt or LogFilter())
+        query = query.order_by(RecordRow.timestamp.desc(), RecordRow.id.desc()).limit(limit).offset(offset)
+        with self._session() as session:
+            rows = list(session.scalars(query))
+            return self._stored(session, rows)
+
+    def count(self, flt: LogFilter | None = None) -> int:
+        query = self._filtered(select(func.count(RecordRow.id)), flt or LogFilter())
+        with self._session() as session:
+            return int(session.scalar(query) or 0)
 
     def get(self, record_id: str) -> StoredRecord | None:
-        with Session(self.engine) as session:
-            row = session.get(PromptLogRow, record_id)
+        """A record by id, or by a unique prefix of at least 6 characters."""
+        with self._session() as session:
+            row = session.scalar(select(RecordRow).where(RecordRow.record_id == record_id))
             if row is None and len(record_id) >= 6:
                 rows = session.scalars(
-                    select(PromptLogRow).where(PromptLogRow.record_id.startswith(record_id)).limit(2)
+                    select(RecordRow).where(RecordRow.record_id.startswith(record_id, autoescape=True)).limit(2)
                 ).all()
                 row = rows[0] if len(rows) == 1 else None
-            return None if row is None else _stored(row)
+            return None if row is None else self._stored(session, [row])[0]
+
+    def conversation(self, conversation_id: str) -> list[StoredRecord]:
+        """Every record of a conversation, first prompt first."""
+        query = (
+            select(RecordRow)
+            .where(RecordRow.conversation_id == conversation_id)
+            .order_by(RecordRow.timestamp, RecordRow.id)
+        )
+        with self._session() as session:
+            return self._stored(session, list(session.scalars(query)))
+
+    def record_ids(self) -> list[str]:
+        """Every stored record id in insertion order (for audits and tests)."""
+        with self._session() as session:
+            return list(session.scalars(select(RecordRow.record_id).order_by(RecordRow.id)))
+
+    def stats(self, flt: LogFilter | None, by: str, bucket_s: int) -> dict[str, Any]:
+        """Counts per time bucket and per ``by`` (app, topic or action), for the viewer's chart."""
+        if bucket_s <= 0:
+            raise ValueError("bucket_s must be positive")
+        flt = flt or LogFilter()
+        bucket = func.floor(RecordRow.timestamp / bucket_s)
+        if by == "topic":
+            query = select(bucket, TopicRow.topic, func.count()).join(
+                TopicRow, TopicRow.record_id == RecordRow.record_id
+            )
+            query = query.where(TopicRow.score >= _min_score(flt.min_confidence))
+            key: Any = TopicRow.topic
+        elif by in ("app", "action", "app_type", "operation", "user"):
+            key = getattr(RecordRow, by)
+            query = select(bucket, key, func.count())
+        else:
+            raise ValueError(f"cannot count by {by!r} (expected app, topic, action, app_type, operation or user)")
+        query = self._filtered(query, flt).group_by(bucket, key).order_by(bucket, key)
+        series: dict[str, dict[int, int]] = {}
+        with self._session() as session:
+            for b, name, n in session.execute(query):
+                series.setdefault(str(name), {})[int(b) * bucket_s] = int(n)
+        buckets = sorted({t for counts in series.values() for t in counts})
+        return {
+            "by": by,
+            "bucket_s": bucket_s,
+            "buckets": buckets,
+            "series": {name: [counts.get(t, 0) for t in buckets] for name, counts in sorted(series.items())},
+        }
+
+    def facets(self) -> dict[str, list[str]]:
+        """Distinct values the viewer offers in its filter lists."""
+        with self._session() as session:
+
+            def distinct(col: Any) -> list[str]:
+                return sorted(str(v) for v in session.scalars(select(col).distinct()) if v is not None)
+
+            return {
+                "app": distinct(RecordRow.app),
+                "app_type": distinct(RecordRow.app_type),
+                "operation": distinct(RecordRow.operation),
+                "action": distinct(RecordRow.action),
+                "user": distinct(RecordRow.user),
+                "group": distinct(GroupRow.group_name),
+                "topic": distinct(TopicRow.topic),
+            }
+
+    # -- retention --------------------------------------------------------------------------
+    def purge(self, older_than: float) -> int:
+        """Delete records (with their seals, topics, groups, feedback) older than a timestamp."""
+        with self._session() as session, session.begin():
+            old = select(RecordRow.record_id).where(RecordRow.timestamp < older_than).scalar_subquery()
+            for child in (SealRow, TopicRow, GroupRow, FeedbackRow):
+                session.execute(delete(child).where(child.record_id.in_(old)))
+            result = session.execute(delete(RecordRow).where(RecordRow.timestamp < older_than))
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    def enforce_retention(self, retention_days: float | None) -> int:
+        """Apply ``logs.retention_days`` (None or 0: keep forever); returns records deleted."""
+        if not retention_days:
+            return 0
+        deleted = self.purge(time.time() - retention_days * 86400.0)
+        if deleted:
+            log.info("retention: deleted %d log record(s) older than %g days", deleted, retention_days)
+        return deleted
+
+    # -- feedback ---------------------------------------------------------------------------
+    def add_feedback(
+        self, record_id: str, topic: Topic, verdict: str, *, reporter: str, source: str, note: str = ""
+    ) -> FeedbackReport:
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}")
+        with self._session() as session, session.begin():
+            exists = session.scalar(select(RecordRow.id).where(RecordRow.record_id == record_id))
+            if exists is None:
+                raise KeyError(record_id)
+            row = FeedbackRow(
+                record_id=record_id,
+                topic=topic.value,
+                verdict=verdict,
+                reporter=reporter[:320],
+                source=source[:16],
+                note=note[:2000],
+                created_at=time.time(),
+            )
+            session.add(row)
+            session.flush()
+            return _report(row, None)
+
+    def feedback_reports(
+        self,
+        *,
+        record_id: str | None = None,
+        topic: Topic | None = None,
+        verdict: str | None = None,
+        since: float | None = None,
+        with_records: bool = False,
+    ) -> list[FeedbackReport]:
+        """The read API for the learning loop: reports oldest first, optionally with their records."""
+        query = select(FeedbackRow).order_by(FeedbackRow.created_at, FeedbackRow.id)
+        if record_id is not None:
+            query = query.where(FeedbackRow.record_id == record_id)
+        if topic is not None:
+            query = query.where(FeedbackRow.topic == topic.value)
+        if verdict is not None:
+            query = query.where(FeedbackRow.verdict == verdict)
+        if since is not None:
+            query = query.where(FeedbackRow.created_at >= since)
+        with self._session() as session:
+            rows = list(session.scalars(query))
+            records: dict[str, StoredRecord] = {}
+            if with_records and rows:
+                wanted = {r.record_id for r in rows}
+                recs = session.scalars(select(RecordRow).where(RecordRow.record_id.in_(wanted)))
+                records = {s.record_id: s for s in self._stored(session, list(recs))}
+            return [_report(r, records.get(r.record_id)) for r in rows]
 
     def close(self) -> None:
         self.engine.dispose()
 
+    # -- helpers ----------------------------------------------------------------------------
+    def _filtered(self, query: Select[Any], flt: LogFilter) -> Select[Any]:
+        if flt.since is not None:
+            query = query.where(RecordRow.timestamp >= flt.since)
+        if flt.until is not None:
+            query = query.where(RecordRow.timestamp < flt.until)
+        for name in ("user", "app", "app_type", "operation", "conversation_id"):
+            value = getattr(flt, name)
+            if value:
+                query = query.where(getattr(RecordRow, name) == value)
+        if flt.action is not None:
+            query = query.where(RecordRow.action == flt.action.value)
+        if flt.dlp_match is not None:
+            query = query.where(RecordRow.dlp_match.is_(flt.dlp_match))
+        if flt.prompt_captured is not None:
+            query = query.where(RecordRow.prompt_captured.is_(flt.prompt_captured))
+        if flt.group:
+            query = query.where(
+                RecordRow.record_id.in_(select(GroupRow.record_id).where(GroupRow.group_name == flt.group))
+            )
+        if flt.topic is not None:
+            query = query.where(
+                RecordRow.record_id.in_(
+                    select(TopicRow.record_id).where(
+                        TopicRow.topic == flt.topic.value, TopicRow.score >= _min_score(flt.min_confidence)
+                    )
+                )
+            )
+        return query
 
-def _stored(row: PromptLogRow) -> StoredRecord:
-    return StoredRecord(row.record_id, json.loads(row.meta), json.loads(row.sealed))
+    @staticmethod
+    def _stored(session: Session, rows: Sequence[RecordRow]) -> list[StoredRecord]:
+        ids = [r.record_id for r in rows]
+        seals: dict[str, dict[str, str]] = {}
+        if ids:
+            for s in session.scalars(select(SealRow).where(SealRow.record_id.in_(ids))):
+                seals.setdefault(s.record_id, {})[s.key_id] = s.blob
+        return [StoredRecord(r.record_id, json.loads(r.meta), seals.get(r.record_id, {})) for r in rows]
 
 
-class AsyncRecorder:
-    """The proxy's ``RecordPort``: writes on one worker thread so the event loop never waits
-    on the database, and in arrival order."""
+def _min_score(level: Confidence) -> float:
+    from promptfence.core import CONFIDENCE_THRESHOLDS
 
-    def __init__(self, store: LogStore) -> None:
-        self.store = store
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="log-writer")
+    return 0.0 if level is Confidence.NONE else CONFIDENCE_THRESHOLDS[level]
 
-    async def record(self, record: LogRecord) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.store.write, record)
-        log.info(
-            "record %s written (%s, %s)", record.record_id, record.operation.operation_id, record.decision.action.value
+
+def _record_row(sealed: SealedRecord, now: float) -> RecordRow:
+    meta = sealed.metadata
+    decision = meta.get("decision") or {}
+    return RecordRow(
+        record_id=sealed.record_id,
+        timestamp=float(meta["timestamp"]),
+        user=str(meta["user"])[:320],
+        groups=json.dumps(list(meta.get("groups") or [])),
+        identity_source=str(meta.get("identity_source") or "anonymous")[:32],
+        app=str(meta["app"])[:64],
+        app_type=str(meta.get("app_type") or "")[:64],
+        operation=str(meta["operation"])[:32],
+        operation_id=str(meta.get("operation_id") or "")[:128],
+        conversation_id=None if meta.get("conversation_id") is None else str(meta["conversation_id"])[:128],
+        action=str(decision.get("action", "allow")),
+        policy=str(decision.get("policy", ""))[:128],
+        rule_ids=json.dumps(list(decision.get("rule_ids") or [])),
+        dlp_match=dlp_matched(meta),
+        prompt_captured=bool(meta.get("prompt_chars")),
+        inspection_ms=float(meta.get("inspection_ms") or 0.0),
+        prompt_chars=int(meta.get("prompt_chars") or 0),
+        response_chars=None if meta.get("response_chars") is None else int(meta["response_chars"]),
+        response_bytes=int(meta.get("response_bytes") or 0),
+        meta=json.dumps(meta, sort_keys=True),
+        stored_at=now,
+    )
+
+
+def _child_rows(sealed: SealedRecord) -> list[Any]:
+    rid = sealed.record_id
+    rows: list[Any] = [SealRow(record_id=rid, key_id=kid, blob=blob) for kid, blob in sorted(sealed.seals.items())]
+    for name, value in (sealed.metadata.get("topics") or {}).items():
+        rows.append(
+            TopicRow(record_id=rid, topic=str(name), score=float(value["score"]), confidence=str(value["confidence"]))
         )
+    for group in dict.fromkeys(sealed.metadata.get("groups") or []):
+        rows.append(GroupRow(record_id=rid, group_name=str(group)[:128]))
+    return rows
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
-        self.store.close()
+
+def _report(row: FeedbackRow, record: StoredRecord | None) -> FeedbackReport:
+    return FeedbackReport(
+        id=row.id,
+        record_id=row.record_id,
+        topic=Topic(row.topic),
+        verdict=row.verdict,
+        reporter=row.reporter,
+        source=row.source,
+        note=row.note,
+        created_at=row.created_at,
+        record=record,
+    )
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _reason(exc: SQLAlchemyError) -> str:
+    """The exception class and the driver's first line, which names no record content.
+
+    Statements and parameters are never included (``hide_parameters`` would still show SQL).
+    """
+    orig = getattr(exc, "orig", None)
+    if isinstance(exc, IntegrityError):
+        return "integrity error"
+    if orig is not None:
+        first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
+        return f"{type(orig).__name__}: {first[:200]}"
+    return type(exc).__name__

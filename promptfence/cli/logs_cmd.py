@@ -1,44 +1,145 @@
-"""``promptfence logs list|show``: read the prompt log; decryption happens here, locally."""
+"""``promptfence logs list|show|conversation|purge|replay``: read and maintain the prompt log.
+
+Decryption happens here, locally, with the private key file given to ``--key``; nothing else
+ever sees it. ``list`` prints clear metadata only (a table, or JSON lines for a SIEM).
+"""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
+import re
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from promptfence.cli import add_config_option
-from promptfence.config import load_config
-from promptfence.core import Action
-from promptfence.errors import KeyMaterialError
+from promptfence.config import Config, load_config
+from promptfence.core import Action, Confidence, OperationKind, Payload, Topic
+from promptfence.errors import KeyMaterialError, PromptFenceError
 
 if TYPE_CHECKING:
-    from logs.store import LogStore, StoredRecord
+    from logs.store import LogFilter, LogStore, StoredRecord
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhdw])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class NotFound(PromptFenceError):
+    pass
+
+
+def parse_time(text: str, *, now: float | None = None) -> float:
+    """``7d``/``24h``/``90m`` ago, or an ISO 8601 date or date-time (local time unless it has an offset)."""
+    text = text.strip()
+    match = _DURATION.match(text)
+    if match:
+        return (time.time() if now is None else now) - float(match.group(1)) * _UNIT_S[match.group(2)]
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration (30m, 24h, 7d) nor an ISO date/time (2026-11-01T09:00)"
+        ) from None
+    return parsed.timestamp()
+
+
+def _topic(text: str) -> Topic:
+    try:
+        return Topic(text.strip().upper())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown topic {text!r} (expected one of: {', '.join(t.value for t in Topic)})"
+        ) from None
+
+
+def _confidence(text: str) -> Confidence:
+    try:
+        return Confidence.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="logs_command", required=True, metavar="ACTION")
-    lst = sub.add_parser("list", help="list records (clear metadata only)")
-    lst.add_argument("--limit", type=int, default=50)
-    lst.add_argument("--app")
-    lst.add_argument("--action", choices=[a.value for a in Action])
+    lst = sub.add_parser("list", help="list records (clear metadata only), newest first")
+    lst.add_argument("--since", type=parse_time, metavar="WHEN", help="from (7d, 24h, 30m ago, or ISO date/time)")
+    lst.add_argument("--until", type=parse_time, metavar="WHEN", help="up to (same forms as --since)")
     lst.add_argument("--user")
-    lst.add_argument("--conversation", metavar="ID")
+    lst.add_argument("--group")
+    lst.add_argument("--app", help="app name, e.g. chatgpt")
+    lst.add_argument("--app-type", help="app type, e.g. genai_chat")
+    lst.add_argument("--operation", choices=[k.value for k in OperationKind])
+    lst.add_argument("--topic", type=_topic, help="records where this topic was detected")
+    lst.add_argument("--min-confidence", type=_confidence, default=Confidence.LOW, help="for --topic: low|medium|high")
+    lst.add_argument("--action", choices=[a.value for a in Action])
+    dlp = lst.add_mutually_exclusive_group()
+    dlp.add_argument("--dlp-match", dest="dlp_match", action="store_true", default=None, help="a detector matched")
+    dlp.add_argument("--no-dlp-match", dest="dlp_match", action="store_false", help="no detector matched")
+    cap = lst.add_mutually_exclusive_group()
+    cap.add_argument(
+        "--prompt-captured", dest="prompt_captured", action="store_true", default=None, help="a prompt was captured"
+    )
+    cap.add_argument("--no-prompt-captured", dest="prompt_captured", action="store_false")
+    lst.add_argument("--conversation", metavar="ID", help="conversation id")
+    lst.add_argument("--limit", type=int, default=50)
     lst.add_argument("--json", action="store_true", help="one JSON object per line (for a SIEM)")
     add_config_option(lst)
+
     show = sub.add_parser("show", help="decrypt one record locally with a private key")
-    show.add_argument("record_id", metavar="ID")
+    show.add_argument("record_id", metavar="ID", help="record id (or a unique prefix of 6+ characters)")
     show.add_argument("--key", required=True, metavar="FILE", help="private key file")
     show.add_argument("--json", action="store_true")
     add_config_option(show)
 
+    conv = sub.add_parser("conversation", help="decrypt a whole conversation locally, first prompt to last answer")
+    conv.add_argument("conversation_id", metavar="ID", help="conversation id")
+    conv.add_argument("--key", required=True, metavar="FILE", help="private key file")
+    conv.add_argument("--json", action="store_true")
+    add_config_option(conv)
 
-def open_store(config_arg: str | None) -> LogStore:
+    purge = sub.add_parser("purge", help="delete records past the retention period (logs.retention_days)")
+    purge.add_argument("--older-than-days", type=float, metavar="DAYS", help="override logs.retention_days")
+    add_config_option(purge)
+
+    replay = sub.add_parser("replay", help="store what the proxy spooled while the database was down")
+    add_config_option(replay)
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the log database schema (Alembic)")
+    add_config_option(migrate)
+
+
+def open_store(config: Config) -> LogStore:
     from logs.store import LogStore
 
     # Reading needs no recipient keys: only the private key given to ``show``.
-    return LogStore(load_config(config_arg).database_url, recipients=())
+    return LogStore(config.database_url, recipients=())
+
+
+def build_filter(args: argparse.Namespace) -> LogFilter:
+    from logs.store import LogFilter
+
+    return LogFilter(
+        since=args.since,
+        until=args.until,
+        user=args.user,
+        group=args.group,
+        app=args.app,
+        app_type=args.app_type,
+        operation=args.operation,
+        topic=args.topic,
+        min_confidence=args.min_confidence,
+        action=Action(args.action) if args.action else None,
+        dlp_match=args.dlp_match,
+        prompt_captured=args.prompt_captured,
+        conversation_id=args.conversation,
+    )
+
+
+def _when(meta: dict[str, Any]) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(meta["timestamp"])))
 
 
 def _topics(meta: dict[str, Any]) -> str:
@@ -48,10 +149,9 @@ def _topics(meta: dict[str, Any]) -> str:
 
 def _row(record: StoredRecord) -> list[str]:
     meta = record.metadata
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(meta["timestamp"]))
     return [
         record.record_id[:8],
-        when,
+        _when(meta),
         str(meta["user"]),
         str(meta["app"]),
         str(meta["operation"]),
@@ -69,51 +169,152 @@ def _print_table(records: list[StoredRecord]) -> None:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
 
 
-def run(args: argparse.Namespace) -> int:
-    store = open_store(args.config)
-    try:
-        if args.logs_command == "list":
-            records = store.list(
-                limit=args.limit,
-                app=args.app,
-                action=Action(args.action) if args.action else None,
-                user=args.user,
-                conversation_id=args.conversation,
-            )
-            if args.json:
-                for record in records:
-                    print(json.dumps(record.metadata, sort_keys=True))
-            else:
-                _print_table(records)
-            return 0
-        found = store.get(args.record_id)
-        if found is None:
-            raise KeyMaterialError(f"no log record with id {args.record_id!r}")
-        record = found
-        payload = record.open(Path(args.key))
-        if args.json:
-            print(json.dumps({"metadata": record.metadata, "payload": payload.to_dict()}, ensure_ascii=False))
-            return 0
+def _siem_line(record: StoredRecord) -> str:
+    return json.dumps({**record.metadata, "key_ids": record.key_ids}, sort_keys=True)
+
+
+def _print_record(record: StoredRecord, payload: Payload) -> None:
+    meta = record.metadata
+    decision = meta["decision"]
+    print(f"record:       {record.record_id}")
+    print(f"time:         {_when(meta)}")
+    print(f"user:         {meta['user']}  groups: {','.join(meta['groups']) or '-'}")
+    print(f"app:          {meta['app']} ({meta['app_type']})  operation: {meta['operation_id']}")
+    print(f"conversation: {meta.get('conversation_id') or '-'}")
+    print(f"topics:       {_topics(meta)}")
+    print(f"decision:     {decision['action']}  rules: {','.join(decision['rule_ids']) or '-'}  ({decision['reason']})")
+    if meta.get("detectors_failed"):
+        print(f"failed:       {','.join(meta['detectors_failed'])}")
+    print("--- prompt ---")
+    print(payload.prompt)
+    if payload.attachments:
+        print("--- attachments ---")
+        print("\n".join(payload.attachments))
+    print("--- response ---")
+    print(payload.response if payload.response is not None else "(not captured)")
+
+
+def _print_conversation(conversation_id: str, opened: list[tuple[StoredRecord, Payload]]) -> None:
+    first, last = opened[0][0].metadata, opened[-1][0].metadata
+    users = sorted({str(r.metadata["user"]) for r, _ in opened})
+    print(f"conversation {conversation_id}: {len(opened)} record(s), {_when(first)} to {_when(last)}")
+    print(f"app: {first['app']}  user(s): {', '.join(users)}")
+    for number, (record, payload) in enumerate(opened, 1):
         meta = record.metadata
-        print(f"record:       {record.record_id}")
-        print(f"time:         {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(meta['timestamp']))}")
-        print(f"user:         {meta['user']}  groups: {','.join(meta['groups']) or '-'}")
-        print(f"app:          {meta['app']} ({meta['app_type']})  operation: {meta['operation_id']}")
-        print(f"conversation: {meta.get('conversation_id') or '-'}")
-        print(f"topics:       {_topics(meta)}")
-        decision = meta["decision"]
+        print()
         print(
-            f"decision:     {decision['action']}  rules: {','.join(decision['rule_ids']) or '-'}  ({decision['reason']})"
+            f"[{number}] {_when(meta)}  {meta['user']}  {meta['operation']}  "
+            f"action={meta['decision']['action']}  topics={_topics(meta)}  record={record.record_id}"
         )
-        if meta.get("detectors_failed"):
-            print(f"failed:       {','.join(meta['detectors_failed'])}")
-        print("--- prompt ---")
-        print(payload.prompt)
-        if payload.attachments:
-            print("--- attachments ---")
-            print("\n".join(payload.attachments))
-        print("--- response ---")
-        print(payload.response if payload.response is not None else "(not captured)")
-        return 0
+        print("user:")
+        print(_indent(payload.prompt))
+        for name in payload.attachments:
+            print(f"  [attachment] {name}")
+        if meta["decision"]["action"] == "block":
+            print("promptfence: blocked (the prompt did not reach the app)")
+        elif payload.response is not None:
+            print("assistant:")
+            print(_indent(payload.response))
+        else:
+            print("assistant: (answer not captured)")
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + line for line in (text.splitlines() or [""]))
+
+
+def _open_all(records: list[StoredRecord], key: Path) -> list[tuple[StoredRecord, Payload]]:
+    return [(record, record.open(key)) for record in records]
+
+
+def run(args: argparse.Namespace) -> int:
+    from logs.store import StoreUnavailable
+
+    config = load_config(args.config)
+    if args.logs_command == "replay":
+        return _replay(config)
+    store = open_store(config)
+    try:
+        return _run(args, config, store)
+    except StoreUnavailable as exc:
+        print(f"promptfence: error: {exc} ({_safe_url(config.database_url)})", file=sys.stderr)
+        return 3
     finally:
         store.close()
+
+
+def _run(args: argparse.Namespace, config: Config, store: LogStore) -> int:
+    command = args.logs_command
+    if command == "list":
+        records = store.find(build_filter(args), limit=args.limit)
+        if args.json:
+            for record in records:
+                print(_siem_line(record))
+        else:
+            _print_table(records)
+        return 0
+    if command == "show":
+        found = store.get(args.record_id)
+        if found is None:
+            raise NotFound(f"no log record with id {args.record_id!r}")
+        payload = found.open(Path(args.key))
+        if args.json:
+            print(json.dumps({"metadata": found.metadata, "payload": payload.to_dict()}, ensure_ascii=False))
+        else:
+            _print_record(found, payload)
+        return 0
+    if command == "conversation":
+        records = store.conversation(args.conversation_id)
+        if not records:
+            raise NotFound(f"no log records for conversation {args.conversation_id!r}")
+        opened = _open_all(records, Path(args.key))
+        if args.json:
+            for record, payload in opened:
+                print(json.dumps({"metadata": record.metadata, "payload": payload.to_dict()}, ensure_ascii=False))
+        else:
+            _print_conversation(args.conversation_id, opened)
+        return 0
+    if command == "purge":
+        days = config.logs.retention_days if args.older_than_days is None else args.older_than_days
+        if not days:
+            print("retention is off (logs.retention_days: 0): nothing deleted")
+            return 0
+        deleted = store.purge(time.time() - days * 86400.0)
+        print(f"deleted {deleted} record(s) older than {days:g} days")
+        return 0
+    if command == "migrate":
+        store.migrate()
+        print(f"log database at revision {store.schema_revision()} ({_safe_url(config.database_url)})")
+        return 0
+    raise KeyMaterialError(f"unknown logs action {command!r}")  # argparse prevents this
+
+
+def _replay(config: Config) -> int:
+    from logs.spool import Spool, spool_size
+    from logs.store import LogStore, StoreUnavailable
+
+    spool = Spool(config.spool_path)
+    waiting = spool_size(config.spool_path)
+    store = LogStore(config.database_url, recipients=())
+    try:
+        replayed, added = spool.drain(store.insert_many)
+    except StoreUnavailable as exc:
+        print(f"promptfence: error: {exc}; {waiting} record(s) stay spooled in {config.spool_path}", file=sys.stderr)
+        return 3
+    finally:
+        store.close()
+    print(
+        f"replayed {replayed} spooled record(s) from {config.spool_path}: {added} new, {replayed - added} already stored"
+    )
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
