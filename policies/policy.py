@@ -410,7 +410,8 @@ def _schema_error(err: jsonschema.ValidationError, root: YamlMap, source: str) -
         return ConfigError(message, source=source, line=line, column=column, field=dotted([*path, extra]))
     if err.validator == "required" and isinstance(node, YamlMap):
         required: list[str] = list(schema.get("required", []))
-        missing = next(k for k in required if k not in node)
+        named = re.match(r"^'(.+)' is a required property", err.message)
+        missing = named.group(1) if named else next(k for k in required if k not in node)
         line, column = node.where(None)
         if missing in ("default", "on_error"):
             message = f"required: state the {missing} action explicitly"
