@@ -2,7 +2,11 @@
 
 Apps are data (one YAML file per app in ``proxy/apps/``); this module validates them, with
 file and line in every error, and compiles them once into a :class:`Catalogue` whose ``match``
-is a dict lookup on the host plus a short ordered list of method/path regexes.
+is a dict lookup on the host plus a short ordered list of method/path(/query) regexes.
+
+An operation names its request ``extractor``, its answer ``decoder`` and its ``block_reply``
+by registry name (:mod:`proxy.registry`); ``query`` is an optional regex over the raw query
+string, for apps that put the operation there (Gemini's ``batchexecute?rpcids=...``).
 """
 
 from __future__ import annotations
@@ -15,8 +19,7 @@ from pathlib import Path
 from promptfence.core import OperationKind
 from promptfence.errors import ConfigError
 from promptfence.yamlsource import YamlList, YamlMap, load_yaml_file
-from proxy.block_reply import BLOCK_REPLIES, DEFAULT_BLOCK_REPLY
-from proxy.extraction import EXTRACTORS
+from proxy.registry import BLOCK_REPLIES, DECODERS, DEFAULT_BLOCK_REPLY, EXTRACTORS
 
 BUILTIN_APPS_DIR = Path(__file__).parent / "apps"
 
@@ -30,6 +33,9 @@ class OperationSpec:
     extractor: str | None
     block_reply: str
     inspect: bool
+    decoder: str | None = None
+    query: re.Pattern[str] | None = None
+    host: re.Pattern[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -79,11 +85,13 @@ class Catalogue:
         app = self.app_for_host(host)
         if app is None:
             return None
-        bare_path = path.split("?", 1)[0]
+        bare_path, _, query = path.partition("?")
         for op in app.operations:
             if op.method is not None and op.method != method.upper():
                 continue
-            if op.path.search(bare_path):
+            if op.host is not None and not op.host.search(host.lower().rstrip(".")):
+                continue
+            if op.path.search(bare_path) and (op.query is None or op.query.search(query)):
                 return Match(app, op)
         return None
 
@@ -99,11 +107,23 @@ def _require_str(data: YamlMap, key: str, field: str) -> str:
     return value
 
 
+def _optional_regex(data: YamlMap, key: str, field_base: str) -> re.Pattern[str] | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise data.error(key, f"{field_base}.{key}", "expected a regex string")
+    try:
+        return re.compile(value)
+    except re.error as exc:
+        raise data.error(key, f"{field_base}.{key}", f"invalid regex: {exc}") from None
+
+
 def _parse_operation(data: object, seq: YamlList, index: int, app_id: str) -> OperationSpec:
     field_base = f"operations[{index}]"
     if not isinstance(data, YamlMap):
         raise seq.error(index, field_base, "each operation must be a mapping")
-    allowed = {"id", "kind", "method", "path", "extractor", "block_reply", "inspect"}
+    allowed = {"id", "kind", "method", "host", "path", "query", "extractor", "decoder", "block_reply", "inspect"}
     for key in data:
         if key not in allowed:
             raise data.error(key, f"{field_base}.{key}", f"unknown key (expected: {', '.join(sorted(allowed))})")
@@ -126,9 +146,14 @@ def _parse_operation(data: object, seq: YamlList, index: int, app_id: str) -> Op
         path_re = re.compile(pattern)
     except re.error as exc:
         raise data.error("path", f"{field_base}.path", f"invalid regex: {exc}") from None
+    query_re = _optional_regex(data, "query", field_base)
+    host_re = _optional_regex(data, "host", field_base)
     extractor = data.get("extractor")
     if extractor is not None and extractor not in EXTRACTORS:
         raise data.error("extractor", f"{field_base}.extractor", f"unknown extractor {extractor!r}")
+    decoder = data.get("decoder")
+    if decoder is not None and decoder not in DECODERS:
+        raise data.error("decoder", f"{field_base}.decoder", f"unknown decoder {decoder!r}")
     block_reply = data.get("block_reply", DEFAULT_BLOCK_REPLY)
     if block_reply not in BLOCK_REPLIES:
         raise data.error("block_reply", f"{field_base}.block_reply", f"unknown block reply {block_reply!r}")
@@ -143,6 +168,9 @@ def _parse_operation(data: object, seq: YamlList, index: int, app_id: str) -> Op
         extractor=extractor,
         block_reply=block_reply,
         inspect=inspect,
+        decoder=decoder,
+        query=query_re,
+        host=host_re,
     )
 
 

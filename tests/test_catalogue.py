@@ -14,7 +14,8 @@ from promptfence.core import OperationKind
 from promptfence.errors import ConfigError
 from promptfence.yamlsource import load_yaml_text
 from proxy.catalogue import load_catalogue, parse_app
-from proxy.extraction import EXTRACTORS, ExtractionError, chatgpt_conversation
+from proxy.extraction import EXTRACTORS, ExtractionError, RequestData
+from proxy.wire.chatgpt import conversation
 
 CATALOGUE = load_catalogue()
 
@@ -66,7 +67,7 @@ def test_unknown_hosts_do_not_match() -> None:
 
 
 def test_multimodal_extraction() -> None:
-    extraction = chatgpt_conversation(json.dumps(MULTIMODAL).encode())
+    extraction = conversation(RequestData(json.dumps(MULTIMODAL).encode()))
     assert extraction.prompt == "Summarise the table in this screenshot."
     assert extraction.conversation_id == "22222222-bbbb-4ccc-8ddd-000000000002"
     assert extraction.parent_message_id == "33333333-cccc-4ddd-8eee-000000000003"
@@ -77,15 +78,16 @@ def test_multimodal_extraction() -> None:
 
 def test_assistant_messages_and_continue_carry_no_prompt() -> None:
     body = {"action": "next", "messages": [{"author": {"role": "assistant"}, "content": {"parts": ["old answer"]}}]}
-    assert chatgpt_conversation(json.dumps(body).encode()).prompt == ""
-    assert chatgpt_conversation(b'{"action": "continue", "conversation_id": "c"}').prompt == ""
+    assert conversation(RequestData(json.dumps(body).encode())).prompt == ""
+    assert conversation(RequestData(b'{"action": "continue", "conversation_id": "c"}')).prompt == ""
 
 
 @given(st.binary(max_size=300))
 def test_extractors_raise_only_extraction_errors(body: bytes) -> None:
     for extractor in EXTRACTORS.values():
         with contextlib.suppress(ExtractionError):
-            extractor(body)
+            extractor(RequestData(body, headers={"content-type": "multipart/form-data; boundary=x"}))
+            extractor(RequestData(body))
 
 
 @given(
@@ -107,7 +109,7 @@ def test_extractors_raise_only_extraction_errors(body: bytes) -> None:
 def test_extractors_tolerate_any_json_shape(value: object) -> None:
     for extractor in EXTRACTORS.values():
         with contextlib.suppress(ExtractionError):
-            extractor(json.dumps(value).encode())
+            extractor(RequestData(json.dumps(value).encode()))
 
 
 def test_share_and_upload_kinds() -> None:

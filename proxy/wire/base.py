@@ -1,0 +1,132 @@
+"""The types every app module shares: request views, extractions, answers, block replies."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qs
+
+
+class ExtractionError(ValueError):
+    """The body did not have the shape the catalogue promised (the message never quotes it)."""
+
+
+@dataclass(frozen=True)
+class RequestData:
+    """What an extractor sees of a request: decoded body, bare path, query, lower-case headers."""
+
+    body: bytes = field(default=b"", repr=False)
+    path: str = field(default="", repr=False)
+    query: str = field(default="", repr=False)
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "")
+
+    def query_values(self, name: str) -> list[str]:
+        return parse_qs(self.query, keep_blank_values=True).get(name, [])
+
+
+@dataclass(frozen=True)
+class Extraction:
+    prompt: str = field(default="", repr=False)
+    conversation_id: str | None = None
+    message_id: str | None = None
+    parent_message_id: str | None = None
+    model: str | None = None
+    attachments: tuple[str, ...] = field(default=(), repr=False)
+
+
+Extractor = Callable[[RequestData], Extraction]
+
+
+@dataclass
+class Answer:
+    """What a decoder reconstructed from a streamed answer.
+
+    ``text`` is None when no answer text was found; ``error`` says why decoding was incomplete
+    (never quoting the body), e.g. "truncated frame" or "unknown event shape".
+    """
+
+    text: str | None = field(default=None, repr=False)
+    conversation_id: str | None = None
+    message_id: str | None = None
+    title: str | None = field(default=None, repr=False)
+    complete: bool = False
+    error: str | None = None
+
+
+class AnswerDecoder(Protocol):
+    """An accumulator fed the (content-decoded) response body in arbitrary chunks."""
+
+    def feed(self, data: bytes) -> None: ...
+
+    def close(self) -> Answer: ...
+
+
+DecoderFactory = Callable[[], AnswerDecoder]
+
+
+@dataclass(frozen=True)
+class BlockReply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+BlockReplyMaker = Callable[[str, Extraction], BlockReply]
+
+
+# -- small tolerant helpers ------------------------------------------------------------------
+
+
+def json_value(body: bytes | str) -> Any:
+    """Parse JSON or raise :class:`ExtractionError` (without quoting the body)."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        return json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise ExtractionError("body is not JSON") from None
+
+
+def json_object(body: bytes | str) -> Mapping[str, Any]:
+    data = json_value(body)
+    if not isinstance(data, dict):
+        raise ExtractionError("body is not a JSON object")
+    return data
+
+
+def loads_or_none(text: object) -> Any:
+    """``json.loads`` for nested JSON-in-a-string fields; None when it is not JSON."""
+    if not isinstance(text, str):
+        return None
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        return None
+
+
+def opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def dig(value: Any, *path: int | str) -> Any:
+    """Safe nested indexing: ``dig(x, 4, 0, 1, 0)``; None as soon as a step does not fit."""
+    for step in path:
+        if isinstance(step, int) and isinstance(value, list):
+            if -len(value) <= step < len(value):
+                value = value[step]
+                continue
+            return None
+        if isinstance(step, str) and isinstance(value, dict):
+            value = value.get(step)
+            continue
+        return None
+    return value
+
+
+def dict_get(value: Any, key: str) -> Any:
+    return value.get(key) if isinstance(value, dict) else None

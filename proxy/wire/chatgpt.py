@@ -1,0 +1,337 @@
+"""ChatGPT (chatgpt.com): request extractors, the answer-stream decoder, the block reply.
+
+Wire format: ``shared/design/apps/chatgpt.md``. The answer stream is SSE in one of two
+encodings: delta encoding v1 (``event: delta`` with ``{p, o, v, c}`` JSON-Pointer edits whose
+missing ``p``/``o``/``c`` are inherited from the previous delta) and the legacy full-snapshot
+format (every event a whole ``{message, conversation_id, error}``; the user's prompt is echoed,
+so only ``assistant`` messages count). Both end with ``data: [DONE]``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.wire import jsonpatch
+from proxy.wire.base import (
+    Answer,
+    BlockReply,
+    BlockReplyMaker,
+    DecoderFactory,
+    Extraction,
+    ExtractionError,
+    Extractor,
+    RequestData,
+    dict_get,
+    json_object,
+    loads_or_none,
+    opt_str,
+)
+from proxy.wire.sse import SSEDecoder, SSEEvent
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+def conversation(request: RequestData) -> Extraction:
+    """SendPrompt: join the string parts of every non-assistant message.
+
+    Object parts (images) are skipped as text but kept as attachment references, and
+    ``metadata.attachments`` names are kept too (documents appear only there).
+    """
+    data = json_object(request.body)
+    messages = data.get("messages") or []
+    if not isinstance(messages, list):
+        raise ExtractionError("messages is not a list")
+    texts: list[str] = []
+    attachments: list[str] = []
+    last_id: str | None = None
+    for message in messages:
+        if not isinstance(message, dict):
+            continue
+        role = dict_get(message.get("author"), "role")
+        if role == "assistant":
+            continue
+        last_id = opt_str(message.get("id")) or last_id
+        parts = dict_get(message.get("content"), "parts")
+        for part in parts if isinstance(parts, list) else []:
+            if isinstance(part, str):
+                texts.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("asset_pointer"), str):
+                attachments.append(part["asset_pointer"])
+        files = dict_get(message.get("metadata"), "attachments")
+        for item in files if isinstance(files, list) else []:
+            if isinstance(item, dict):
+                name = opt_str(item.get("name")) or opt_str(item.get("id"))
+                if name:
+                    attachments.append(name)
+    return Extraction(
+        prompt="\n".join(texts),
+        conversation_id=opt_str(data.get("conversation_id")),
+        message_id=last_id,
+        parent_message_id=opt_str(data.get("parent_message_id")),
+        model=opt_str(data.get("model")),
+        attachments=tuple(dict.fromkeys(attachments)),
+    )
+
+
+def prepare(request: RequestData) -> Extraction:
+    """Draft text sent before the prompt: ``partial_query`` is a message or a string."""
+    data = json_object(request.body)
+    partial = data.get("partial_query")
+    prompt = ""
+    if isinstance(partial, str):
+        prompt = partial
+    elif isinstance(partial, dict):
+        parts = dict_get(partial.get("content"), "parts")
+        prompt = "\n".join(p for p in (parts if isinstance(parts, list) else []) if isinstance(p, str))
+    return Extraction(
+        prompt=prompt,
+        conversation_id=opt_str(data.get("conversation_id")),
+        model=opt_str(data.get("model")),
+    )
+
+
+def share(request: RequestData) -> Extraction:
+    data = json_object(request.body)
+    return Extraction(
+        conversation_id=opt_str(data.get("conversation_id")),
+        message_id=opt_str(data.get("current_node_id")),
+    )
+
+
+def share_update(request: RequestData) -> Extraction:
+    """``PATCH /backend-api/share/{share_id}`` (``is_public``): the share id is in the path."""
+    data = json_object(request.body) if request.body.strip() else {}
+    return Extraction(
+        message_id=opt_str(data.get("highlighted_message_id")),
+        attachments=(f"share:{request.path.rstrip('/').rsplit('/', 1)[-1]}",),
+    )
+
+
+def file_metadata(request: RequestData) -> Extraction:
+    data = json_object(request.body)
+    name = opt_str(data.get("file_name"))
+    return Extraction(attachments=(name,) if name else ())
+
+
+# -- the answer stream ---------------------------------------------------------------------------
+
+
+def _message_text(message: Any) -> str | None:
+    """The text of an answer-bearing assistant message, else None (tool, thinking, user echo)."""
+    if not isinstance(message, dict):
+        return None
+    if dict_get(message.get("author"), "role") != "assistant":
+        return None
+    if message.get("recipient") not in (None, "all"):
+        return None
+    if message.get("channel") not in (None, "final"):
+        return None
+    content = message.get("content")
+    if dict_get(content, "content_type") not in ("text", "multimodal_text"):
+        return None
+    parts = dict_get(content, "parts")
+    if not isinstance(parts, list):
+        return None
+    return "".join(p for p in parts if isinstance(p, str))
+
+
+class ChatGPTStreamDecoder:
+    """Folds a ChatGPT answer stream (delta v1 or legacy snapshots) into the final answer."""
+
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+        self._docs: dict[object, Any] = {}  # v1: channel -> root document; legacy: message id -> event
+        self._p: Any = None
+        self._o: Any = None
+        self._c: Any = None
+        self._encoding: str | None = None
+        self._answer = Answer()
+        self._done = False
+        self._undecodable = 0
+        self._failed_ops = 0
+        self._app_error = False
+
+    def feed(self, data: bytes) -> None:
+        for event in self._sse.feed(data):
+            self._event(event)
+
+    def close(self) -> Answer:
+        for event in self._sse.close():
+            self._event(event)
+        answer = self._answer
+        for doc in reversed(self._docs.values()):
+            text = _message_text(dict_get(doc, "message"))
+            if text is not None:
+                answer.text = text
+                answer.message_id = opt_str(dict_get(dict_get(doc, "message"), "id"))
+                break
+        answer.complete = self._done
+        notes = []
+        if not self._done:
+            notes.append("stream ended without [DONE]" + (" (truncated event)" if self._sse.truncated else ""))
+        if self._undecodable:
+            notes.append(f"{self._undecodable} undecodable events")
+        if self._failed_ops:
+            notes.append(f"{self._failed_ops} delta operations did not apply")
+        if self._app_error:
+            notes.append("the app reported an error")
+        if answer.text is None and not notes:
+            notes.append("no assistant answer in the stream")
+        answer.error = "; ".join(notes) or None
+        return answer
+
+    def _conversation(self, value: Any) -> None:
+        cid = opt_str(value)
+        if cid and self._answer.conversation_id is None:
+            self._answer.conversation_id = cid
+
+    def _event(self, event: SSEEvent) -> None:
+        data = event.data.strip()
+        if data == "[DONE]":
+            self._done = True
+            return
+        value = loads_or_none(data)
+        if event.event == "delta_encoding":
+            self._encoding = value if isinstance(value, str) else None
+            if self._encoding != "v1":
+                self._undecodable += 1
+            return
+        if value is None and data not in ("null", ""):
+            self._undecodable += 1
+            return
+        if event.event == "delta":
+            self._delta(value)
+        elif isinstance(value, dict):
+            self._plain(value)
+
+    def _plain(self, value: Mapping[str, Any]) -> None:
+        """A non-delta line: a legacy snapshot, a typed side event or an error."""
+        message = value.get("message")
+        if isinstance(message, dict):
+            key = ("legacy", opt_str(message.get("id")) or "")
+            self._docs.pop(key, None)  # the latest snapshot of a message is the last one
+            self._docs[key] = {"message": message}
+            self._conversation(value.get("conversation_id"))
+            return
+        kind = value.get("type")
+        if kind == "title_generation":
+            self._answer.title = opt_str(value.get("title")) or self._answer.title
+        elif kind in ("message_stream_complete", "conversation_detail_metadata", "resume_conversation_token"):
+            self._conversation(value.get("conversation_id"))
+        elif kind is None and value.get("error"):
+            self._app_error = True
+        elif kind is None and self._encoding == "v1" and "v" in value:
+            self._delta(value)  # a delta whose ``event: delta`` line was left out
+
+    def _delta(self, value: Any) -> None:
+        if not isinstance(value, dict):
+            self._undecodable += 1
+            return
+        v = value.get("v")
+        if "p" not in value and "o" not in value and isinstance(v, dict) and "message" in v:
+            self._c = value.get("c", self._c)
+            self._p, self._o = "", "add"
+            self._install(v)
+            return
+        self._c = value.get("c", self._c)
+        self._p = value.get("p", self._p)
+        self._o = value.get("o", self._o)
+        if "v" not in value:
+            self._failed_ops += 1
+            return
+        if self._o == "patch":
+            self._patch(v)
+        else:
+            self._apply(self._o, self._p, v)
+
+    def _patch(self, ops: Any) -> None:
+        if not isinstance(ops, list):
+            self._failed_ops += 1
+            return
+        p, o = self._p, "append"
+        for op in ops:
+            if not isinstance(op, dict) or "v" not in op:
+                self._failed_ops += 1
+                continue
+            p, o = op.get("p", p), op.get("o", o)
+            self._apply(o, p, op["v"])
+
+    def _key(self) -> object:
+        return ("v1", self._c if isinstance(self._c, (int, str)) else 0)
+
+    def _install(self, root: Any) -> None:
+        key = self._key()
+        self._docs.pop(key, None)
+        self._docs[key] = copy.deepcopy(root)
+        self._conversation(dict_get(root, "conversation_id"))
+
+    def _apply(self, op: Any, path: Any, v: Any) -> None:
+        if not isinstance(op, str) or not isinstance(path, str):
+            self._failed_ops += 1
+            return
+        if path == "" and op in ("add", "replace"):
+            self._install(v)
+            return
+        key = self._key()
+        doc, ok = jsonpatch.apply(self._docs.get(key), op, path, v)
+        if key in self._docs or ok:
+            self._docs[key] = doc
+        if not ok:
+            self._failed_ops += 1
+
+
+# -- block reply ---------------------------------------------------------------------------------
+
+
+def sse_lines(events: list[object]) -> bytes:
+    return b"".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n".encode() for e in events)
+
+
+def assistant_notice(message: str, extraction: Extraction) -> BlockReply:
+    """A legacy full-snapshot stream holding one finished assistant message with the notice.
+
+    The web client passes non-delta events through, so this renders as an ordinary answer;
+    it must end with ``[DONE]`` or the client retries via ``/conversation/resume``.
+    """
+    conversation_id = extraction.conversation_id or str(uuid.uuid4())
+    event: dict[str, object] = {
+        "message": {
+            "id": str(uuid.uuid4()),
+            "author": {"role": "assistant", "name": None, "metadata": {}},
+            "create_time": time.time(),
+            "content": {"content_type": "text", "parts": [message]},
+            "status": "finished_successfully",
+            "end_turn": True,
+            "weight": 1.0,
+            "metadata": {"finish_details": {"type": "stop"}, "promptfence": "blocked"},
+            "recipient": "all",
+            "channel": None,
+        },
+        "conversation_id": conversation_id,
+        "error": None,
+    }
+    return BlockReply(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-PromptFence": "blocked",
+        },
+        body=sse_lines([event]) + b"data: [DONE]\n\n",
+    )
+
+
+EXTRACTORS: Mapping[str, Extractor] = {
+    "chatgpt.conversation": conversation,
+    "chatgpt.prepare": prepare,
+    "chatgpt.share": share,
+    "chatgpt.share_update": share_update,
+    "chatgpt.file_metadata": file_metadata,
+}
+DECODERS: Mapping[str, DecoderFactory] = {"chatgpt.sse": ChatGPTStreamDecoder}
+BLOCK_REPLIES: Mapping[str, BlockReplyMaker] = {"chatgpt.assistant_notice": assistant_notice}

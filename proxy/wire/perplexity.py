@@ -1,0 +1,260 @@
+"""Perplexity (www.perplexity.ai): request extractors, the answer-stream decoder, the block reply.
+
+Wire format: ``shared/design/apps/perplexity.md``. The prompt is ``query_str`` (repeated in
+``params.dsl_query``). The answer is SSE (CRLF) of ``event: message`` JSON envelopes, ending
+with ``event: end_of_stream``. The text rides in one of three carriers handled here: ``blocks``
+with an ``ask_text`` ``markdown_block`` (chunks spliced at ``chunk_starting_offset``; the
+terminal ``answer`` wins), ``diff_block`` (RFC 6902 patches against per-block state) and the
+legacy ``text`` (JSON in JSON: steps -> FINAL -> ``answer``; cumulative snapshots). The thread
+id (``context_uuid``) arrives only in the stream.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+from proxy.wire import jsonpatch
+from proxy.wire.base import (
+    Answer,
+    BlockReply,
+    BlockReplyMaker,
+    DecoderFactory,
+    Extraction,
+    Extractor,
+    RequestData,
+    dict_get,
+    json_object,
+    loads_or_none,
+    opt_str,
+)
+from proxy.wire.sse import SSEDecoder, SSEEvent
+
+ANSWER_USAGES = ("ask_text", "ask_text_0_markdown")
+
+
+def ask(request: RequestData) -> Extraction:
+    """``POST /rest/sse/perplexity_ask``: ``query_str`` (+ ``dsl_query`` when it differs)."""
+    data = json_object(request.body)
+    params = data.get("params") if isinstance(data.get("params"), dict) else {}
+    texts: list[str] = []
+    for value in (data.get("query_str"), dict_get(params, "dsl_query")):
+        if isinstance(value, str) and value and value not in texts:
+            texts.append(value)
+    attachments = dict_get(params, "attachments")
+    return Extraction(
+        prompt="\n".join(texts),
+        message_id=opt_str(dict_get(params, "frontend_uuid")),
+        parent_message_id=opt_str(dict_get(params, "last_backend_uuid")),
+        model=opt_str(dict_get(params, "model_preference")),
+        attachments=tuple(a for a in (attachments if isinstance(attachments, list) else []) if isinstance(a, str)),
+    )
+
+
+def upload_url(request: RequestData) -> Extraction:
+    """``create_upload_url`` / ``batch_create_upload_urls``: the file names about to be uploaded."""
+    data = json_object(request.body)
+    names: list[str] = []
+    name = opt_str(data.get("filename"))
+    if name:
+        names.append(name)
+    files = data.get("files")
+    for item in files.values() if isinstance(files, dict) else []:
+        name = opt_str(dict_get(item, "filename"))
+        if name:
+            names.append(name)
+    return Extraction(attachments=tuple(names))
+
+
+def thread(request: RequestData) -> Extraction:
+    """Thread operations (``update_thread_access``): the body is not confirmed, so look for ids."""
+    data = json_object(request.body) if request.body.strip() else {}
+    cid = next(
+        (opt_str(data.get(k)) for k in ("context_uuid", "thread_uuid", "thread_id") if opt_str(data.get(k))),
+        None,
+    )
+    return Extraction(
+        conversation_id=cid or opt_str(data.get("thread_url_slug")),
+        message_id=opt_str(data.get("entry_uuid")) or opt_str(data.get("backend_uuid")),
+    )
+
+
+def _final_answer(text: Any) -> str | None:
+    """Carrier A: ``text`` -> steps -> FINAL ``content.answer`` -> ``answer`` (JSON in JSON)."""
+    steps = loads_or_none(text)
+    holder: Any = None
+    if isinstance(steps, list):
+        for step in steps:
+            if dict_get(step, "step_type") == "FINAL":
+                holder = dict_get(step, "content")
+    elif isinstance(steps, dict):
+        holder = steps
+    answer = dict_get(holder, "answer")
+    if isinstance(answer, str):
+        inner = loads_or_none(answer)
+        if isinstance(inner, dict) and isinstance(inner.get("answer"), str):
+            return str(inner["answer"])
+        return answer
+    return None
+
+
+class PerplexityStreamDecoder:
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+        self._chunks: dict[str, list[str]] = {}
+        self._terminal: dict[str, str] = {}
+        self._diff: dict[tuple[str, str], Any] = {}
+        self._text_answer: str | None = None
+        self._answer = Answer()
+        self._ended = False
+        self._completed = False
+        self._failed = False
+        self._undecodable = 0
+
+    def feed(self, data: bytes) -> None:
+        for event in self._sse.feed(data):
+            self._event(event)
+
+    def close(self) -> Answer:
+        for event in self._sse.close():
+            self._event(event)
+        answer = self._answer
+        for usage in ANSWER_USAGES:
+            if usage in self._terminal:
+                answer.text = self._terminal[usage]
+                break
+            if usage in self._chunks:
+                answer.text = "".join(self._chunks[usage])
+                break
+        else:
+            answer.text = self._text_answer
+        answer.complete = self._ended or self._completed
+        notes = []
+        if not answer.complete:
+            notes.append("stream ended before end_of_stream" + (" (truncated event)" if self._sse.truncated else ""))
+        if self._undecodable:
+            notes.append(f"{self._undecodable} undecodable events")
+        if self._failed:
+            notes.append("the app reported status FAILED")
+        if answer.text is None and not notes:
+            notes.append("no answer carrier in the stream")
+        answer.error = "; ".join(notes) or None
+        return answer
+
+    def _event(self, event: SSEEvent) -> None:
+        if event.event == "end_of_stream":
+            self._ended = True
+            return
+        value = loads_or_none(event.data)
+        if not isinstance(value, dict):
+            if event.data.strip():
+                self._undecodable += 1
+            return
+        answer = self._answer
+        answer.conversation_id = opt_str(value.get("context_uuid")) or answer.conversation_id
+        answer.message_id = opt_str(value.get("backend_uuid")) or answer.message_id
+        answer.title = opt_str(value.get("thread_title")) or answer.title
+        status = value.get("status")
+        if status in ("COMPLETED", "completed") or value.get("final_sse_message") is True:
+            self._completed = True
+        if status in ("FAILED", "failed"):
+            self._failed = True
+            return  # FAILED frames still carry text: it is not the answer
+        blocks = value.get("blocks")
+        for block in blocks if isinstance(blocks, list) else []:
+            if isinstance(block, dict):
+                self._block(block)
+        if "text" in value:
+            text = _final_answer(value.get("text"))
+            if text is not None:
+                self._text_answer = text
+
+    def _block(self, block: Mapping[str, Any]) -> None:
+        usage = block.get("intended_usage")
+        if not isinstance(usage, str):
+            return
+        markdown = block.get("markdown_block")
+        if isinstance(markdown, dict):
+            self._markdown(usage, markdown)
+        diff = block.get("diff_block")
+        if isinstance(diff, dict):
+            field = diff.get("field")
+            patches = diff.get("patches")
+            if not isinstance(field, str) or not isinstance(patches, list):
+                self._undecodable += 1
+                return
+            doc = self._diff.get((usage, field))
+            for patch in patches:
+                if not isinstance(patch, dict):
+                    continue
+                path = patch.get("path")
+                doc, _ok = jsonpatch.apply(
+                    doc, str(patch.get("op")), path if isinstance(path, str) else "/", patch.get("value")
+                )
+            self._diff[(usage, field)] = doc
+            if field == "markdown_block" and isinstance(doc, dict):
+                chunks = doc.get("chunks")
+                if isinstance(chunks, list):
+                    self._chunks[usage] = [c for c in chunks if isinstance(c, str)]
+                if isinstance(doc.get("answer"), str):
+                    self._terminal[usage] = doc["answer"]
+
+    def _markdown(self, usage: str, markdown: Mapping[str, Any]) -> None:
+        chunks = markdown.get("chunks")
+        if isinstance(chunks, list):
+            offset = markdown.get("chunk_starting_offset")
+            start = offset if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0 else 0
+            kept = self._chunks.get(usage, [])[:start]
+            self._chunks[usage] = kept + [c for c in chunks if isinstance(c, str)]
+        if isinstance(markdown.get("answer"), str):
+            self._terminal[usage] = markdown["answer"]
+
+
+def assistant_notice(message: str, extraction: Extraction) -> BlockReply:
+    """One terminal event carrying the notice in both carriers, then ``end_of_stream``."""
+    backend = str(uuid.uuid4())
+    final_text = json.dumps(
+        [{"step_type": "FINAL", "content": {"answer": json.dumps({"answer": message, "web_results": []})}}]
+    )
+    event = {
+        "backend_uuid": backend,
+        "context_uuid": extraction.conversation_id or str(uuid.uuid4()),
+        "status": "COMPLETED",
+        "text_completed": True,
+        "final": True,
+        "final_sse_message": True,
+        "reconnectable": False,
+        "blocks": [
+            {
+                "intended_usage": "ask_text",
+                "markdown_block": {
+                    "progress": "DONE",
+                    "chunks": [message],
+                    "chunk_starting_offset": 0,
+                    "answer": message,
+                },
+            }
+        ],
+        "text": final_text,
+    }
+    body = f"event: message\r\ndata: {json.dumps(event, ensure_ascii=False)}\r\n\r\nevent: end_of_stream\r\ndata: {{}}\r\n\r\n"
+    return BlockReply(
+        status=200,
+        headers={
+            "Content-Type": "text/event-stream; charset=utf-8",
+            "Cache-Control": "no-cache",
+            "X-PromptFence": "blocked",
+        },
+        body=body.encode(),
+    )
+
+
+EXTRACTORS: Mapping[str, Extractor] = {
+    "perplexity.ask": ask,
+    "perplexity.upload_url": upload_url,
+    "perplexity.thread": thread,
+}
+DECODERS: Mapping[str, DecoderFactory] = {"perplexity.sse": PerplexityStreamDecoder}
+BLOCK_REPLIES: Mapping[str, BlockReplyMaker] = {"perplexity.assistant_notice": assistant_notice}
