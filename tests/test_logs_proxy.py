@@ -1,0 +1,246 @@
+"""The prompt log behind a real proxy: a database outage while prompts flow, and ``kill -9``.
+
+Real processes, as in ``test_e2e_up.py`` (the same stand-in, TLS helpers and process helpers from
+``tests/support``): a stand-in chatgpt.com over TLS, the inspector, and ``promptfence proxy`` run
+on its own so the test can SIGKILL it. Every prompt carries a canary; at the end no file, no
+database row, no spool line and no process output may contain it.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from logs.spool import spool_size
+from logs.store import LogStore
+from tests.support.logdb import BACKENDS, LogDB, make_log_db
+from tests.support.procs import child_env, free_port, port_open, stop, wait_for
+from tests.support.tls import make_server_cert
+
+pytestmark = pytest.mark.slow
+
+CANARY = f"canary-{uuid.uuid4().hex}"
+
+
+@dataclass
+class Upstream:
+    root: Path
+    certs_ca: Path
+    standin_port: int
+    inspector_port: int
+    env: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    """The stand-in chatgpt.com and one inspector, shared by this module's proxies."""
+    root = tmp_path_factory.mktemp("logproxy")
+    certs = make_server_cert(root / "upstream-tls", ["chatgpt.com"])
+    env = child_env(root / "home")
+    received = root / "received.jsonl"
+    received.touch()
+    standin_port, inspector_port = free_port(), free_port()
+    standin = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.support.standin",
+            str(standin_port),
+            str(certs.cert),
+            str(certs.key),
+            str(received),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    config = root / "inspector.yaml"
+    config.write_text(f"data_dir: {root / 'home'}\ninspector:\n  port: {inspector_port}\n")
+    with (root / "inspector.out").open("wb") as out:
+        inspector = subprocess.Popen(
+            [sys.executable, "-m", "promptfence", "inspector", "--config", str(config)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(lambda: port_open(standin_port), 30, "stand-in", standin)
+        wait_for(lambda: port_open(inspector_port), 180, "inspector", inspector)
+        yield Upstream(root, certs.ca_cert, standin_port, inspector_port, env)
+    finally:
+        stop(inspector)
+        stop(standin)
+
+
+class Proxy:
+    def __init__(self, upstream: Upstream, db: LogDB, root: Path) -> None:
+        from logs.sealing import KeyPair, write_key_pair
+
+        self.upstream, self.db, self.root = upstream, db, root
+        root.mkdir(parents=True, exist_ok=True)
+        self.home = root / "home"
+        self.key = root / "admin.key"
+        write_key_pair(KeyPair.generate(), self.key, root / "admin.pub")
+        self.spool = root / "spool" / "logs.spool"
+        self.port = free_port()
+        self.config = root / "promptfence.yaml"
+        self.config.write_text(
+            f"""
+data_dir: {self.home}
+proxy:
+  listen_port: {self.port}
+  upstream_ca: {upstream.certs_ca}
+  resolve:
+    chatgpt.com: 127.0.0.1:{upstream.standin_port}
+inspector:
+  port: {upstream.inspector_port}
+logs:
+  database_url: '{db.url}'
+  recipients: [{root / "admin.pub"}]
+  spool_path: {self.spool}
+  retry_interval_s: 0.5
+"""
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.outputs: list[Path] = []
+
+    def start(self) -> None:
+        out = self.root / f"proxy-{len(self.outputs)}.out"
+        self.outputs.append(out)
+        with out.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "promptfence", "proxy", "--config", str(self.config)],
+                env=self.upstream.env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+            )
+        ca = self.home / "mitmproxy" / "mitmproxy-ca-cert.pem"
+        wait_for(lambda: port_open(self.port) and ca.is_file(), 60, "proxy", self.proc)
+
+    def send(self, conversation: str) -> None:
+        body = {
+            "action": "next",
+            "messages": [
+                {
+                    "id": str(uuid.uuid4()),
+                    "author": {"role": "user"},
+                    "content": {"content_type": "text", "parts": [f"Write a haiku about tea. {CANARY}"]},
+                    "metadata": {},
+                }
+            ],
+            "conversation_id": conversation,
+            "parent_message_id": "client-created-root",
+            "model": "auto",
+        }
+        result = subprocess.run(
+            [
+                "curl",
+                "--silent",
+                "--show-error",
+                "--max-time",
+                "30",
+                "--proxy",
+                f"http://127.0.0.1:{self.port}",
+                "--cacert",
+                str(self.home / "mitmproxy" / "mitmproxy-ca-cert.pem"),
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                json.dumps(body),
+                "https://chatgpt.com/backend-api/f/conversation",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.upstream.env,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "Stand-in answer" in result.stdout  # the user got the answer, database or not
+
+    def stored(self) -> list[str]:
+        """Conversation ids of the stored records, in insertion order."""
+        store = LogStore(self.db.url)
+        try:
+            return [r.metadata["conversation_id"] for r in reversed(store.find(limit=1000))]
+        finally:
+            store.close()
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop(self.proc)
+
+    def assert_no_canary_anywhere(self) -> None:
+        self.stop()
+        checked = 0
+        for path in [*self.outputs, *self.root.rglob("*")]:
+            if path.is_file():
+                checked += 1
+                assert CANARY.encode() not in path.read_bytes(), f"prompt text leaked into {path}"
+        assert checked >= 3
+        assert CANARY.encode() not in self.db.dump_text()
+
+
+@pytest.fixture(params=BACKENDS)
+def proxy(request: pytest.FixtureRequest, upstream: Upstream, tmp_path: Path) -> Iterator[Proxy]:
+    with make_log_db(request.param, tmp_path / "db") as db:
+        p = Proxy(upstream, db, tmp_path / "proxy")
+        try:
+            yield p
+        finally:
+            p.stop()
+
+
+def _conversations(tag: str, n: int) -> list[str]:
+    return [f"{tag}-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
+
+
+def test_database_outage_while_prompts_flow_loses_and_duplicates_nothing(proxy: Proxy) -> None:
+    proxy.start()
+    before, during, after = _conversations("before", 3), _conversations("during", 4), _conversations("after", 3)
+    for c in before:
+        proxy.send(c)
+    wait_for(lambda: len(proxy.stored()) == 3, 30, "records before the outage")
+    with proxy.db.outage():
+        for c in during:
+            proxy.send(c)
+        wait_for(lambda: spool_size(proxy.spool) == 4, 30, "four spooled records")
+        assert CANARY.encode() not in proxy.spool.read_bytes()
+    for c in after:
+        proxy.send(c)
+    wait_for(lambda: len(proxy.stored()) >= 10 and spool_size(proxy.spool) == 0, 30, "every record stored")
+    stored = proxy.stored()
+    assert sorted(stored) == sorted(before + during + after)  # every record exactly once
+    assert stored == before + during + after  # and in the order the prompts were sent
+    proxy.assert_no_canary_anywhere()
+
+
+def test_kill_9_while_records_are_spooled_loses_none(proxy: Proxy) -> None:
+    proxy.start()
+    first, spooled = _conversations("first", 1), _conversations("spooled", 3)
+    proxy.send(first[0])
+    wait_for(lambda: len(proxy.stored()) == 1, 30, "the first record")
+    with proxy.db.outage():
+        for c in spooled:
+            proxy.send(c)
+        wait_for(lambda: spool_size(proxy.spool) == 3, 30, "three spooled records")
+        proxy.kill9()
+    assert spool_size(proxy.spool) == 3
+    proxy.start()  # the new proxy replays the spool at start
+    wait_for(lambda: len(proxy.stored()) == 4 and spool_size(proxy.spool) == 0, 30, "spooled records replayed")
+    time.sleep(0.5)
+    assert proxy.stored() == first + spooled
+    proxy.assert_no_canary_anywhere()
