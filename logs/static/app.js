@@ -162,6 +162,7 @@ function drawChart(data) {
 function swatch(colour) {
   const node = el("span", { class: "swatch" });
   node.style.background = colour; // CSSOM, not a style attribute: allowed by the page's CSP
+  return node;
 }
 
 async function refresh() {
