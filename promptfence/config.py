@@ -115,6 +115,20 @@ class LogConfig:
     database_url: str | None = None
     # Public key files the payloads are sealed to; default <data_dir>/keys/admin.pub.
     recipients: list[Path] = field(default_factory=list)
+    # Records older than this are deleted at proxy start, every 6 h, and by `logs purge`; 0: keep forever.
+    retention_days: float = 90.0
+    # Where sealed records wait while the database is down; default <data_dir>/spool/logs.spool.
+    spool_path: Path | None = None
+    # How long the database counts as down after a failed write before the spool is replayed.
+    retry_interval_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class ViewerConfig:
+    """``promptfence viewer``: the web app; it never receives a private key."""
+
+    host: str = "127.0.0.1"
+    port: int = 8733
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,7 @@ class Config:
     inspector: InspectorConfig = field(default_factory=InspectorConfig)
     policies: PolicyConfig = field(default_factory=PolicyConfig)
     logs: LogConfig = field(default_factory=LogConfig)
+    viewer: ViewerConfig = field(default_factory=ViewerConfig)
     # Where this config came from (None: embedded defaults). Not a YAML key.
     source: str | None = field(default=None, metadata={"internal": True})
 
@@ -138,6 +153,10 @@ class Config:
     @property
     def database_url(self) -> str:
         return self.logs.database_url or f"sqlite:///{self.data_dir / 'promptfence-logs.db'}"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.logs.spool_path or self.data_dir / "spool" / "logs.spool"
 
     @property
     def default_private_key(self) -> Path:

@@ -456,6 +456,7 @@ class LogRecord:
             "topics": self.inspection.to_dict()["topics"],
             "detectors_run": list(self.inspection.detectors_run),
             "detectors_failed": list(self.inspection.failed_detectors),
+            "detector_ms": {run.detector: round(run.elapsed_ms, 2) for run in self.inspection.runs},
             "findings": [f.to_dict() for f in self.inspection.findings],
             "decision": self.decision.to_dict(),
             "inspection_ms": round(self.inspection.elapsed_ms, 2),
@@ -463,6 +464,8 @@ class LogRecord:
             "prompt_digest": text_digest(self.payload.prompt),
             "response_chars": None if self.payload.response is None else len(self.payload.response),
             "response_bytes": self.response_bytes,
+            "attachments_count": len(self.payload.attachments),
+            "message_id": op.message_id,
         }
 
 

@@ -18,7 +18,7 @@ from promptfence.errors import ConfigError
 
 if TYPE_CHECKING:
     from classifiers.client import InspectorClient
-    from logs.store import AsyncRecorder
+    from logs.recorder import AsyncRecorder
 
 log = logging.getLogger("promptfence.proxy")
 
@@ -26,7 +26,9 @@ log = logging.getLogger("promptfence.proxy")
 def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     """Everything the proxy needs, wired; configuration errors surface here, before listening."""
     from classifiers.client import InspectorClient
-    from logs.store import AsyncRecorder, LogStore, Recipient
+    from logs.recorder import AsyncRecorder, SpoolingWriter
+    from logs.spool import Spool
+    from logs.store import LogStore, Recipient
     from policies.policy import load_policies
     from proxy.addon import PromptFenceAddon
     from proxy.catalogue import load_catalogue
@@ -40,7 +42,14 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
             recipients.append(Recipient.from_file(path))
         except ValueError as exc:  # KeyFileError names the file and the problem
             raise ConfigError(str(exc), field="logs.recipients") from None
-    recorder = AsyncRecorder(LogStore(config.database_url, recipients))
+    writer = SpoolingWriter(
+        LogStore(config.database_url, recipients),
+        Spool(config.spool_path),
+        retry_interval_s=config.logs.retry_interval_s,
+    )
+    # Its thread migrates the schema, applies retention and replays the spool: a database that
+    # is down at start only means records are spooled until it is back.
+    recorder = AsyncRecorder(writer, retention_days=config.logs.retention_days)
     client = InspectorClient(config.inspector.base_url, timeout_s=config.proxy.inspect_timeout_s)
     config.mitmproxy_confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings: dict[str, object] = {
