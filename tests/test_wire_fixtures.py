@@ -8,6 +8,7 @@ never raise out of the decoder (nor out of the response tap the proxy streams th
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 from typing import Any
 
@@ -68,7 +69,7 @@ def _answer_dict(answer: Answer) -> dict[str, Any]:
 
 def _split(data: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({min(max(c, 0), len(data)) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 def test_every_app_has_a_fixture_for_each_operation_kind() -> None:
@@ -174,7 +175,9 @@ def test_truncated_stream_is_noted_as_could_not_decode(fixture: WireFixture, fra
 @pytest.mark.parametrize("fixture", [f for f in FIXTURES if f.body], ids=_ids([f for f in FIXTURES if f.body]))
 @SETTINGS
 @given(ops=MUTATION)
-def test_mutated_request_bodies_raise_only_extraction_errors(fixture: WireFixture, ops: list[tuple[int, int, int]]) -> None:
+def test_mutated_request_bodies_raise_only_extraction_errors(
+    fixture: WireFixture, ops: list[tuple[int, int, int]]
+) -> None:
     request = dataclasses.replace(_request(fixture), body=_mutate(fixture.body, ops))
     for extractor in EXTRACTORS.values():
         try:
