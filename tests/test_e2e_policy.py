@@ -287,3 +287,17 @@ def test_no_prompt_text_in_the_proxy_log(dep: ProxyDeployment) -> None:
     log = dep.proxy_log.read_text()
     assert CANARY not in log and "jane.roe" not in log and "Acme renewal" not in log
     assert "flow=" in log  # the proxy does log, just never the text
+
+
+def test_explain_a_logged_request_against_the_current_policies(dep: ProxyDeployment) -> None:
+    record = _record_with(
+        dep, lambda r: r["decision"]["rule_ids"] == ["block-customer-data"], "the hot-reloaded rule's record"
+    )
+    result = dep.cli("policy", "explain", "--record", record["record_id"], "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["identity"]["user"] == "alice@example.com" and data["identity"]["groups"] == ["engineering"]
+    assert data["inspection"]["topics"]["CUSTOMER_DATA"]["confidence"] == "high"
+    # live.yaml is back to V1, so the rule is gone and the same request is allowed today
+    assert data["decision"]["action"] == "allow"
+    assert "block-customer-data" not in json.dumps(data["policies"])
