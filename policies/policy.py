@@ -380,6 +380,14 @@ def _position(container: object, key: str | int | None) -> tuple[int, int]:
     return (1, 1)
 
 
+_TYPE_NAMES = {
+    "array": "a list",
+    "object": "a mapping",
+    "string": "a string",
+    "boolean": "true or false",
+    "integer": "an integer",
+    "number": "a number",
+}
 _GENERIC = {
     "type": "wrong type",
     "minItems": "must not be empty",
@@ -424,6 +432,9 @@ def _schema_error(err: jsonschema.ValidationError, root: YamlMap, source: str) -
         return ConfigError(message, source=source, line=line, column=column, field=dotted([*path, missing]))
     line, column = _position(parent, path[-1] if path else None)
     message = str(custom) if custom else _GENERIC.get(str(err.validator), err.message)
+    if err.validator == "type" and not custom:
+        wanted = err.validator_value if isinstance(err.validator_value, list) else [err.validator_value]
+        message = "expected " + " or ".join(_TYPE_NAMES.get(str(w), str(w)) for w in wanted)
     if err.validator in ("enum", "const", "type", "pattern", "anyOf") and not isinstance(node, (dict, list)):
         message += f" (got {_short(node)})"
     return ConfigError(message, source=source, line=line, column=column, field=dotted(path) or None)
