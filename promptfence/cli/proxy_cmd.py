@@ -29,13 +29,15 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     from logs.recorder import AsyncRecorder, SpoolingWriter
     from logs.spool import Spool
     from logs.store import LogStore, Recipient
-    from policies.policy import load_policies
+    from policies.reload import ReloadingPolicySet
     from proxy.addon import PromptFenceAddon
     from proxy.catalogue import load_catalogue
+    from proxy.identity import build_identity
     from proxy.master import build_dump_master
 
     catalogue = load_catalogue()
-    policies = load_policies(config.policies.files)
+    policies = ReloadingPolicySet(config.policies.files)  # follows edits; keeps the last good set
+    identity = build_identity(config.identity)
     recipients = []
     for path in config.recipient_keys:
         try:
@@ -56,11 +58,12 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
         "promptfence_inspect_timeout": config.proxy.inspect_timeout_s,
         "promptfence_max_body": config.proxy.max_body_bytes,
         "promptfence_resolve": ",".join(f"{h}={t}" for h, t in config.proxy.resolve.items()),
+        "promptfence_warn_window": config.policies.warn_resend_window_s,
     }
     if config.proxy.upstream_ca is not None:
         settings["ssl_verify_upstream_trusted_ca"] = str(config.proxy.upstream_ca)
     master = build_dump_master(
-        PromptFenceAddon(catalogue, client, policies, recorder),
+        PromptFenceAddon(catalogue, client, policies, recorder, identity),
         listen_host=config.proxy.listen_host,
         listen_port=config.proxy.listen_port,
         confdir=config.mitmproxy_confdir,
