@@ -436,6 +436,9 @@ class LogRecord:
     decision: Decision
     payload: Payload = field(repr=False)
     response_bytes: int = 0
+    # Why the streamed answer could not be (fully) reconstructed, if so: "truncated frame",
+    # "3 undecodable events", ... Never quotes the answer. None: decoded, or nothing to decode.
+    response_decode_error: str | None = None
 
     def metadata(self) -> dict[str, Any]:
         """Everything that may be stored in clear; the prompt and answer are not in it."""
@@ -464,6 +467,7 @@ class LogRecord:
             "prompt_digest": text_digest(self.payload.prompt),
             "response_chars": None if self.payload.response is None else len(self.payload.response),
             "response_bytes": self.response_bytes,
+            "response_decode_error": self.response_decode_error,
             "attachments_count": len(self.payload.attachments),
             "message_id": op.message_id,
         }

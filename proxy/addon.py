@@ -12,6 +12,7 @@ actions. Never prompt or response text.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -33,8 +34,11 @@ from promptfence.core import (
 )
 from proxy.block_reply import BLOCK_REPLIES
 from proxy.catalogue import Catalogue, Match
-from proxy.extraction import EXTRACTORS, Extraction, ExtractionError
+from proxy.extraction import Extraction
+from proxy.flowmap import extract, match_flow, new_decoder
 from proxy.identity import ClientAddressIdentity, IdentityResolver
+from proxy.tap import ResponseTap, decode_whole
+from proxy.wire.base import Answer
 
 log = logging.getLogger("promptfence.proxy")
 
@@ -64,17 +68,7 @@ class FlowState:
     response_bytes: int = 0
     recorded: bool = False
     notes: list[str] = field(default_factory=list)
-
-
-class ByteCounter:
-    """The response stream callable: passes every chunk through untouched, counting bytes."""
-
-    def __init__(self, state: FlowState) -> None:
-        self.state = state
-
-    def __call__(self, chunk: bytes) -> bytes:
-        self.state.response_bytes += len(chunk)
-        return chunk
+    tap: ResponseTap | None = None  # the answer decoder's copy of the response stream
 
 
 class PromptFenceAddon:
@@ -112,6 +106,13 @@ class PromptFenceAddon:
             8 * 1024 * 1024,
             "Largest prompt-carrying request body inspected; larger bodies count as an error.",
         )
+        loader.add_option(
+            "promptfence_capture_bodies",
+            int,
+            0,
+            "For `promptfence capture`: keep a copy of inspected responses up to this many bytes "
+            "so the recorded flow holds the answer (0: keep nothing).",
+        )
 
     # -- upstream address pins -------------------------------------------------------------
     def _pins(self) -> dict[str, tuple[str, int]]:
@@ -132,20 +133,7 @@ class PromptFenceAddon:
 
     # -- requests ----------------------------------------------------------------------------
     def _extract(self, flow: http.HTTPFlow, match: Match) -> tuple[Extraction, str | None]:
-        name = match.operation.extractor
-        if name is None:
-            return Extraction(), None
-        raw = flow.request.raw_content or b""
-        if len(raw) > ctx.options.promptfence_max_body:
-            return Extraction(), f"request body over {ctx.options.promptfence_max_body} bytes"
-        try:
-            body = flow.request.get_content(strict=True) or b""
-        except ValueError:
-            return Extraction(), "request body has an undecodable content-encoding"
-        try:
-            return EXTRACTORS[name](body), None
-        except ExtractionError as exc:
-            return Extraction(), f"could not decode request: {exc}"
+        return extract(flow, match, ctx.options.promptfence_max_body)
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None or flow.request.method == "CONNECT":
@@ -211,37 +199,77 @@ class PromptFenceAddon:
 
     # -- responses ---------------------------------------------------------------------------
     def responseheaders(self, flow: http.HTTPFlow) -> None:
+        """Every response streams. An inspected operation's stream goes through a
+        :class:`~proxy.tap.ResponseTap` that returns each chunk unchanged (no added delay) while
+        its copy feeds the app's answer decoder; everything else streams straight through."""
         if flow.response is None:
             return
         state = flow.metadata.get(METADATA_KEY)
         if isinstance(state, FlowState) and not state.recorded:
-            flow.response.stream = ByteCounter(state)
+            state.tap = ResponseTap(
+                new_decoder(match_flow(self.catalogue, flow)),
+                flow.response.headers.get("content-encoding", ""),
+                keep_copy_limit=ctx.options.promptfence_capture_bodies,
+            )
+            flow.response.stream = state.tap
         elif not flow.response.stream:
             flow.response.stream = True
 
     async def response(self, flow: http.HTTPFlow) -> None:
         state = flow.metadata.get(METADATA_KEY)
         if isinstance(state, FlowState) and not state.recorded:
-            if flow.response is not None and not flow.response.stream:
-                state.response_bytes = len(flow.response.raw_content or b"")
-            await self._finish(flow, state)
+            if flow.response is not None and state.tap is not None and state.tap.copy is not None:
+                flow.response.raw_content = bytes(state.tap.copy)  # for `promptfence capture` only
+            await self._finish(flow, state, self._answer(flow, state))
 
     async def error(self, flow: http.HTTPFlow) -> None:
         state = flow.metadata.get(METADATA_KEY)
         if isinstance(state, FlowState) and not state.recorded:
             state.notes.append("upstream error")
-            await self._finish(flow, state)
+            await self._finish(flow, state, self._answer(flow, state))
 
-    async def _finish(self, flow: http.HTTPFlow, state: FlowState) -> None:
+    def _answer(self, flow: http.HTTPFlow, state: FlowState) -> Answer | None:
+        """The reconstructed answer: from the tap, or (a response that was not streamed) the body."""
+        if state.tap is not None:
+            state.response_bytes = state.tap.response_bytes
+            return state.tap.finish()
+        if flow.response is None:
+            return None
+        state.response_bytes = len(flow.response.raw_content or b"")
+        decoder = new_decoder(match_flow(self.catalogue, flow))
+        if decoder is None:
+            return None
+        encoding = flow.response.headers.get("content-encoding", "")
+        return decode_whole(decoder, flow.response.raw_content or b"", encoding)
+
+    async def _finish(self, flow: http.HTTPFlow, state: FlowState, answer: Answer | None = None) -> None:
         state.recorded = True
+        operation = state.operation
+        if answer is not None and answer.conversation_id and not operation.conversation_id:
+            operation = dataclasses.replace(operation, conversation_id=answer.conversation_id)
+        if answer is not None:
+            log.info(
+                "flow=%s op=%s answer_chars=%s answer_digest=%s response_bytes=%d decode=%s",
+                flow.id,
+                operation.operation_id,
+                "-" if answer.text is None else len(answer.text),
+                "-" if answer.text is None else text_digest(answer.text),
+                state.response_bytes,
+                answer.error or "ok",
+            )
         record = LogRecord(
             record_id=str(uuid.uuid4()),
             timestamp=time.time(),
-            operation=state.operation,
+            operation=operation,
             inspection=state.inspection,
             decision=state.decision,
-            payload=Payload(prompt=state.operation.prompt, attachments=state.operation.attachments),
+            payload=Payload(
+                prompt=state.operation.prompt,
+                response=None if answer is None else answer.text,
+                attachments=state.operation.attachments,
+            ),
             response_bytes=state.response_bytes,
+            response_decode_error=None if answer is None else answer.error,
         )
         try:
             await self.recorder.record(record)

@@ -177,7 +177,7 @@ async def test_non_prompt_operations_of_the_app_are_not_inspected() -> None:
     assert inspector.seen == [] and recorder.records == [] and flow.response is None
 
 
-def test_resolve_pins_change_the_upstream_address_only_for_pinned_hosts() -> None:
+async def test_resolve_pins_change_the_upstream_address_only_for_pinned_hosts() -> None:
     addon, _ = _addon(FakeInspector(CLEAN_INSPECTION))
     with taddons.context(addon) as tctx:
         tctx.configure(addon, promptfence_resolve="chatgpt.com=127.0.0.1:9443")

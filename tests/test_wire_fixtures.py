@@ -224,3 +224,40 @@ def test_every_prompt_share_and_upload_operation_has_a_block_reply_of_its_app_or
             assert op.block_reply.split(".")[0] in (app, "json", "text")
         if op.kind is OperationKind.SEND_PROMPT and op.decoder is not None:
             assert op.block_reply.startswith(app)
+
+
+@pytest.mark.parametrize(
+    ("host", "method", "path", "operation"),
+    [
+        ("gemini.google.com", "POST", "/_/BardChatUi/data/batchexecute?rpcids=MaZiqc&rt=c", "gemini.other"),
+        ("gemini.google.com", "POST", "/_/BardChatUi/data/batchexecute?rpcids=MaZiqc,fuVx7", "gemini.share"),
+        ("gemini.google.com", "POST", "/_/BardChatUi/data/batchexecute?rpcids=oMH3Zd", "gemini.gem_instructions"),
+        ("gemini.google.com", "POST", "/upload", "gemini.other"),  # uploads only on content-push
+        ("content-push.googleapis.com", "POST", "/upload/?upload_id=x", "gemini.upload_file"),
+        ("files.oaiusercontent.com", "PUT", "/file-x?sig=1", "chatgpt.upload_blob"),
+        ("chatgpt.com", "PUT", "/backend-api/anything", "chatgpt.other"),
+        ("chatgpt.com", "PATCH", "/backend-api/share/s-1", "chatgpt.share_publish"),
+        ("claude.ai", "POST", "/api/organizations/o/chat_conversations/c/retry_completion", "claude.send_prompt"),
+        ("claude.ai", "POST", "/api/generate_chat_title", "claude.title"),
+        ("ppl-ai-file-upload.s3.amazonaws.com", "POST", "/", "perplexity.upload_blob"),
+        ("www.perplexity.ai", "POST", "/", "perplexity.other"),
+    ],
+)
+def test_host_and_query_selectors(host: str, method: str, path: str, operation: str) -> None:
+    match = CATALOGUE.match(host, method, path)
+    assert match is not None and match.operation.operation_id == operation
+
+
+def test_unknown_decoder_and_bad_query_regex_are_config_errors_with_positions() -> None:
+    from promptfence.errors import ConfigError
+    from promptfence.yamlsource import load_yaml_text
+    from proxy.catalogue import parse_app
+
+    base = "app: x\nname: X\napp_type: t\nhosts: [a]\noperations:\n- id: x.a\n  kind: Other\n  path: /\n"
+    for extra, line, field in [
+        ("  decoder: nope\n", 9, "operations[0].decoder"),
+        ("  query: '('\n", 9, "operations[0].query"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            parse_app(load_yaml_text(base + extra, "x.yaml"), "x.yaml")
+        assert (info.value.line, info.value.field) == (line, field)

@@ -24,6 +24,8 @@ COMMANDS: dict[str, str] = {
     "inspector": "run the inspection service (POST /v1/inspect)",
     "keys": "manage the admin key pairs that logs are sealed to",
     "logs": "read the prompt log",
+    "replay": "run captured flows (.mitm, HAR) through mapping, inspection and policy offline",
+    "capture": "run the proxy and record GenAI flows to .mitm / HAR files for replay",
     "viewer": "serve the prompt-log web viewer (decryption happens in the browser)",
     "feedback": "mark a log record's topic as a false or true positive",
 }
