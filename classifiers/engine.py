@@ -14,9 +14,17 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import yaml
+
+from classifiers.normalize import Analysis, analyse
 from inference.errors import InferenceError
-from promptfence.core import Detector, DetectorRun, DetectorStatus, Finding, Inspection, Topic
+from promptfence.core import Detector, DetectorRun, DetectorStatus, Finding, Inspection, Span, Topic
+from promptfence.errors import ConfigError
+
+TOPIC_MAP_FILE = Path(__file__).parent / "topics.yaml"
+TopicMap = Mapping[str, Mapping[Topic, float]]
 
 log = logging.getLogger("promptfence.inspector")
 
@@ -37,6 +45,33 @@ def combine_topic_scores(findings: Iterable[Finding]) -> dict[Topic, float]:
     return {topic: 1.0 - m for topic, m in miss.items()}
 
 
+def load_topic_map(path: Path = TOPIC_MAP_FILE) -> dict[str, dict[Topic, float]]:
+    """detector name -> {topic: weight}, from classifiers/topics.yaml."""
+    data = yaml.safe_load(path.read_text())
+    detectors = data.get("detectors") if isinstance(data, dict) else None
+    if not isinstance(detectors, dict):
+        raise ConfigError("expected a 'detectors' mapping", source=str(path))
+    result: dict[str, dict[Topic, float]] = {}
+    for name, topics in detectors.items():
+        try:
+            result[str(name)] = {Topic(t): float(w) for t, w in dict(topics).items()}
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad entry: {exc}", source=str(path), field=f"detectors.{name}") from None
+    return result
+
+
+def _to_prompt(finding: Finding, analysis: Analysis, weight: float) -> Finding:
+    """Re-express a finding on the analysis text as one on the user's prompt."""
+    span = None
+    if finding.span is not None:
+        original = analysis.original_span(finding.span.start, finding.span.end)
+        span = None if original is None else Span(*original)
+    explanation = finding.explanation
+    if finding.span is not None and span is None:
+        explanation += " (in de-obfuscated text)"
+    return Finding(finding.detector, finding.kind, finding.topic, finding.score * weight, span, explanation)
+
+
 class InspectionEngine:
     def __init__(
         self,
@@ -45,6 +80,7 @@ class InspectionEngine:
         deadline_s: float = 5.0,
         deadlines: Mapping[str, float] | None = None,
         max_workers: int | None = None,
+        topic_map: TopicMap | None = None,
     ) -> None:
         names = [d.name for d in detectors]
         if len(set(names)) != len(names):
@@ -52,6 +88,12 @@ class InspectionEngine:
         self.detectors = tuple(detectors)
         self.deadline_s = deadline_s
         self.deadlines = dict(deadlines or {})
+        self.topic_map = topic_map if topic_map is not None else load_topic_map()
+        unmapped = [n for n in names if n not in self.topic_map]
+        if unmapped:
+            raise ConfigError(
+                f"detectors missing from the topic map: {', '.join(unmapped)}", source=str(TOPIC_MAP_FILE)
+            )
         workers = max_workers or max(4, 2 * len(self.detectors))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detector")
 
@@ -83,11 +125,23 @@ class InspectionEngine:
 
     async def inspect(self, text: str) -> Inspection:
         started = time.perf_counter()
-        results = await asyncio.gather(*(self._run_one(d, text) for d in self.detectors))
-        findings = tuple(f for _, fs in results for f in fs)
+        analysis = analyse(text)
+        results = await asyncio.gather(*(self._run_one(d, analysis.text) for d in self.detectors))
+        findings: list[Finding] = []
+        covered: set[Topic] = set()
+        for run, detector_findings in results:
+            allowed = self.topic_map.get(run.detector, {})
+            if not run.failed:
+                covered.update(t for t, w in allowed.items() if w > 0)
+            for finding in detector_findings:
+                weight = allowed.get(finding.topic, 0.0)
+                if weight > 0:
+                    findings.append(_to_prompt(finding, analysis, weight))
         return Inspection(
-            findings=findings,
+            findings=tuple(findings),
             topics=combine_topic_scores(findings),
             runs=tuple(run for run, _ in results),
             elapsed_ms=(time.perf_counter() - started) * 1000,
+            transforms=analysis.transforms,
+            uncovered=tuple(t for t in Topic if t not in covered),
         )

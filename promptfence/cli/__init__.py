@@ -26,6 +26,10 @@ COMMANDS: dict[str, str] = {
     "logs": "read the prompt log",
     "replay": "run captured flows (.mitm, HAR) through mapping, inspection and policy offline",
     "capture": "run the proxy and record GenAI flows to .mitm / HAR files for replay",
+    "policy": "lint, test and explain guardrail policies (the policy author's toolkit)",
+    "identity": "hash proxy passwords and check who is in which group",
+    "eval": "measure detection quality on a labelled JSON-lines dataset",
+    "bench": "measure speed (bench inspect: inspector throughput and latency)",
     "viewer": "serve the prompt-log web viewer (decryption happens in the browser)",
     "feedback": "mark a log record's topic as a false or true positive",
 }

