@@ -79,6 +79,37 @@ class BlockReply:
 
 BlockReplyMaker = Callable[[str, Extraction], BlockReply]
 
+SSE_CONTENT_TYPE = "text/event-stream; charset=utf-8"
+
+
+def json_403(body: object) -> BlockReply:
+    """A 403 whose body is ``body`` as JSON: the apps show it in their error toasts, never retry."""
+    return BlockReply(
+        status=403,
+        headers={"Content-Type": "application/json", "X-PromptFence": "blocked"},
+        body=json.dumps(body).encode(),
+    )
+
+
+def answer_reply(body: bytes, content_type: str = SSE_CONTENT_TYPE) -> BlockReply:
+    """A 200 that stands in for the app's (streamed) answer: the notice renders as the answer."""
+    return BlockReply(
+        status=200,
+        headers={"Content-Type": content_type, "Cache-Control": "no-cache", "X-PromptFence": "blocked"},
+        body=body,
+    )
+
+
+def sse_event(data: str, event: str | None = None, *, eol: str = "\n") -> str:
+    """One SSE event as text: an optional ``event:`` line, one ``data:`` line, a blank line."""
+    head = f"event: {event}{eol}" if event is not None else ""
+    return f"{head}data: {data}{eol}{eol}"
+
+
+def sse_json(value: object, event: str | None = None, *, eol: str = "\n") -> str:
+    """:func:`sse_event` whose data is ``value`` as one line of JSON (non-ASCII kept as is)."""
+    return sse_event(json.dumps(value, ensure_ascii=False), event, eol=eol)
+
 
 # -- small tolerant helpers ------------------------------------------------------------------
 

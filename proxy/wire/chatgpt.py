@@ -10,7 +10,6 @@ so only ``assistant`` messages count). Both end with ``data: [DONE]``.
 from __future__ import annotations
 
 import copy
-import json
 import time
 import uuid
 from collections.abc import Mapping
@@ -26,12 +25,15 @@ from proxy.wire.base import (
     ExtractionError,
     Extractor,
     RequestData,
+    answer_reply,
     dict_get,
     json_object,
     loads_or_none,
     opt_str,
+    sse_event,
+    sse_json,
 )
-from proxy.wire.sse import SSEDecoder, SSEEvent
+from proxy.wire.sse import SSEAnswerDecoder, SSEEvent
 
 # -- requests ----------------------------------------------------------------------------------
 
@@ -140,29 +142,21 @@ def _message_text(message: Any) -> str | None:
     return "".join(p for p in parts if isinstance(p, str))
 
 
-class ChatGPTStreamDecoder:
+class ChatGPTStreamDecoder(SSEAnswerDecoder):
     """Folds a ChatGPT answer stream (delta v1 or legacy snapshots) into the final answer."""
 
     def __init__(self) -> None:
-        self._sse = SSEDecoder()
+        super().__init__()
         self._docs: dict[object, Any] = {}  # v1: channel -> root document; legacy: message id -> event
         self._p: Any = None
         self._o: Any = None
         self._c: Any = None
         self._encoding: str | None = None
-        self._answer = Answer()
         self._done = False
-        self._undecodable = 0
         self._failed_ops = 0
         self._app_error = False
 
-    def feed(self, data: bytes) -> None:
-        for event in self._sse.feed(data):
-            self._event(event)
-
-    def close(self) -> Answer:
-        for event in self._sse.close():
-            self._event(event)
+    def _finish(self) -> Answer:
         answer = self._answer
         for doc in reversed(self._docs.values()):
             text = _message_text(dict_get(doc, "message"))
@@ -171,18 +165,14 @@ class ChatGPTStreamDecoder:
                 answer.message_id = opt_str(dict_get(dict_get(doc, "message"), "id"))
                 break
         answer.complete = self._done
-        notes = []
-        if not self._done:
-            notes.append("stream ended without [DONE]" + (" (truncated event)" if self._sse.truncated else ""))
-        if self._undecodable:
-            notes.append(f"{self._undecodable} undecodable events")
+        app = []
         if self._failed_ops:
-            notes.append(f"{self._failed_ops} delta operations did not apply")
+            app.append(f"{self._failed_ops} delta operations did not apply")
         if self._app_error:
-            notes.append("the app reported an error")
-        if answer.text is None and not notes:
-            notes.append("no assistant answer in the stream")
-        answer.error = "; ".join(notes) or None
+            app.append("the app reported an error")
+        answer.error = self._notes(
+            ended=self._done, end="without [DONE]", app=app, no_answer="no assistant answer in the stream"
+        )
         return answer
 
     def _conversation(self, value: Any) -> None:
@@ -288,10 +278,6 @@ class ChatGPTStreamDecoder:
 # -- block reply ---------------------------------------------------------------------------------
 
 
-def sse_lines(events: list[object]) -> bytes:
-    return b"".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n".encode() for e in events)
-
-
 def assistant_notice(message: str, extraction: Extraction) -> BlockReply:
     """A legacy full-snapshot stream holding one finished assistant message with the notice.
 
@@ -315,15 +301,7 @@ def assistant_notice(message: str, extraction: Extraction) -> BlockReply:
         "conversation_id": conversation_id,
         "error": None,
     }
-    return BlockReply(
-        status=200,
-        headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "X-PromptFence": "blocked",
-        },
-        body=sse_lines([event]) + b"data: [DONE]\n\n",
-    )
+    return answer_reply((sse_json(event) + sse_event("[DONE]")).encode())
 
 
 EXTRACTORS: Mapping[str, Extractor] = {

@@ -10,7 +10,6 @@ conversation id is always the path segment after ``chat_conversations/``. The an
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -24,12 +23,15 @@ from proxy.wire.base import (
     Extraction,
     Extractor,
     RequestData,
+    answer_reply,
     dict_get,
+    json_403,
     json_object,
     loads_or_none,
     opt_str,
+    sse_json,
 )
-from proxy.wire.sse import SSEDecoder, SSEEvent
+from proxy.wire.sse import SSEAnswerDecoder, SSEEvent
 
 _CONVERSATION_IN_PATH = re.compile(r"/(?:chat_)?conversations/([^/]+)")
 
@@ -111,39 +113,25 @@ def conversation_ref(request: RequestData) -> Extraction:
     return Extraction(conversation_id=_conversation_from_path(request.path))
 
 
-class ClaudeStreamDecoder:
+class ClaudeStreamDecoder(SSEAnswerDecoder):
     """Joins ``text_delta`` text per content block (index order); thinking and tool JSON stay out."""
 
     def __init__(self) -> None:
-        self._sse = SSEDecoder()
+        super().__init__()
         self._blocks: dict[int, list[str]] = {}
         self._legacy: list[str] = []
-        self._answer = Answer()
         self._stopped = False
-        self._undecodable = 0
         self._app_error = False
 
-    def feed(self, data: bytes) -> None:
-        for event in self._sse.feed(data):
-            self._event(event)
-
-    def close(self) -> Answer:
-        for event in self._sse.close():
-            self._event(event)
+    def _finish(self) -> Answer:
         answer = self._answer
         if self._blocks:
             answer.text = "".join("".join(self._blocks[i]) for i in sorted(self._blocks))
         elif self._legacy:
             answer.text = "".join(self._legacy)
         answer.complete = self._stopped
-        notes = []
-        if not self._stopped:
-            notes.append("stream ended before message_stop" + (" (truncated event)" if self._sse.truncated else ""))
-        if self._undecodable:
-            notes.append(f"{self._undecodable} undecodable events")
-        if self._app_error:
-            notes.append("the app reported an error")
-        answer.error = "; ".join(notes) or None
+        app = ["the app reported an error"] if self._app_error else []
+        answer.error = self._notes(ended=self._stopped, end="before message_stop", app=app)
         return answer
 
     def _event(self, event: SSEEvent) -> None:
@@ -189,12 +177,7 @@ class ClaudeStreamDecoder:
 
 def error_403(message: str, extraction: Extraction) -> BlockReply:
     """Option A of the design notes: claude.ai's own refusal shape, as a permission error."""
-    body = {"type": "error", "error": {"type": "permission_error", "message": message}}
-    return BlockReply(
-        status=403,
-        headers={"Content-Type": "application/json", "X-PromptFence": "blocked"},
-        body=json.dumps(body).encode(),
-    )
+    return json_403({"type": "error", "error": {"type": "permission_error", "message": message}})
 
 
 def assistant_notice(message: str, extraction: Extraction) -> BlockReply:
@@ -229,16 +212,7 @@ def assistant_notice(message: str, extraction: Extraction) -> BlockReply:
         ("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None}}),
         ("message_stop", {"type": "message_stop"}),
     ]
-    body = "".join(f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n" for name, data in events)
-    return BlockReply(
-        status=200,
-        headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "X-PromptFence": "blocked",
-        },
-        body=body.encode(),
-    )
+    return answer_reply("".join(sse_json(data, name) for name, data in events).encode())
 
 
 EXTRACTORS: Mapping[str, Extractor] = {

@@ -28,6 +28,7 @@ from proxy.wire.base import (
     ExtractionError,
     Extractor,
     RequestData,
+    answer_reply,
     dig,
     json_value,
     loads_or_none,
@@ -319,15 +320,7 @@ def assistant_notice(message: str, extraction: Extraction) -> BlockReply:
 
     cid = extraction.conversation_id or made_up("c_")
     rid = made_up("r_")
-    return BlockReply(
-        status=200,
-        headers={
-            "Content-Type": "application/json; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "X-PromptFence": "blocked",
-        },
-        body=answer_body(message, cid, rid, made_up("rc_")),
-    )
+    return answer_reply(answer_body(message, cid, rid, made_up("rc_")), "application/json; charset=utf-8")
 
 
 EXTRACTORS: Mapping[str, Extractor] = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import json
 from collections.abc import Mapping
 
 from proxy.wire.base import (
@@ -15,6 +14,7 @@ from proxy.wire.base import (
     ExtractionError,
     Extractor,
     RequestData,
+    json_403,
 )
 
 TEXT_TYPES = ("text/", "application/json", "application/xml", "application/x-yaml", "application/csv")
@@ -72,12 +72,7 @@ def raw_file(request: RequestData) -> Extraction:
 
 def json_detail_403(message: str, extraction: Extraction) -> BlockReply:
     """``{"detail": ...}`` with 403: shown by the apps' error toasts and never retried."""
-    body = json.dumps({"detail": {"message": message, "code": "blocked_by_promptfence"}})
-    return BlockReply(
-        status=403,
-        headers={"Content-Type": "application/json", "X-PromptFence": "blocked"},
-        body=body.encode(),
-    )
+    return json_403({"detail": {"message": message, "code": "blocked_by_promptfence"}})
 
 
 def plain_text_403(message: str, extraction: Extraction) -> BlockReply:

@@ -25,12 +25,15 @@ from proxy.wire.base import (
     Extraction,
     Extractor,
     RequestData,
+    answer_reply,
     dict_get,
     json_object,
     loads_or_none,
     opt_str,
+    sse_event,
+    sse_json,
 )
-from proxy.wire.sse import SSEDecoder, SSEEvent
+from proxy.wire.sse import SSEAnswerDecoder, SSEEvent
 
 ANSWER_USAGES = ("ask_text", "ask_text_0_markdown")
 
@@ -100,26 +103,18 @@ def _final_answer(text: Any) -> str | None:
     return None
 
 
-class PerplexityStreamDecoder:
+class PerplexityStreamDecoder(SSEAnswerDecoder):
     def __init__(self) -> None:
-        self._sse = SSEDecoder()
+        super().__init__()
         self._chunks: dict[str, list[str]] = {}
         self._terminal: dict[str, str] = {}
         self._diff: dict[tuple[str, str], Any] = {}
         self._text_answer: str | None = None
-        self._answer = Answer()
         self._ended = False
         self._completed = False
         self._failed = False
-        self._undecodable = 0
 
-    def feed(self, data: bytes) -> None:
-        for event in self._sse.feed(data):
-            self._event(event)
-
-    def close(self) -> Answer:
-        for event in self._sse.close():
-            self._event(event)
+    def _finish(self) -> Answer:
         answer = self._answer
         for usage in ANSWER_USAGES:
             if usage in self._terminal:
@@ -131,16 +126,10 @@ class PerplexityStreamDecoder:
         else:
             answer.text = self._text_answer
         answer.complete = self._ended or self._completed
-        notes = []
-        if not answer.complete:
-            notes.append("stream ended before end_of_stream" + (" (truncated event)" if self._sse.truncated else ""))
-        if self._undecodable:
-            notes.append(f"{self._undecodable} undecodable events")
-        if self._failed:
-            notes.append("the app reported status FAILED")
-        if answer.text is None and not notes:
-            notes.append("no answer carrier in the stream")
-        answer.error = "; ".join(notes) or None
+        app = ["the app reported status FAILED"] if self._failed else []
+        answer.error = self._notes(
+            ended=answer.complete, end="before end_of_stream", app=app, no_answer="no answer carrier in the stream"
+        )
         return answer
 
     def _event(self, event: SSEEvent) -> None:
@@ -239,16 +228,8 @@ def assistant_notice(message: str, extraction: Extraction) -> BlockReply:
         ],
         "text": final_text,
     }
-    body = f"event: message\r\ndata: {json.dumps(event, ensure_ascii=False)}\r\n\r\nevent: end_of_stream\r\ndata: {{}}\r\n\r\n"
-    return BlockReply(
-        status=200,
-        headers={
-            "Content-Type": "text/event-stream; charset=utf-8",
-            "Cache-Control": "no-cache",
-            "X-PromptFence": "blocked",
-        },
-        body=body.encode(),
-    )
+    body = sse_json(event, "message", eol="\r\n") + sse_event("{}", "end_of_stream", eol="\r\n")
+    return answer_reply(body.encode())
 
 
 EXTRACTORS: Mapping[str, Extractor] = {

@@ -14,6 +14,8 @@ import codecs
 import re
 from dataclasses import dataclass, field
 
+from proxy.wire.base import Answer
+
 _EOL = re.compile(r"\r\n|\r|\n")
 
 
@@ -106,3 +108,44 @@ class SSEDecoder:
         self._data = []
         self._has_data = False
         self._event = ""
+
+
+class SSEAnswerDecoder:
+    """The second stage's common part: SSE events to :meth:`_event`, then the app's :meth:`_finish`.
+
+    Subclasses fold events into ``self._answer`` and count what they could not read in
+    ``self._undecodable``; :meth:`_notes` words what went wrong the same way for every app.
+    """
+
+    def __init__(self) -> None:
+        self._sse = SSEDecoder()
+        self._answer = Answer()
+        self._undecodable = 0
+
+    def feed(self, data: bytes) -> None:
+        for event in self._sse.feed(data):
+            self._event(event)
+
+    def close(self) -> Answer:
+        for event in self._sse.close():
+            self._event(event)
+        return self._finish()
+
+    def _event(self, event: SSEEvent) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> Answer:
+        raise NotImplementedError
+
+    def _notes(self, *, ended: bool, end: str, app: list[str], no_answer: str | None = None) -> str | None:
+        """``answer.error``: the stream ended before ``end``, undecodable events, the ``app`` notes,
+        and ``no_answer`` when nothing else went wrong but no answer text was found."""
+        notes = []
+        if not ended:
+            notes.append(f"stream ended {end}" + (" (truncated event)" if self._sse.truncated else ""))
+        if self._undecodable:
+            notes.append(f"{self._undecodable} undecodable events")
+        notes.extend(app)
+        if no_answer is not None and self._answer.text is None and not notes:
+            notes.append(no_answer)
+        return "; ".join(notes) or None
