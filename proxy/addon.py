@@ -38,7 +38,7 @@ from proxy.block_reply import BLOCK_REPLIES
 from proxy.catalogue import Catalogue, Match
 from proxy.coaching import WarnLedger
 from proxy.extraction import Extraction
-from proxy.flowmap import extract, match_flow, new_decoder
+from proxy.flowmap import extract, match_flow, new_decoder, operation_of
 from proxy.identity import Challenge, ClientAddressIdentity, Gatekeeper, IdentityResolver
 from proxy.redaction import RedactionError, apply_to_flow
 from proxy.tap import ResponseTap, decode_whole
@@ -160,21 +160,7 @@ class PromptFenceAddon:
             return
         started = time.monotonic()
         extraction, extract_error = self._extract(flow, match)
-        operation = Operation(
-            app=match.app.app,
-            app_type=match.app.app_type,
-            operation_id=match.operation.operation_id,
-            kind=match.operation.kind,
-            identity=self.identity.identify(flow),
-            prompt=extraction.prompt,
-            conversation_id=extraction.conversation_id,
-            message_id=extraction.message_id,
-            parent_message_id=extraction.parent_message_id,
-            model=extraction.model,
-            attachments=extraction.attachments,
-            host=flow.request.pretty_host,
-            path=flow.request.path.split("?", 1)[0],
-        )
+        operation = operation_of(flow, match, extraction, self.identity.identify(flow), extraction.conversation_id)
         if extract_error is not None:
             inspection = Inspection.failure("extractor", DetectorStatus.INVALID_OUTPUT, extract_error)
         elif operation.has_prompt:

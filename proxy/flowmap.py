@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from mitmproxy import http
 
+from promptfence.core import Identity, Operation
 from proxy.catalogue import Catalogue, Match
 from proxy.registry import DECODERS, EXTRACTORS
 from proxy.wire.base import AnswerDecoder, Extraction, ExtractionError, RequestData
@@ -42,6 +43,27 @@ def extract(flow: http.HTTPFlow, match: Match, max_body: int) -> tuple[Extractio
         return Extraction(), f"could not decode request: {exc}"
     except Exception as exc:  # an extractor bug is a recorded error, never a crash of the flow
         return Extraction(), f"could not decode request: {type(exc).__name__}"
+
+
+def operation_of(
+    flow: http.HTTPFlow, match: Match, extraction: Extraction, identity: Identity, conversation_id: str | None
+) -> Operation:
+    """The operation a matched flow performs: the catalogue's ids, who sent it, what it carries."""
+    return Operation(
+        app=match.app.app,
+        app_type=match.app.app_type,
+        operation_id=match.operation.operation_id,
+        kind=match.operation.kind,
+        identity=identity,
+        prompt=extraction.prompt,
+        conversation_id=conversation_id,
+        message_id=extraction.message_id,
+        parent_message_id=extraction.parent_message_id,
+        model=extraction.model,
+        attachments=extraction.attachments,
+        host=flow.request.pretty_host,
+        path=flow.request.path.split("?", 1)[0],
+    )
 
 
 def new_decoder(match: Match | None) -> AnswerDecoder | None:

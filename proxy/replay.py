@@ -19,7 +19,7 @@ from mitmproxy.io import har
 from promptfence.core import Operation
 from promptfence.errors import PromptFenceError
 from proxy.catalogue import Catalogue
-from proxy.flowmap import extract, match_flow, new_decoder
+from proxy.flowmap import extract, match_flow, new_decoder, operation_of
 from proxy.identity import ClientAddressIdentity, IdentityResolver
 from proxy.tap import decode_whole
 from proxy.wire.base import Answer
@@ -91,19 +91,5 @@ def replay_flows(
         if decoder is not None and response is not None and not blocked_here:
             answer = decode_whole(decoder, response.raw_content or b"", response.headers.get("content-encoding", ""))
         conversation = extraction.conversation_id or (answer.conversation_id if answer else None)
-        operation = Operation(
-            app=match.app.app,
-            app_type=match.app.app_type,
-            operation_id=match.operation.operation_id,
-            kind=match.operation.kind,
-            identity=who.identify(flow),
-            prompt=extraction.prompt,
-            conversation_id=conversation,
-            message_id=extraction.message_id,
-            parent_message_id=extraction.parent_message_id,
-            model=extraction.model,
-            attachments=extraction.attachments,
-            host=flow.request.pretty_host,
-            path=flow.request.path.split("?", 1)[0],
-        )
+        operation = operation_of(flow, match, extraction, who.identify(flow), conversation)
         yield ReplayedFlow(index, operation, error, answer, response.status_code if response else None)
