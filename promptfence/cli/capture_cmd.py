@@ -11,15 +11,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
-import signal
 from pathlib import Path
 
 from promptfence.cli import add_config_option
 from promptfence.config import Config, load_config
 from promptfence.errors import ConfigError
-
-log = logging.getLogger("promptfence.proxy")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,28 +25,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 async def _serve(config: Config, mitm: Path | None, har: Path | None) -> None:
-    from promptfence.cli.proxy_cmd import build_master
+    from promptfence.cli.proxy_cmd import build_master, run_master
     from proxy.capture import CaptureAddon
     from proxy.catalogue import load_catalogue
 
     master, recorder, client = build_master(config)
     master.addons.add(CaptureAddon(load_catalogue(), mitm, har))
     master.options.update(promptfence_capture_bodies=config.proxy.max_body_bytes)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, master.shutdown)
-    log.info(
+    await run_master(
+        master,
+        recorder,
+        client,
         "capturing proxy listening on %s:%d, CA certificate %s; recording to %s",
         config.proxy.listen_host,
         config.proxy.listen_port,
         config.ca_cert_path,
         ", ".join(str(p) for p in (mitm, har) if p),
     )
-    try:
-        await master.run()
-    finally:
-        await client.close()
-        recorder.close()
 
 
 def run(args: argparse.Namespace) -> int:

@@ -72,22 +72,33 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     return master, recorder, client
 
 
-async def _serve(config: Config) -> None:
-    master, recorder, client = build_master(config)
+async def run_master(
+    master: Any, recorder: AsyncRecorder, client: InspectorClient, message: str, *args: object
+) -> None:
+    """Run a built master until SIGINT/SIGTERM (logging ``message`` once it is set to stop on
+    them), then close the inspector client and flush the recorder."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
-    log.info(
-        "proxy listening on %s:%d, CA certificate %s",
-        config.proxy.listen_host,
-        config.proxy.listen_port,
-        config.ca_cert_path,
-    )
+    log.info(message, *args)
     try:
         await master.run()
     finally:
         await client.close()
         recorder.close()
+
+
+async def _serve(config: Config) -> None:
+    master, recorder, client = build_master(config)
+    await run_master(
+        master,
+        recorder,
+        client,
+        "proxy listening on %s:%d, CA certificate %s",
+        config.proxy.listen_host,
+        config.proxy.listen_port,
+        config.ca_cert_path,
+    )
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
