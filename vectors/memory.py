@@ -1,0 +1,196 @@
+"""The embedding memory: one tenant's centroids in the database, mirrored in a FAISS index.
+
+:class:`VectorMemory` is what the inspector uses. It keeps the database (:class:`VectorStore`)
+authoritative and its :class:`VectorIndex` in step: at start it loads every centroid of its
+namespace (or a snapshot written at the same generation), and before every lookup it reads the
+namespace's generation and applies only what other processes (other inspectors, the
+``feedback`` command, expiry) changed since. Several inspector processes can therefore share one
+database; each answers from its own index, at most one round-trip behind.
+
+Online clustering (:meth:`VectorMemory.observe`): a new vector joins the nearest centroid whose
+cosine similarity reaches ``join_similarity`` (running mean, re-normalised) or starts a new
+centroid, so the memory grows with the number of *kinds* of prompt, not prompts. Centroids not
+used for ``retention_days`` expire (:meth:`VectorMemory.expire`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from promptfence.core import Topic
+from vectors.index import IndexSpec, VectorIndex
+from vectors.store import Assignment, CentroidState, Changes, Vector, VectorStore, normalise
+
+log = logging.getLogger("promptfence.vectors")
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    tenant: str
+    model: str
+    dimension: int
+    join_similarity: float = 0.88
+    retention_days: float = 60.0
+    index: IndexSpec | None = None
+    # Directory for index snapshots (faster start at large sizes); None: always rebuild.
+    snapshot_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A centroid close to a query: its id and cosine similarity (never any text)."""
+
+    centroid_id: int
+    similarity: float
+    state: CentroidState = field(repr=False)
+
+
+class VectorMemory:
+    def __init__(self, store: VectorStore, spec: MemorySpec) -> None:
+        self.store = store
+        self.spec = spec
+        index_spec = spec.index or IndexSpec(dimension=spec.dimension)
+        if index_spec.dimension != spec.dimension:
+            raise ValueError("index dimension differs from the memory's")
+        self.namespace_id = store.namespace(spec.tenant, spec.model, spec.dimension)
+        self.index = VectorIndex(index_spec)
+        self._states: dict[int, CentroidState] = {}
+        self._generation: int | None = None
+        self._lock = threading.RLock()
+        self._start()
+
+    # -- keeping in step with the database --------------------------------------------------
+    def _snapshot_paths(self) -> tuple[Path, Path] | None:
+        if self.spec.snapshot_dir is None:
+            return None
+        base = self.spec.snapshot_dir / f"memory-ns{self.namespace_id}.faiss"
+        return base, base.with_suffix(".json")
+
+    def _start(self) -> None:
+        with self._lock:
+            changes = self.store.changes_since(self.namespace_id, None)
+            self._states = {s.id: s for s in changes.centroids}
+            items = [(s.id, s.vector) for s in changes.centroids]
+            paths = self._snapshot_paths()
+            loaded = False
+            if paths is not None and paths[0].is_file() and paths[1].is_file():
+                try:
+                    meta = json.loads(paths[1].read_text())
+                except (OSError, ValueError):
+                    meta = {}
+                if meta.get("generation") == changes.generation and meta.get("model") == self.spec.model:
+                    loaded = self.index.load(str(paths[0]), items)
+            if not loaded:
+                self.index.rebuild(items)
+            self._generation = changes.generation
+            log.info(
+                "memory %s: %d centroid(s), %s index on %s%s",
+                self.spec.tenant,
+                len(self._states),
+                self.index.kind,
+                self.index.device,
+                " (from snapshot)" if loaded else "",
+            )
+
+    def sync(self) -> bool:
+        """Apply what changed in the database since our generation; True if anything did."""
+        with self._lock:
+            generation = self.store.generation(self.namespace_id)
+            if generation == self._generation:
+                return False
+            self._apply(self.store.changes_since(self.namespace_id, self._generation))
+            return True
+
+    def _apply(self, changes: Changes) -> None:
+        if changes.full:
+            self._states = {s.id: s for s in changes.centroids}
+            self.index.rebuild((s.id, s.vector) for s in changes.centroids)
+        else:
+            for cid in changes.deleted:
+                self._states.pop(cid, None)
+                self.index.remove(cid)
+            for state in changes.centroids:
+                previous = self._states.get(state.id)
+                self._states[state.id] = state
+                if previous is None or not np.array_equal(previous.vector, state.vector):
+                    self.index.upsert(state.id, state.vector)
+        self._generation = changes.generation
+
+    @property
+    def generation(self) -> int | None:
+        return self._generation
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+    def centroid(self, centroid_id: int) -> CentroidState | None:
+        return self._states.get(centroid_id)
+
+    # -- use --------------------------------------------------------------------------------
+    def search(self, vector: Vector, k: int) -> list[Neighbour]:
+        """The ``k`` most similar centroids, best first (after catching up with the database)."""
+        self.sync()
+        sims, ids = self.index.search(normalise(vector)[None, :], k)
+        out = []
+        with self._lock:
+            for sim, cid in zip(sims[0], ids[0], strict=True):
+                state = self._states.get(int(cid))
+                if cid >= 0 and state is not None:
+                    out.append(Neighbour(int(cid), float(sim), state))
+        return out
+
+    def observe(
+        self,
+        vector: Vector,
+        *,
+        labels: Mapping[Topic, float] | None = None,
+        nearest: Neighbour | None = None,
+    ) -> Assignment:
+        """Fold a vector into the memory (join or start a centroid); ``nearest`` saves a search."""
+        if nearest is None:
+            found = self.search(vector, 1)
+            nearest = found[0] if found else None
+        assignment = self.store.assign(
+            self.namespace_id,
+            vector,
+            nearest=None if nearest is None else (nearest.centroid_id, nearest.similarity),
+            join_similarity=self.spec.join_similarity,
+            labels=labels,
+        )
+        self.sync()
+        return assignment
+
+    def touch(self, centroid_ids: Iterable[int]) -> None:
+        self.store.touch(centroid_ids)
+
+    def report(self, centroid_ids: Iterable[int], topic: Topic, verdict: str) -> list[int]:
+        counted = self.store.report(self.spec.tenant, centroid_ids, topic, verdict)
+        self.sync()
+        return counted
+
+    def expire(self) -> list[int]:
+        """Remove centroids unused for ``retention_days`` (0: keep forever)."""
+        if not self.spec.retention_days:
+            return []
+        removed = self.store.expire(self.namespace_id, self.spec.retention_days * 86400.0)
+        self.sync()
+        return removed
+
+    def snapshot(self) -> Path | None:
+        """Write the index and the generation it reflects (for a faster next start)."""
+        paths = self._snapshot_paths()
+        if paths is None:
+            return None
+        with self._lock:
+            self.sync()
+            paths[0].parent.mkdir(parents=True, exist_ok=True)
+            self.index.write(str(paths[0]))
+            paths[1].write_text(json.dumps({"generation": self._generation, "model": self.spec.model}))
+        return paths[0]
