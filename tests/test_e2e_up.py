@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.deployment import curl, proxy_config, run_cli, start_standin
 from tests.support.procs import child_env, free_port, port_open, stop, wait_for
-from tests.support.tls import make_server_cert
 
 pytestmark = pytest.mark.slow
 
@@ -44,48 +44,19 @@ class Deployment:
     env: dict[str, str]
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "promptfence", *args, "--config", str(self.config)],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=120,
-        )
+        return run_cli(self.config, self.env, *args)
 
     def curl_chatgpt(self, payload: dict[str, object], path: str = "/backend-api/f/conversation") -> tuple[str, str]:
-        result = subprocess.run(
-            [
-                "curl",
-                "--silent",
-                "--show-error",
-                "--max-time",
-                "60",
-                "--proxy",
-                f"http://127.0.0.1:{self.proxy_port}",
-                "--cacert",
-                str(self.ca_cert),
-                "--dump-header",
-                "-",
-                "-H",
-                "Content-Type: application/json",
-                "-H",
-                "Accept: text/event-stream",
-                "--data-binary",
-                json.dumps(payload),
-                f"https://chatgpt.com{path}",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            env=self.env,
+        """curl over real TLS through the proxy; the response head and body."""
+        result = curl(
+            self.proxy_port,
+            self.ca_cert,
+            self.env,
+            f"https://chatgpt.com{path}",
+            data=json.dumps(payload),
+            headers={"Content-Type": "application/json", "Accept": "text/event-stream"},
         )
-        assert result.returncode == 0, f"curl failed: {result.stderr}"
-        output = result.stdout
-        if "connection established" in output.split("\n", 1)[0].lower():  # the CONNECT answer comes first
-            output = output.partition("\n\n")[2]
-        headers, _, body = output.partition("\n\n")
-        assert headers.startswith("HTTP/"), output[:300]
-        return headers, body
+        return result.headers, result.body
 
 
 def _send_prompt(text: str, conversation_id: str | None = None) -> dict[str, object]:
@@ -112,39 +83,12 @@ def _send_prompt(text: str, conversation_id: str | None = None) -> dict[str, obj
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     root = tmp_path_factory.mktemp("e2e")
     home = root / "home"
-    certs = make_server_cert(root / "upstream-tls", ["chatgpt.com", "chat.openai.com"])
-    received = root / "standin-received.jsonl"
-    received.touch()
     env = child_env(home)
-    standin_port = free_port()
-    standin = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.standin",
-            str(standin_port),
-            str(certs.cert),
-            str(certs.key),
-            str(received),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    # No stand-in inspector: ``promptfence up`` starts the real one.
+    standin = start_standin(root, ["chatgpt.com", "chat.openai.com"], env, root / "standin-received.jsonl")
     proxy_port, inspector_port = free_port(), free_port()
     config = root / "promptfence.yaml"
-    config.write_text(
-        f"""
-data_dir: {home}
-proxy:
-  listen_port: {proxy_port}
-  upstream_ca: {certs.ca_cert}
-  resolve:
-    chatgpt.com: 127.0.0.1:{standin_port}
-inspector:
-  port: {inspector_port}
-"""
-    )
+    config.write_text(proxy_config(home, proxy_port, standin, ["chatgpt.com"], f"port: {inspector_port}"))
     up_out, up_err = root / "up.stdout", root / "up.stderr"
     with up_out.open("wb") as out, up_err.open("wb") as err:
         up = subprocess.Popen(
@@ -160,20 +104,20 @@ inspector:
         proxy_port,
         inspector_port,
         home / "mitmproxy" / "mitmproxy-ca-cert.pem",
-        received,
+        standin.received,
         up,
         up_out,
         up_err,
-        standin,
+        standin.process,
         env,
     )
     try:
-        wait_for(lambda: port_open(standin_port), 30, "stand-in upstream", standin)
+        standin.wait()
         wait_for(lambda: "PromptFence is running." in up_out.read_text(), 240, "promptfence up banner", up)
         yield dep
     finally:
         stop(up, signal.SIGINT)
-        stop(standin)
+        stop(standin.process)
 
 
 def test_banner_says_where_the_proxy_and_ca_are(deployment: Deployment) -> None:

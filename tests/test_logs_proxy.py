@@ -22,9 +22,9 @@ import pytest
 
 from logs.spool import spool_size
 from logs.store import LogStore
+from tests.support.deployment import Standin, curl, proxy_config, start_standin
 from tests.support.logdb import BACKENDS, LogDB, make_log_db
 from tests.support.procs import child_env, free_port, port_open, stop, wait_for
-from tests.support.tls import make_server_cert
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +34,7 @@ CANARY = f"canary-{uuid.uuid4().hex}"
 @dataclass
 class Upstream:
     root: Path
-    certs_ca: Path
-    standin_port: int
+    standin: Standin
     inspector_port: int
     env: dict[str, str]
 
@@ -44,25 +43,9 @@ class Upstream:
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     """The stand-in chatgpt.com and one inspector, shared by this module's proxies."""
     root = tmp_path_factory.mktemp("logproxy")
-    certs = make_server_cert(root / "upstream-tls", ["chatgpt.com"])
     env = child_env(root / "home")
-    received = root / "received.jsonl"
-    received.touch()
-    standin_port, inspector_port = free_port(), free_port()
-    standin = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tests.support.standin",
-            str(standin_port),
-            str(certs.cert),
-            str(certs.key),
-            str(received),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    inspector_port = free_port()
+    standin = start_standin(root, ["chatgpt.com"], env, root / "received.jsonl")  # the real inspector below
     config = root / "inspector.yaml"
     config.write_text(f"data_dir: {root / 'home'}\ninspector:\n  port: {inspector_port}\n")
     with (root / "inspector.out").open("wb") as out:
@@ -73,12 +56,12 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for(lambda: port_open(standin_port), 30, "stand-in", standin)
+        standin.wait("stand-in")
         wait_for(lambda: port_open(inspector_port), 180, "inspector", inspector)
-        yield Upstream(root, certs.ca_cert, standin_port, inspector_port, env)
+        yield Upstream(root, standin, inspector_port, env)
     finally:
         stop(inspector)
-        stop(standin)
+        stop(standin.process)
 
 
 class Proxy:
@@ -93,22 +76,16 @@ class Proxy:
         self.spool = root / "spool" / "logs.spool"
         self.port = free_port()
         self.config = root / "promptfence.yaml"
-        self.config.write_text(
-            f"""
-data_dir: {self.home}
-proxy:
-  listen_port: {self.port}
-  upstream_ca: {upstream.certs_ca}
-  resolve:
-    chatgpt.com: 127.0.0.1:{upstream.standin_port}
-inspector:
-  port: {upstream.inspector_port}
-logs:
+        logs = f"""logs:
   database_url: '{db.url}'
   recipients: [{root / "admin.pub"}]
   spool_path: {self.spool}
   retry_interval_s: 0.5
 """
+        self.config.write_text(
+            proxy_config(
+                self.home, self.port, upstream.standin, ["chatgpt.com"], f"port: {upstream.inspector_port}", logs
+            )
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.outputs: list[Path] = []
@@ -141,30 +118,16 @@ logs:
             "parent_message_id": "client-created-root",
             "model": "auto",
         }
-        result = subprocess.run(
-            [
-                "curl",
-                "--silent",
-                "--show-error",
-                "--max-time",
-                "30",
-                "--proxy",
-                f"http://127.0.0.1:{self.port}",
-                "--cacert",
-                str(self.home / "mitmproxy" / "mitmproxy-ca-cert.pem"),
-                "-H",
-                "Content-Type: application/json",
-                "--data-binary",
-                json.dumps(body),
-                "https://chatgpt.com/backend-api/f/conversation",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=self.upstream.env,
+        result = curl(
+            self.port,
+            self.home / "mitmproxy" / "mitmproxy-ca-cert.pem",
+            self.upstream.env,
+            "https://chatgpt.com/backend-api/f/conversation",
+            data=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+            max_time=30,
         )
-        assert result.returncode == 0, result.stderr
-        assert "Stand-in answer" in result.stdout  # the user got the answer, database or not
+        assert "Stand-in answer" in result.body  # the user got the answer, database or not
 
     def stored(self) -> list[str]:
         """Conversation ids of the stored records, in insertion order."""
