@@ -6,7 +6,7 @@ import asyncio
 import json
 
 import pytest
-from mitmproxy import connection, http
+from mitmproxy import connection
 from mitmproxy.proxy import server_hooks
 from mitmproxy.test import taddons, tflow
 
@@ -17,12 +17,12 @@ from promptfence.core import (
     DetectorStatus,
     Finding,
     Inspection,
-    LogRecord,
     Operation,
     Topic,
 )
 from proxy.addon import METADATA_KEY, PromptFenceAddon
 from proxy.catalogue import load_catalogue
+from tests.support.addon import ListRecorder, chatgpt_flow
 
 PII_INSPECTION = Inspection(
     findings=(Finding("presidio", "pii.US_SSN", Topic.PII, 0.9, None, "rule US_SSN"),),
@@ -46,29 +46,9 @@ class FakeInspector:
         return self.result
 
 
-class ListRecorder:
-    def __init__(self) -> None:
-        self.records: list[LogRecord] = []
-
-    async def record(self, record: LogRecord) -> None:
-        self.records.append(record)
-
-
 def _addon(inspector: FakeInspector) -> tuple[PromptFenceAddon, ListRecorder]:
     recorder = ListRecorder()
     return PromptFenceAddon(load_catalogue(), inspector, load_policies([]), recorder), recorder
-
-
-def _chatgpt_flow(body: bytes, path: str = "/backend-api/f/conversation") -> http.HTTPFlow:
-    flow = tflow.tflow()
-    flow.request.host = "chatgpt.com"
-    flow.request.port = 443
-    flow.request.scheme = "https"
-    flow.request.method = "POST"
-    flow.request.path = path
-    flow.request.headers["Host"] = "chatgpt.com"
-    flow.request.content = body
-    return flow
 
 
 def _prompt_body(text: str) -> bytes:
@@ -87,7 +67,7 @@ async def test_pii_prompt_is_blocked_with_the_chatgpt_notice() -> None:
     inspector = FakeInspector(PII_INSPECTION)
     addon, recorder = _addon(inspector)
     with taddons.context(addon):
-        flow = _chatgpt_flow(_prompt_body("my ssn is 219-09-9999"))
+        flow = chatgpt_flow(_prompt_body("my ssn is 219-09-9999"))
         await addon.request(flow)
     assert inspector.seen[0].prompt == "my ssn is 219-09-9999"
     assert inspector.seen[0].conversation_id == "c-42"
@@ -104,7 +84,7 @@ async def test_pii_prompt_is_blocked_with_the_chatgpt_notice() -> None:
 async def test_clean_prompt_goes_upstream_and_is_recorded_after_the_answer() -> None:
     addon, recorder = _addon(FakeInspector(CLEAN_INSPECTION))
     with taddons.context(addon):
-        flow = _chatgpt_flow(_prompt_body("write a haiku"))
+        flow = chatgpt_flow(_prompt_body("write a haiku"))
         await addon.request(flow)
         assert flow.response is None
         assert recorder.records == []  # not yet: the answer is still to come
@@ -130,7 +110,7 @@ async def test_inspector_failure_fails_closed_under_the_default_policy(
     addon, recorder = _addon(inspector)
     with taddons.context(addon) as tctx:
         tctx.configure(addon, promptfence_inspect_timeout=0.2)
-        flow = _chatgpt_flow(_prompt_body("anything"))
+        flow = chatgpt_flow(_prompt_body("anything"))
         await addon.request(flow)
     assert flow.response is not None and flow.response.headers["X-PromptFence"] == "blocked"
     record = recorder.records[0]
@@ -144,7 +124,7 @@ async def test_undecodable_body_is_recorded_and_decided_by_on_error(body: bytes)
     inspector = FakeInspector(CLEAN_INSPECTION)
     addon, recorder = _addon(inspector)
     with taddons.context(addon):
-        flow = _chatgpt_flow(body)
+        flow = chatgpt_flow(body)
         await addon.request(flow)
     assert inspector.seen == []
     assert recorder.records[0].inspection.runs[0].detector == "extractor"
@@ -155,7 +135,7 @@ async def test_other_hosts_are_not_touched() -> None:
     inspector = FakeInspector(PII_INSPECTION)
     addon, recorder = _addon(inspector)
     with taddons.context(addon):
-        flow = _chatgpt_flow(_prompt_body("my ssn is 219-09-9999"))
+        flow = chatgpt_flow(_prompt_body("my ssn is 219-09-9999"))
         flow.request.host = "example.org"
         flow.request.headers["Host"] = "example.org"
         addon.requestheaders(flow)
@@ -171,7 +151,7 @@ async def test_non_prompt_operations_of_the_app_are_not_inspected() -> None:
     inspector = FakeInspector(PII_INSPECTION)
     addon, recorder = _addon(inspector)
     with taddons.context(addon):
-        flow = _chatgpt_flow(b"", path="/backend-api/models")
+        flow = chatgpt_flow(b"", path="/backend-api/models")
         flow.request.method = "GET"
         await addon.request(flow)
     assert inspector.seen == [] and recorder.records == [] and flow.response is None

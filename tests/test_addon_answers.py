@@ -20,6 +20,7 @@ from promptfence.core import (
 from proxy.addon import METADATA_KEY, PromptFenceAddon
 from proxy.catalogue import load_catalogue
 from proxy.tap import ResponseTap
+from tests.support.addon import ListRecorder
 from tests.support.fixtures import WireFixture, load_fixtures
 
 CLEAN = Inspection(findings=(), topics={}, runs=(DetectorRun("fake", DetectorStatus.OK, 1.0),))
@@ -34,14 +35,6 @@ class CleanInspector:
 class AllowAll:
     def decide(self, operation: Operation, inspection: Inspection) -> Decision:
         return Decision(Action.ALLOW, (), "test")
-
-
-class ListRecorder:
-    def __init__(self) -> None:
-        self.records: list[LogRecord] = []
-
-    async def record(self, record: LogRecord) -> None:
-        self.records.append(record)
 
 
 def _flow(fixture: WireFixture) -> http.HTTPFlow:

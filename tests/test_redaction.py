@@ -20,7 +20,6 @@ from promptfence.core import (
     DetectorStatus,
     Finding,
     Inspection,
-    LogRecord,
     Operation,
     Redaction,
     Span,
@@ -33,6 +32,7 @@ from proxy.extraction import RequestData
 from proxy.identity import ConfiguredIdentity, IdentitySettings, hash_password
 from proxy.redaction import RedactionError, redact_text, rewrite_request
 from proxy.registry import EXTRACTORS
+from tests.support.addon import ListRecorder, chatgpt_flow
 
 POLICY = parse_policy(
     load_yaml_text(
@@ -82,14 +82,6 @@ class EmailInspector:
         return Inspection(tuple(findings), topics, (DetectorRun("t", DetectorStatus.OK, 1.0),))
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.records: list[LogRecord] = []
-
-    async def record(self, record: LogRecord) -> None:
-        self.records.append(record)
-
-
 def _body(*parts: str) -> bytes:
     return json.dumps(
         {
@@ -103,24 +95,15 @@ def _body(*parts: str) -> bytes:
     ).encode()
 
 
-def _flow(body: bytes, path: str = "/backend-api/f/conversation") -> http.HTTPFlow:
-    flow = tflow.tflow()
-    flow.request.host, flow.request.port, flow.request.scheme = "chatgpt.com", 443, "https"
-    flow.request.method, flow.request.path = "POST", path
-    flow.request.headers["Host"] = "chatgpt.com"
-    flow.request.content = body
-    return flow
-
-
-def _addon(identity: ConfiguredIdentity | None = None) -> tuple[PromptFenceAddon, Recorder]:
-    recorder = Recorder()
+def _addon(identity: ConfiguredIdentity | None = None) -> tuple[PromptFenceAddon, ListRecorder]:
+    recorder = ListRecorder()
     return PromptFenceAddon(load_catalogue(), EmailInspector(), Policies(), recorder, identity), recorder
 
 
 async def test_redact_replaces_spans_with_typed_placeholders_before_forwarding() -> None:
     addon, recorder = _addon()
     with taddons.context(addon):
-        flow = _flow(_body("Write to jane.roe@example.com and", "cc bob@example.org please"))
+        flow = chatgpt_flow(_body("Write to jane.roe@example.com and", "cc bob@example.org please"))
         await addon.request(flow)
         assert flow.response is None  # forwarded
         sent = json.loads(flow.request.content or b"")
@@ -142,7 +125,7 @@ async def test_redact_where_the_app_request_cannot_be_rewritten_blocks() -> None
     """Claude has no request rewriter: a redact decision there blocks instead of leaking."""
     addon, recorder = _addon()
     with taddons.context(addon):
-        flow = _flow(
+        flow = chatgpt_flow(
             json.dumps({"prompt": "mail jane.roe@example.com"}).encode(),
             "/api/organizations/o/chat_conversations/c/completion",
         )
@@ -167,7 +150,7 @@ async def test_redact_on_a_body_that_does_not_hold_the_prompt_blocks(monkeypatch
 
     monkeypatch.setattr(addon_module, "apply_to_flow", broken)
     with taddons.context(addon):
-        flow = _flow(_body("mail jane.roe@example.com"))
+        flow = chatgpt_flow(_body("mail jane.roe@example.com"))
         await addon.request(flow)
     assert flow.response is not None and flow.response.headers["X-PromptFence"] == "blocked"
     assert b"jane.roe" not in flow.response.content  # type: ignore[operator]
@@ -179,25 +162,25 @@ async def test_warn_stops_the_first_send_and_an_identical_resend_proceeds_and_is
     addon, recorder = _addon()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, promptfence_warn_window=120.0)
-        first = _flow(_body("def f(): return 1"))
+        first = chatgpt_flow(_body("def f(): return 1"))
         await addon.request(first)
         assert first.response is not None and first.response.headers["X-PromptFence"] == "warned"
         notice = json.loads(first.response.text.split("\n")[0].removeprefix("data: "))  # type: ignore[union-attr]
         text = notice["message"]["content"]["parts"][0]
         assert "source code (SOURCE_CODE)" in text and "send the same request again within 2 minutes" in text
 
-        different = _flow(_body("def g(): return 2"))
+        different = chatgpt_flow(_body("def g(): return 2"))
         await addon.request(different)
         assert different.response is not None  # another prompt: warned too
 
-        again = _flow(_body("def f(): return 1"))
+        again = chatgpt_flow(_body("def f(): return 1"))
         await addon.request(again)
         assert again.response is None  # proceeds
         again.response = tflow.tresp(content=b"data: [DONE]\n\n")
         addon.responseheaders(again)
         await addon.response(again)
 
-        third = _flow(_body("def f(): return 1"))
+        third = chatgpt_flow(_body("def f(): return 1"))
         await addon.request(third)
         assert third.response is not None  # the resend was used up: warned again
     outcomes = [r.decision.outcome for r in recorder.records]
@@ -209,9 +192,9 @@ async def test_warn_window_expires() -> None:
     addon, _ = _addon()
     with taddons.context(addon) as tctx:
         tctx.configure(addon, promptfence_warn_window=0.05)
-        await addon.request(_flow(_body("def f(): pass")))
+        await addon.request(chatgpt_flow(_body("def f(): pass")))
         await asyncio.sleep(0.1)
-        late = _flow(_body("def f(): pass"))
+        late = chatgpt_flow(_body("def f(): pass"))
         await addon.request(late)
         assert late.response is not None
 
@@ -219,8 +202,8 @@ async def test_warn_window_expires() -> None:
 async def test_a_warned_prompt_that_proceeds_is_still_redacted() -> None:
     addon, recorder = _addon()
     with taddons.context(addon):
-        await addon.request(_flow(_body("def f(): mail('ann@example.com')")))
-        again = _flow(_body("def f(): mail('ann@example.com')"))
+        await addon.request(chatgpt_flow(_body("def f(): mail('ann@example.com')")))
+        again = chatgpt_flow(_body("def f(): mail('ann@example.com')"))
         await addon.request(again)
     assert again.response is None
     assert b"ann@example.com" not in (again.request.content or b"")
@@ -235,20 +218,20 @@ async def test_addon_answers_407_and_strips_identity_headers(tmp_path: Path) -> 
     )
     addon, _ = _addon(identity)
     with taddons.context(addon):
-        flow = _flow(_body("hi"))
+        flow = chatgpt_flow(_body("hi"))
         flow.request.headers["X-User"] = "hannah"
         hook = addon.requestheaders(flow)
         assert hook is not None
         await hook
         assert flow.response is not None and flow.response.status_code == 407
         assert "Proxy-Authenticate" in flow.response.headers and "X-User" not in flow.request.headers
-        ok = _flow(_body("hi"))
+        ok = chatgpt_flow(_body("hi"))
         ok.request.headers["Proxy-Authorization"] = "Basic " + base64.b64encode(b"alice:pw").decode()
         hook = addon.requestheaders(ok)
         assert hook is not None
         await hook
         assert ok.response is None and "Proxy-Authorization" not in ok.request.headers
-        connect = _flow(b"")
+        connect = chatgpt_flow(b"")
         connect.request.method = "CONNECT"
         await addon.http_connect(connect)
         assert connect.response is not None and connect.response.status_code == 407
