@@ -40,7 +40,7 @@ def noisy_queries(base: Vector, count: int, *, noise: float = 0.3, seed: int = 1
     rng = np.random.default_rng(seed)
     picks = base[rng.integers(0, len(base), count)]
     q = picks + rng.standard_normal(picks.shape).astype(np.float32) * (noise / np.sqrt(base.shape[1]))
-    return (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    return np.asarray(q / np.linalg.norm(q, axis=1, keepdims=True), dtype=np.float32)
 
 
 def recall_at_k(truth: np.ndarray[Any, Any], found: np.ndarray[Any, Any]) -> float:
@@ -115,7 +115,9 @@ def bench_index(
     return rows
 
 
-def bench_embedding(embed: Callable[[list[str]], Vector], texts: Sequence[str], batch_sizes: Sequence[int], *, total: int = 512) -> list[dict[str, Any]]:
+def bench_embedding(
+    embed: Callable[[list[str]], Vector], texts: Sequence[str], batch_sizes: Sequence[int], *, total: int = 512
+) -> list[dict[str, Any]]:
     """Texts per second when ``embed`` gets batches of each size (``total`` texts per size)."""
     rows = []
     pool = [texts[i % len(texts)] for i in range(total)]
