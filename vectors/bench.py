@@ -16,8 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vectors.index import IndexSpec, VectorIndex, gpu_count
-from vectors.store import Vector
+from vectors.index import IndexSpec, Vector, VectorIndex, gpu_count
 
 
 def clustered_vectors(n: int, dimension: int, *, clusters: int = 1000, spread: float = 0.6, seed: int = 0) -> Vector:
