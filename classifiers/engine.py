@@ -14,13 +14,15 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import yaml
 
 from classifiers.normalize import Analysis, analyse
 from inference.errors import InferenceError
-from promptfence.core import Detector, DetectorRun, DetectorStatus, Finding, Inspection, Span, Topic
+from promptfence.core import Detector, DetectorRun, DetectorStatus, Finding, Inspection, NeighbourRef, Span, Topic
 from promptfence.errors import ConfigError
 
 TOPIC_MAP_FILE = Path(__file__).parent / "topics.yaml"
@@ -72,6 +74,48 @@ def _to_prompt(finding: Finding, analysis: Analysis, weight: float) -> Finding:
     return Finding(finding.detector, finding.kind, finding.topic, finding.score * weight, span, explanation)
 
 
+@dataclass(frozen=True)
+class MemoryContext:
+    """What the memory step sees after every other detector: runs, raw findings, combined topics."""
+
+    runs: tuple[DetectorRun, ...]
+    raw: Mapping[str, Sequence[Finding]]  # detector -> findings on the analysed text (unweighted)
+    findings: tuple[Finding, ...]  # weighted, on the prompt
+    topics: Mapping[Topic, float]
+    covered: frozenset[Topic]
+    topic_map: TopicMap
+
+
+@dataclass(frozen=True)
+class MemoryResult:
+    findings: tuple[Finding, ...] = ()  # added (e.g. neighbour fallback), already on the prompt
+    topics: Mapping[Topic, float] | None = None  # None: unchanged
+    covered: frozenset[Topic] = frozenset()
+    neighbours: tuple[NeighbourRef, ...] = ()
+    notes: tuple[str, ...] = ()
+    tenant: str | None = None
+    centroids: tuple[int, ...] = ()
+
+
+@runtime_checkable
+class MemoryDetector(Protocol):
+    """A detector that needs the others' spans (to redact) and sees their combined result.
+
+    ``lookup`` starts as soon as the ``redact_with`` detectors are done, in parallel with the
+    rest (the LLM); ``finish`` runs after combination (classifiers/neighbour_detector.py).
+    """
+
+    name: str
+    version: str
+    redact_with: tuple[str, ...]
+
+    def detect(self, text: str) -> Sequence[Finding]: ...
+
+    def lookup(self, text: str, spans: Sequence[Finding]) -> Any: ...
+
+    def finish(self, lookup: Any, context: MemoryContext) -> MemoryResult: ...
+
+
 class InspectionEngine:
     def __init__(
         self,
@@ -94,11 +138,16 @@ class InspectionEngine:
             raise ConfigError(
                 f"detectors missing from the topic map: {', '.join(unmapped)}", source=str(TOPIC_MAP_FILE)
             )
+        memories = [d for d in self.detectors if isinstance(d, MemoryDetector)]
+        self.memory: MemoryDetector | None = memories[0] if memories else None
         workers = max_workers or max(4, 2 * len(self.detectors))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detector")
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        closer = getattr(self.memory, "close", None)
+        if closer is not None:
+            closer()
 
     async def _run_one(self, detector: Detector, text: str) -> tuple[DetectorRun, Sequence[Finding]]:
         loop = asyncio.get_running_loop()
@@ -123,10 +172,47 @@ class InspectionEngine:
         elapsed = (time.perf_counter() - started) * 1000
         return DetectorRun(detector.name, DetectorStatus.OK, elapsed), tuple(findings)
 
+    async def _run_memory(
+        self,
+        memory: MemoryDetector,
+        text: str,
+        tasks: Mapping[str, asyncio.Future[tuple[DetectorRun, Sequence[Finding]]]],
+    ) -> tuple[DetectorRun, Any]:
+        """Wait for the redacting detectors, then embed the redacted text and look up neighbours."""
+        started = time.perf_counter()
+        spans: list[Finding] = []
+        for name in memory.redact_with:
+            if name in tasks:
+                run, found = await asyncio.shield(tasks[name])
+                if run.failed:  # never embed text whose entities could not be found
+                    elapsed = (time.perf_counter() - started) * 1000
+                    return DetectorRun(
+                        memory.name, DetectorStatus.FAILED, elapsed, f"redaction unavailable ({name})"
+                    ), None
+                spans.extend(found)
+        loop = asyncio.get_running_loop()
+        deadline = self.deadlines.get(memory.name, self.deadline_s)
+        try:
+            lookup = await asyncio.wait_for(loop.run_in_executor(self._executor, memory.lookup, text, spans), deadline)
+        except TimeoutError:
+            elapsed = (time.perf_counter() - started) * 1000
+            return DetectorRun(memory.name, DetectorStatus.TIMEOUT, elapsed, f"deadline {deadline:g}s"), None
+        except Exception as exc:  # e.g. the memory database is down; the message names no content
+            elapsed = (time.perf_counter() - started) * 1000
+            log.warning("detector %s failed: %s", memory.name, type(exc).__name__)
+            return DetectorRun(memory.name, DetectorStatus.FAILED, elapsed, type(exc).__name__), None
+        return DetectorRun(memory.name, DetectorStatus.OK, (time.perf_counter() - started) * 1000), lookup
+
     async def inspect(self, text: str) -> Inspection:
         started = time.perf_counter()
         analysis = analyse(text)
-        results = await asyncio.gather(*(self._run_one(d, analysis.text) for d in self.detectors))
+        memory = self.memory
+        tasks = {
+            d.name: asyncio.ensure_future(self._run_one(d, analysis.text)) for d in self.detectors if d is not memory
+        }
+        memory_task = None if memory is None else asyncio.ensure_future(self._run_memory(memory, analysis.text, tasks))
+        results = await asyncio.gather(*tasks.values())
+        memory_run, lookup = (None, None) if memory_task is None else await memory_task
         findings: list[Finding] = []
         covered: set[Topic] = set()
         for run, detector_findings in results:
@@ -137,11 +223,42 @@ class InspectionEngine:
                 weight = allowed.get(finding.topic, 0.0)
                 if weight > 0:
                     findings.append(_to_prompt(finding, analysis, weight))
+        topics = combine_topic_scores(findings)
+        runs = {run.detector: run for run, _ in results}
+        outcome = MemoryResult()
+        if memory is not None and memory_run is not None:
+            runs[memory.name] = memory_run
+            if lookup is not None:
+                context = MemoryContext(
+                    runs=tuple(runs.values()),
+                    raw={run.detector: found for run, found in results},
+                    findings=tuple(findings),
+                    topics=topics,
+                    covered=frozenset(covered),
+                    topic_map=self.topic_map,
+                )
+                loop = asyncio.get_running_loop()
+                deadline = self.deadlines.get(memory.name, self.deadline_s)
+                try:
+                    outcome = await asyncio.wait_for(
+                        loop.run_in_executor(self._executor, memory.finish, lookup, context), deadline
+                    )
+                except Exception as exc:  # the decision stands without the memory; say so
+                    log.warning("memory step failed: %s", type(exc).__name__)
+                    outcome = MemoryResult(notes=("memory_unavailable",))
+                findings.extend(outcome.findings)
+                covered.update(outcome.covered)
+                if outcome.topics is not None:
+                    topics = dict(outcome.topics)
         return Inspection(
             findings=tuple(findings),
-            topics=combine_topic_scores(findings),
-            runs=tuple(run for run, _ in results),
+            topics=topics,
+            runs=tuple(runs[d.name] for d in self.detectors if d.name in runs),
             elapsed_ms=(time.perf_counter() - started) * 1000,
             transforms=analysis.transforms,
             uncovered=tuple(t for t in Topic if t not in covered),
+            neighbours=outcome.neighbours,
+            notes=outcome.notes,
+            memory_tenant=outcome.tenant,
+            memory_centroids=outcome.centroids,
         )

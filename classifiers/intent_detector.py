@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from classifiers.normalize import SECTION_BREAK, embedding_view
 from inference.embedder import Embedder
 from promptfence.core import Finding, Span, Topic
 
@@ -127,10 +128,21 @@ class IntentDetector:
             scores[Topic.PII] *= 1.0 - scores[Topic.PII_REQUEST]
         return scores
 
+    def section_scores(self, text: str) -> dict[Topic, float]:
+        """The most suspicious section wins: a decoded variant is judged apart from the
+        obfuscated text it came from, whose embedding is noise."""
+        best: dict[Topic, float] = {}
+        for section in text.split(SECTION_BREAK):
+            view = embedding_view(section)
+            if view.strip():
+                for topic, score in self.scores(view).items():
+                    best[topic] = max(best.get(topic, 0.0), score)
+        return best
+
     def detect(self, text: str) -> Sequence[Finding]:
         findings: list[Finding] = []
         if text.strip():
-            for topic, score in self.scores(text).items():
+            for topic, score in self.section_scores(text).items():
                 if score >= 0.2:
                     findings.append(
                         Finding(

@@ -43,6 +43,11 @@ _CONFUSABLES = str.maketrans(
 _WORD = re.compile(r"\w+")
 # Runs of single characters split by one separator: "s s n", "p.a.s.s.w.o.r.d", "j-a-n-e".
 _SPACED = re.compile(r"(?<![\w])(?:\w[ .\-_*·|]{1,3}){2,}\w(?![\w])")
+_SEPARATOR_RUN = re.compile(r"[ .\-_*·|]+")
+_ROT13_HINT = re.compile(r"\brot[\s-]?13\b|\bcaesar\b", re.IGNORECASE)
+# Between the prompt and each decoded variant: detectors that judge the whole text (embeddings)
+# score each section on its own.
+SECTION_BREAK = "\n\n[decoded]\n"
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){12,}(?![0-9A-Fa-f])")
 _COMMON_WORDS = frozenset(
@@ -256,6 +261,17 @@ def _decode_base64(token: str) -> str | None:
     return _printable(data)
 
 
+def _despace_run(match: re.Match[str]) -> str:
+    """Join letters split by the narrowest separator; wider gaps were the word breaks.
+
+    "s s n" -> "ssn"; "W r i t e  a  h a i k u" -> "Write a haiku".
+    """
+    run = match.group(0)
+    gaps = _SEPARATOR_RUN.findall(run)
+    narrow = min(len(g) for g in gaps)
+    return _SEPARATOR_RUN.sub(lambda g: "" if len(g.group(0)) == narrow else " ", run)
+
+
 def _decoded_sections(text: str) -> list[tuple[str, str]]:
     sections: list[tuple[str, str]] = []
     for match in _BASE64.finditer(text):
@@ -270,12 +286,21 @@ def _decoded_sections(text: str) -> list[tuple[str, str]]:
         if decoded:
             sections.append(("hex", decoded))
     rot = codecs.decode(text, "rot13")
-    if _english_score(rot) >= 0.25 and _english_score(rot) > 2 * _english_score(text) + 0.05:
+    plain, rotated = _english_score(text), _english_score(rot)
+    if _ROT13_HINT.search(text) or (rotated >= 0.2 and rotated > 1.5 * plain + 0.05):
         sections.append(("rot13", rot))
-    despaced = _SPACED.sub(lambda m: re.sub(r"[ .\-_*·|]", "", m.group(0)), text)
+    despaced = _SPACED.sub(_despace_run, text)
     if despaced != text:
         sections.append(("despaced", despaced))
     return sections[:MAX_DECODED_SECTIONS]
+
+
+def embedding_view(section: str) -> str:
+    """What an embedding model should read of a section: encoded blobs removed (their decoded
+    text is a section of its own) and spaced-out letters joined. Random base64 or "s s n"
+    letters are noise to a sentence model and push it off its training distribution."""
+    without_blobs = _HEX.sub(" ", _BASE64.sub(" ", section))
+    return _SPACED.sub(_despace_run, without_blobs)
 
 
 def analyse(prompt: str) -> Analysis:
@@ -294,6 +319,6 @@ def analyse(prompt: str) -> Analysis:
     nested = [(f"{kind}+{k2}", t2) for kind, t in sections for k2, t2 in _decoded_sections(t) if kind != "despaced"]
     text = primary
     for kind, decoded in (sections + nested)[:MAX_DECODED_SECTIONS]:
-        text += "\n\n" + decoded
+        text += SECTION_BREAK + decoded
         transforms.append(kind)
     return Analysis(text=text, offsets=tuple(offsets), primary_length=len(primary), transforms=tuple(transforms))

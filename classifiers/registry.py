@@ -1,7 +1,7 @@
 """Which detectors an inspector runs, built once from the configuration.
 
-Embedded defaults (no GPU, no download): Presidio, secrets, source code, and the MiniLM intent
-head. Prompt Guard and the Llama classifier join only when configured; a configured model that
+Embedded defaults (no GPU, no download): Presidio, secrets, source code, the MiniLM intent
+head, and the neighbour memory (same MiniLM instance, SQLite under data_dir; ``memory.enabled``). Prompt Guard and the Llama classifier join only when configured; a configured model that
 cannot be loaded is a start-up error, never a silent downgrade.
 """
 
@@ -21,14 +21,17 @@ def build_detectors(config: Config) -> list[Detector]:
         CodeDetector(),
     ]
     detectors.append(SecretsDetector())
-    if config.inspector.intent_detector:
-        from classifiers.intent_detector import IntentDetector
+    embedder = None
+    if config.inspector.intent_detector or config.memory.enabled:
         from inference.embedder import EmbedderSpec, SentenceTransformerEmbedder, default_minilm_path
 
         spec = config.inspector.embedder
         embedder = SentenceTransformerEmbedder(
             EmbedderSpec(spec.path or default_minilm_path(), device=spec.device, batch_size=spec.batch_size)
         )
+    if config.inspector.intent_detector and embedder is not None:
+        from classifiers.intent_detector import IntentDetector
+
         detectors.append(IntentDetector(embedder))
     from classifiers.llm_detector import build_llm_detector
     from classifiers.promptguard_detector import build_promptguard_detector
@@ -39,6 +42,10 @@ def build_detectors(config: Config) -> list[Detector]:
     ):
         if optional is not None:
             detectors.append(optional)
+    if config.memory.enabled and embedder is not None:
+        from classifiers.neighbour_detector import build_neighbour_detector
+
+        detectors.append(build_neighbour_detector(config, embedder))
     return detectors
 
 

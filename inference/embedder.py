@@ -63,8 +63,8 @@ class EmbedderSpec:
     device: str = "cpu"
     batch_size: int = 32
     # Words per window for long texts, and overlap between windows.
-    window_words: int = 160
-    overlap_words: int = 40
+    window_words: int = 96
+    overlap_words: int = 24
     max_windows: int = 64
 
 

@@ -178,6 +178,41 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MemoryConfig:
+    """The embedding memory (vectors/): neighbour fallback for a failed LLM, and feedback that learns."""
+
+    # On by default: a SQLite file under data_dir, the MiniLM embedder the intent head already loads.
+    enabled: bool = True
+    # SQLAlchemy URL shared by every inspector and `promptfence feedback`; default
+    # sqlite:///<data_dir>/promptfence-vectors.db. May be the log database (own tables).
+    database_url: str | None = None
+    # Each tenant / organisation learns separately; one inspector serves one tenant.
+    tenant: str = "default"
+    # FAISS device: cpu | gpu | auto (gpu needs faiss-gpu; gpu without one is a start-up error).
+    device: str = "cpu"
+    # Exact search (IndexFlatIP) up to this many centroids, then the approximate index.
+    approximate_above: int = 20000
+    approximate: str = "hnsw"  # hnsw | ivf (on a GPU always ivf)
+    # Neighbours looked up per prompt.
+    k: int = 8
+    # Online clustering: a vector joins its nearest centroid at or above this cosine similarity.
+    join_similarity: float = 0.88
+    # Neighbours at or above these cosine similarities count for the LLM fallback / for feedback.
+    # Tuned for MiniLM (paraphrases ~0.45-0.7, unrelated prompts ~0.2-0.3); bge-m3 scores run
+    # higher (raise both by about 0.15 there).
+    fallback_similarity: float = 0.5
+    feedback_similarity: float = 0.4
+    # Log-odds a report moves a score per unit of similarity (capped at 4 in total).
+    feedback_strength: float = 1.2
+    # Centroids not used for this many days are deleted (at start and every 6 h); 0: keep.
+    retention_days: float = 60.0
+    # Detectors whose spans are replaced by [TYPE] placeholders before a prompt is embedded.
+    redact_with: list[str] = field(default_factory=lambda: ["presidio", "secrets"])
+    # Where index snapshots go for a faster start; default <data_dir>/vectors.
+    snapshot_dir: Path | None = None
+
+
+@dataclass(frozen=True)
 class ViewerConfig:
     """``promptfence viewer``: the web app; it never receives a private key."""
 
@@ -194,6 +229,7 @@ class Config:
     identity: IdentityConfig = field(default_factory=IdentityConfig)
     logs: LogConfig = field(default_factory=LogConfig)
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     # Where this config came from (None: embedded defaults). Not a YAML key.
     source: str | None = field(default=None, metadata={"internal": True})
 
@@ -208,6 +244,14 @@ class Config:
     @property
     def database_url(self) -> str:
         return self.logs.database_url or f"sqlite:///{self.data_dir / 'promptfence-logs.db'}"
+
+    @property
+    def memory_database_url(self) -> str:
+        return self.memory.database_url or f"sqlite:///{self.data_dir / 'promptfence-vectors.db'}"
+
+    @property
+    def memory_snapshot_dir(self) -> Path:
+        return self.memory.snapshot_dir or self.data_dir / "vectors"
 
     @property
     def spool_path(self) -> Path:

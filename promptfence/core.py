@@ -289,6 +289,41 @@ class TopicScore:
 
 
 @dataclass(frozen=True)
+class NeighbourRef:
+    """A remembered centroid that changed a topic's score: id and similarity, never any text.
+
+    ``reason`` is ``fallback`` (its LLM labels stood in for a failed LLM), ``false_positive`` or
+    ``true_positive`` (admins' reports on it moved the confidence); ``delta`` is its share of
+    the change of ``topic``'s score.
+    """
+
+    centroid_id: int
+    similarity: float
+    topic: Topic
+    delta: float
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.centroid_id,
+            "similarity": round(self.similarity, 4),
+            "topic": self.topic.value,
+            "delta": round(self.delta, 4),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NeighbourRef:
+        return cls(
+            centroid_id=int(data["id"]),
+            similarity=float(data["similarity"]),
+            topic=Topic(data["topic"]),
+            delta=float(data.get("delta", 0.0)),
+            reason=str(data.get("reason", "")),
+        )
+
+
+@dataclass(frozen=True)
 class Inspection:
     """What the classifiers found in one prompt; what policies read and logs record."""
 
@@ -300,6 +335,13 @@ class Inspection:
     transforms: tuple[str, ...] = ()
     # Topics no detector that ran is able to classify (see classifiers/topics.yaml).
     uncovered: tuple[Topic, ...] = ()
+    # Embedding memory (vectors/): the neighbours that moved a score, what the engine did with
+    # the memory ("neighbour_fallback", "feedback_adjusted"), and the centroids this prompt's
+    # redacted vector was assigned to, so `promptfence feedback` can teach them without the text.
+    neighbours: tuple[NeighbourRef, ...] = ()
+    notes: tuple[str, ...] = ()
+    memory_tenant: str | None = None
+    memory_centroids: tuple[int, ...] = ()
 
     def confidence(self, topic: Topic) -> Confidence:
         return Confidence.of(self.topics.get(topic, 0.0))
@@ -331,6 +373,11 @@ class Inspection:
             "elapsed_ms": round(self.elapsed_ms, 2),
             "transforms": list(self.transforms),
             "uncovered": [t.value for t in self.uncovered],
+            "neighbours": [n.to_dict() for n in self.neighbours],
+            "notes": list(self.notes),
+            "memory": None
+            if self.memory_tenant is None
+            else {"tenant": self.memory_tenant, "centroids": list(self.memory_centroids)},
         }
 
     @classmethod
@@ -346,6 +393,10 @@ class Inspection:
             elapsed_ms=float(data.get("elapsed_ms", 0.0)),
             transforms=tuple(str(t) for t in data.get("transforms", ())),
             uncovered=tuple(Topic(t) for t in data.get("uncovered", ())),
+            neighbours=tuple(NeighbourRef.from_dict(n) for n in data.get("neighbours", ())),
+            notes=tuple(str(n) for n in data.get("notes", ())),
+            memory_tenant=None if not data.get("memory") else str(data["memory"]["tenant"]),
+            memory_centroids=tuple(int(c) for c in (data.get("memory") or {}).get("centroids", ())),
         )
 
 
@@ -469,6 +520,9 @@ class LogRecord:
             "detectors_failed": list(self.inspection.failed_detectors),
             "detector_ms": {run.detector: round(run.elapsed_ms, 2) for run in self.inspection.runs},
             "findings": [f.to_dict() for f in self.inspection.findings],
+            "neighbours": [n.to_dict() for n in self.inspection.neighbours],
+            "inspection_notes": list(self.inspection.notes),
+            "memory": self.inspection.to_dict()["memory"],
             "decision": self.decision.to_dict(),
             "inspection_ms": round(self.inspection.elapsed_ms, 2),
             "prompt_chars": len(self.payload.prompt),

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from classifiers.intent_detector import DATA_DIR, HEAD_FILE, INTENT_TOPICS, MANIFEST_FILE  # noqa: E402
+from classifiers.normalize import embedding_view  # noqa: E402
 from inference.embedder import EmbedderSpec, SentenceTransformerEmbedder, default_minilm_path  # noqa: E402
 
 VERSION = "intent-head-1"
@@ -44,7 +45,8 @@ def allowed(row: dict[str, object]) -> bool:
 
 
 def doc_vector(embedder: SentenceTransformerEmbedder, text: str) -> np.ndarray:
-    windows = embedder.embed_windows(text)
+    """The same view of the text the detector embeds at run time."""
+    windows = embedder.embed_windows(embedding_view(text))
     mean = windows.mean(axis=0)
     return mean / max(float(np.linalg.norm(mean)), 1e-9)
 
@@ -85,7 +87,9 @@ def main() -> None:
 
     print(f"embedding {len(texts)} texts; skipped (licence) {sum(skipped.values())}: {dict(skipped)}", file=sys.stderr)
     cache = Path(args.cache) if args.cache else None
-    key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+    spec = embedder.spec
+    fingerprint = f"{spec.window_words}/{spec.overlap_words}/{spec.max_windows}/view-1\x00" + "\x00".join(texts)
+    key = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     if cache is not None and cache.is_file() and np.load(cache)["key"].item() == key:
         X = np.load(cache)["X"]
     else:

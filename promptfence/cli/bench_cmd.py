@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import socket
 import sys
@@ -42,6 +43,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     inspect.add_argument("--dataset", type=Path, help="JSON lines with 'text' to draw prompts from")
     inspect.add_argument("--json", action="store_true")
     add_config_option(inspect)
+    vectors = sub.add_parser(
+        "vectors", help="embedding throughput and FAISS query latency / recall (exact vs approximate)"
+    )
+    vectors.add_argument("--sizes", default="10000,100000,1000000", help="comma-separated stored-vector counts")
+    vectors.add_argument("--batch-sizes", default="1,8,32,128", help="comma-separated embedding batch sizes")
+    vectors.add_argument("--queries", type=int, default=200, help="single-vector queries timed per index")
+    vectors.add_argument("--approximate", default="hnsw,ivf", help="approximate index kinds to compare with exact")
+    vectors.add_argument("--device", default=None, help="FAISS device (cpu | gpu | auto); default memory.device")
+    vectors.add_argument("--embed-device", default=None, help="embedding device; default inspector.embedder.device")
+    vectors.add_argument("--no-embed", action="store_true", help="skip the embedding throughput phase")
+    vectors.add_argument("--json", action="store_true")
+    add_config_option(vectors)
 
 
 def _prompts(dataset: Path | None) -> list[str]:
@@ -121,7 +134,57 @@ async def _bench_inspect(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _bench_vectors(args: argparse.Namespace) -> int:
+    from vectors.bench import bench_embedding, bench_index, environment
+    from vectors.index import resolve_device
+
+    config = load_config(args.config)
+    device = resolve_device(args.device or config.memory.device)
+    report: dict[str, Any] = {"bench": "vectors", **environment(), "device": device}
+    dimension = 384
+    if not args.no_embed:
+        from inference.embedder import EmbedderSpec, SentenceTransformerEmbedder, default_minilm_path
+
+        spec = config.inspector.embedder
+        embedder = SentenceTransformerEmbedder(
+            EmbedderSpec(spec.path or default_minilm_path(), device=args.embed_device or spec.device)
+        )
+        dimension = embedder.dimension
+        batches = [int(b) for b in args.batch_sizes.split(",")]
+        rows = []
+        for batch in batches:
+            sized = SentenceTransformerEmbedder(dataclasses.replace(embedder.spec, batch_size=batch))
+            rows.extend(bench_embedding(sized.embed, SYNTHETIC_PROMPTS, [batch]))
+        report["embedder"] = {"model": embedder.name, "dimension": dimension, "device": embedder.spec.device}
+        report["embedding"] = rows
+    sizes = [int(s) for s in args.sizes.split(",")]
+    kinds = [k for k in args.approximate.split(",") if k]
+    progress = None if args.json else (lambda line: print(f"  {line}", file=sys.stderr))
+    report["index"] = bench_index(
+        sizes, dimension, queries=args.queries, approximate=kinds, device=device, progress=progress
+    )
+    if args.json:
+        json.dump(report, sys.stdout)
+        print()
+        return 0
+    print(f"faiss {report['faiss']} on {device} ({report['gpus']} GPU(s) visible)")
+    if "embedding" in report:
+        e = report["embedder"]
+        print(f"embedding: {e['model']} ({e['dimension']}-d) on {e['device']}")
+        print(f"{'BATCH':>6} {'TEXTS/S':>9}")
+        for row in report["embedding"]:
+            print(f"{row['batch_size']:>6} {row['texts_per_s']:>9.1f}")
+    print(f"{'VECTORS':>9} {'INDEX':>6} {'DEVICE':>6} {'BUILD s':>8} {'P50 ms':>8} {'P90 ms':>8} {'RECALL@10':>9}")
+    for row in report["index"]:
+        print(
+            f"{row['size']:>9} {row['index']:>6} {row['device']:>6} {row['build_s']:>8.2f} {row['p50_ms']:>8.3f} {row['p90_ms']:>8.3f} {row['recall@10']:>9.4f}"
+        )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.bench == "vectors":
+        return _bench_vectors(args)
     report = asyncio.run(_bench_inspect(args))
     if args.json:
         json.dump(report, sys.stdout)

@@ -10,10 +10,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import codecs
+import dataclasses
 import json
+import random
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,39 @@ from promptfence.core import Confidence, Inspection, Topic
 from promptfence.errors import ConfigError
 
 BENIGN = "BENIGN"
+
+_FULLWIDTH = {c: chr(ord(c) + 0xFEE0) for c in map(chr, range(0x21, 0x7F))}
+# Latin -> Cyrillic look-alikes, written as escapes so the source shows what they are.
+_HOMOGLYPHS = str.maketrans(
+    {
+        "a": "\u0430",
+        "e": "\u0435",
+        "o": "\u043e",
+        "p": "\u0440",
+        "c": "\u0441",
+        "x": "\u0445",
+        "i": "\u0456",
+        "s": "\u0455",
+    }
+)
+_FILLER = "The quarterly logistics report covers staffing, shipping volumes and the office move. " * 60
+
+
+def _spaced(text: str) -> str:
+    """Letters one space apart, words two: how people space out a word to dodge a filter."""
+    return "  ".join(" ".join(word) if len(word) <= 12 else word for word in text.split(" "))
+
+
+# How users hide a prompt from a guardrail; `--obfuscate NAME` measures detection under each.
+OBFUSCATIONS: dict[str, Callable[[str], str]] = {
+    "zero_width": lambda t: "\u200b".join(t),
+    "fullwidth": lambda t: "".join(_FULLWIDTH.get(c, c) for c in t),
+    "homoglyph": lambda t: t.translate(_HOMOGLYPHS),
+    "spaced": _spaced,
+    "base64": lambda t: "Decode this and answer: " + base64.b64encode(t.encode()).decode(),
+    "rot13": lambda t: "Decode this ROT13 and answer: " + codecs.encode(t, "rot13"),
+    "buried": lambda t: _FILLER + t + " " + _FILLER,
+}
 
 
 @dataclass(frozen=True)
@@ -43,6 +81,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="confidence that counts as a prediction",
     )
     parser.add_argument("--limit", type=int, default=0, help="evaluate only the first N prompts")
+    parser.add_argument(
+        "--per-label",
+        type=int,
+        default=0,
+        help="a stratified sample: at most N prompts per label set (seeded, reproducible)",
+    )
+    parser.add_argument("--seed", type=int, default=7, help="seed for --per-label")
+    parser.add_argument(
+        "--with-memory", action="store_true", help="also use (and write to) the configured embedding memory"
+    )
+    parser.add_argument(
+        "--obfuscate",
+        choices=sorted(OBFUSCATIONS),
+        help="rewrite every prompt the way evasive users do before inspecting it",
+    )
     add_config_option(parser)
 
 
@@ -69,6 +122,19 @@ def load_dataset(path: Path, limit: int = 0) -> list[Example]:
         if limit and len(examples) >= limit:
             break
     return examples
+
+
+def stratified(examples: list[Example], per_label: int, seed: int) -> list[Example]:
+    """At most ``per_label`` examples of each label set, chosen with a fixed seed."""
+    groups: dict[frozenset[str], list[Example]] = defaultdict(list)
+    for example in examples:
+        groups[example.labels].append(example)
+    rng = random.Random(seed)
+    picked: list[Example] = []
+    for key in sorted(groups, key=sorted):
+        members = groups[key]
+        picked.extend(rng.sample(members, min(per_label, len(members))))
+    return picked
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -138,6 +204,8 @@ def score(examples: list[Example], inspections: list[Inspection], minimum: Confi
 
 def _print_tables(report: dict[str, Any]) -> None:
     print(f"prompts: {report['n']}  benign: {report['n_benign']}  min confidence: {report['min_confidence']}")
+    if report.get("obfuscation"):
+        print(f"every prompt obfuscated with: {report['obfuscation']}")
     print(f"benign false-positive rate: {report['benign_fpr']:.2%}\n")
     print(f"{'TOPIC':16} {'PREC':>6} {'REC':>6} {'F1':>6} {'SUPPORT':>8} {'FP':>5}")
     for name, m in report["topics"].items():
@@ -157,10 +225,15 @@ def _print_tables(report: dict[str, Any]) -> None:
         print(f"\ndetector failures: {report['detector_failures']}")
 
 
-async def _inspect_all(config_arg: str | None, examples: list[Example]) -> list[Inspection]:
+async def _inspect_all(config_arg: str | None, examples: list[Example], with_memory: bool) -> list[Inspection]:
     from promptfence.cli.inspector_cmd import build_engine
 
-    engine = build_engine(load_config(config_arg))
+    config = load_config(config_arg)
+    if not with_memory:
+        # Measure the detectors, reproducibly: no feedback learned elsewhere moves the figures,
+        # and evaluating writes nothing into the organisation's memory.
+        config = dataclasses.replace(config, memory=dataclasses.replace(config.memory, enabled=False))
+    engine = build_engine(config)
     try:
         results = []
         for example in examples:
@@ -172,10 +245,16 @@ async def _inspect_all(config_arg: str | None, examples: list[Example]) -> list[
 
 def run(args: argparse.Namespace) -> int:
     examples = load_dataset(args.dataset, args.limit)
+    if args.per_label:
+        examples = stratified(examples, args.per_label, args.seed)
+    if args.obfuscate:
+        change = OBFUSCATIONS[args.obfuscate]
+        examples = [Example(change(e.text), e.topics, e.labels) for e in examples]
     started = time.perf_counter()
-    inspections = asyncio.run(_inspect_all(args.config, examples))
+    inspections = asyncio.run(_inspect_all(args.config, examples, args.with_memory))
     report = score(examples, inspections, Confidence.parse(args.min_confidence))
     report["wall_s"] = round(time.perf_counter() - started, 1)
+    report["obfuscation"] = args.obfuscate
     if args.json:
         json.dump(report, sys.stdout)
         print()

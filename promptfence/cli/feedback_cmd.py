@@ -2,6 +2,11 @@
 
 Reports are stored next to the record (``log_feedback``); the learning loop reads them through
 :meth:`logs.store.LogStore.feedback_reports`. ``--list`` prints the reports.
+
+A report also teaches the embedding memory (vectors/) at once: the record's clear metadata names
+the memory centroids its redacted prompt was assigned to, and the verdict is counted on them, so
+later prompts in a similar context get a lower (false positive) or higher (true positive) score.
+Nothing is decrypted for that.
 """
 
 from __future__ import annotations
@@ -10,10 +15,12 @@ import argparse
 import getpass
 import json
 import sys
+from typing import Any
 
 from promptfence.cli import add_config_option
 from promptfence.cli.logs_cmd import NotFound, _topic
-from promptfence.config import load_config
+from promptfence.config import Config, load_config
+from promptfence.core import Topic
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     store = LogStore(config.database_url, recipients=())
     try:
         record_id = None
+        found = None
         if args.record_id:
             found = store.get(args.record_id)
             if found is None:
@@ -66,9 +74,36 @@ def run(args: argparse.Namespace) -> int:
         for topic, verdict in verdicts:
             report = store.add_feedback(record_id, topic, verdict, reporter=reporter, source="cli", note=args.note)
             print(f"recorded {verdict.replace('_', ' ')} for {topic.value} on record {record_id} (report {report.id})")
-        return 0
+        return _teach_memory(config, found.metadata if found is not None else {}, verdicts)
     except StoreUnavailable as exc:
         print(f"promptfence: error: {exc}", file=sys.stderr)
         return 3
     finally:
         store.close()
+
+
+def _teach_memory(config: Config, metadata: dict[str, Any], verdicts: list[tuple[Topic, str]]) -> int:
+    """Count the verdicts on the memory centroids the record names (the inspector's tenant)."""
+    memory = metadata.get("memory") or {}
+    centroids = [int(c) for c in memory.get("centroids") or ()]
+    if not centroids:
+        print("the record names no memory context (memory off, or nothing to learn): kept for review only")
+        return 0
+    from vectors.store import MemoryUnavailable, VectorStore
+
+    tenant = str(memory.get("tenant") or config.memory.tenant)
+    vectors = VectorStore(config.memory_database_url)
+    try:
+        for topic, verdict in verdicts:
+            counted = vectors.report(tenant, centroids, topic, verdict)
+            if counted:
+                ids = ", ".join(str(c) for c in counted)
+                print(f"memory ({tenant}): {verdict.replace('_', ' ')} for {topic.value} counted on centroid {ids}")
+            else:
+                print(f"memory ({tenant}): the record's centroids have expired; nothing to teach")
+    except MemoryUnavailable as exc:
+        print(f"promptfence: error: {exc}", file=sys.stderr)
+        return 3
+    finally:
+        vectors.close()
+    return 0
