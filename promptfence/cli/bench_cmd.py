@@ -15,6 +15,7 @@ import dataclasses
 import json
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -109,7 +110,14 @@ async def _bench_inspect(args: argparse.Namespace) -> dict[str, Any]:
     from classifiers.service import build_app
     from promptfence.cli.inspector_cmd import build_engine
 
+    scratch = tempfile.TemporaryDirectory(prefix="promptfence-bench-")
     config = load_config(args.config)
+    # The embedding memory runs as configured, but on a scratch database: benchmark prompts
+    # must not become centroids in the organisation's memory.
+    memory = dataclasses.replace(
+        config.memory, database_url=f"sqlite:///{scratch.name}/vectors.db", snapshot_dir=Path(scratch.name)
+    )
+    config = dataclasses.replace(config, memory=memory)
     engine = build_engine(config)
     runner = web.AppRunner(build_app(engine), access_log=None)
     await runner.setup()
@@ -125,6 +133,7 @@ async def _bench_inspect(args: argparse.Namespace) -> dict[str, Any]:
         levels = [await _drive(url, prompts, int(c), args.duration) for c in args.concurrency.split(",")]
     finally:
         await runner.cleanup()
+        scratch.cleanup()
     return {
         "bench": "inspect",
         "detectors": [d.name for d in engine.detectors],
