@@ -13,8 +13,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Index, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
-_BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+from vectors.database import BIG_ID
 
 
 class Base(DeclarativeBase):
@@ -26,7 +25,7 @@ class RecordRow(Base):
 
     __tablename__ = "log_record"
 
-    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
     record_id: Mapped[str] = mapped_column(String(64), unique=True)
     timestamp: Mapped[float] = mapped_column(Float, index=True)
     user: Mapped[str] = mapped_column(String(320), index=True)
@@ -96,7 +95,7 @@ class FeedbackRow(Base):
 
     __tablename__ = "log_feedback"
 
-    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
     record_id: Mapped[str] = mapped_column(
         String(64), ForeignKey("log_record.record_id", ondelete="CASCADE"), index=True
     )

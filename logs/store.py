@@ -19,15 +19,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, create_engine, delete, event, func, inspect, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import Select, delete, func, inspect, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from logs.models import FeedbackRow, GroupRow, RecordRow, SealRow, TopicRow
 from logs.sealing import SealingError, key_id, load_private_key, load_public_key, open_sealed, seal
 from promptfence.core import Action, Confidence, LogRecord, Payload, Topic
 from promptfence.errors import KeyMaterialError, PromptFenceError
+from vectors.database import create_store_engine, error_reason, run_migrations
 
 log = logging.getLogger("promptfence.logs")
 
@@ -35,7 +36,6 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SKELETON_REVISION = "0001"
 VERDICTS = ("false_positive", "true_positive")
 SQLITE_BUSY_TIMEOUT_S = 2.0
-PG_CONNECT_TIMEOUT_S = 3
 
 
 class StoreUnavailable(PromptFenceError):
@@ -179,17 +179,7 @@ class LogStore:
     def __init__(self, database_url: str, recipients: Sequence[Recipient] = ()) -> None:
         self.url = database_url
         self.recipients = tuple(recipients)
-        connect_args: dict[str, Any] = {}
-        if database_url.startswith("sqlite"):
-            path = database_url.partition(":///")[2]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_S
-        elif database_url.startswith("postgresql"):
-            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-        self.engine: Engine = create_engine(database_url, connect_args=connect_args, pool_pre_ping=True)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine: Engine = create_store_engine(database_url, sqlite_busy_timeout_s=SQLITE_BUSY_TIMEOUT_S)
         self._migrated = False
 
     # -- schema -----------------------------------------------------------------------------
@@ -197,21 +187,10 @@ class LogStore:
         """Create or upgrade the schema with Alembic (idempotent; serialised on PostgreSQL)."""
         if self._migrated:
             return
-        from alembic import command
-        from alembic.config import Config as AlembicConfig
-
-        cfg = AlembicConfig()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
         try:
-            with self.engine.begin() as conn:
-                tables = set(inspect(conn).get_table_names())
-                cfg.attributes["connection"] = conn
-                if "prompt_log" in tables and "alembic_version" not in tables:
-                    # A walking-skeleton database, made by create_all: adopt it, then upgrade.
-                    command.stamp(cfg, SKELETON_REVISION)
-                command.upgrade(cfg, "head")
+            run_migrations(self.engine, MIGRATIONS, adopt=_skeleton_revision)
         except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"cannot migrate the log database ({_reason(exc)})") from None
+            raise StoreUnavailable(f"cannot migrate the log database ({error_reason(exc)})") from None
         self._migrated = True
 
     def schema_revision(self) -> str | None:
@@ -229,7 +208,7 @@ class LogStore:
             with Session(self.engine) as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise StoreUnavailable(f"log database error ({_reason(exc)})") from None
+            raise StoreUnavailable(f"log database error ({error_reason(exc)})") from None
 
     # -- writing ----------------------------------------------------------------------------
     def write(self, record: LogRecord) -> None:
@@ -518,21 +497,7 @@ def _report(row: FeedbackRow, record: StoredRecord | None) -> FeedbackReport:
     )
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _reason(exc: SQLAlchemyError) -> str:
-    """The exception class and the driver's first line, which names no record content.
-
-    Statements and parameters are never included (``hide_parameters`` would still show SQL).
-    """
-    orig = getattr(exc, "orig", None)
-    if isinstance(exc, IntegrityError):
-        return "integrity error"
-    if orig is not None:
-        first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
-        return f"{type(orig).__name__}: {first[:200]}"
-    return type(exc).__name__
+def _skeleton_revision(conn: Connection) -> str | None:
+    """The walking skeleton's revision if ``conn`` holds its create_all tables unversioned (adopt it)."""
+    tables = set(inspect(conn).get_table_names())
+    return SKELETON_REVISION if "prompt_log" in tables and "alembic_version" not in tables else None

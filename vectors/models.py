@@ -16,8 +16,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Float, ForeignKey, Index, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
-_BIG_ID = BigInteger().with_variant(Integer(), "sqlite")
+from vectors.database import BIG_ID
 
 
 class Base(DeclarativeBase):
@@ -29,7 +28,7 @@ class NamespaceRow(Base):
 
     __tablename__ = "vector_namespace"
 
-    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
     tenant: Mapped[str] = mapped_column(String(128))
     model: Mapped[str] = mapped_column(String(256))
     dimension: Mapped[int] = mapped_column(Integer)
@@ -46,7 +45,7 @@ class CentroidRow(Base):
 
     __tablename__ = "vector_centroid"
 
-    id: Mapped[int] = mapped_column(_BIG_ID, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(BIG_ID, primary_key=True, autoincrement=True)
     namespace_id: Mapped[int] = mapped_column(ForeignKey("vector_namespace.id", ondelete="CASCADE"))
     vector: Mapped[bytes] = mapped_column(LargeBinary)  # float32, L2-normalised
     members: Mapped[int] = mapped_column(Integer)  # observations folded into the mean

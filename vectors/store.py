@@ -22,20 +22,20 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import create_engine, delete, event, func, inspect, select, update
+from sqlalchemy import delete, func, inspect, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from promptfence.core import Topic
 from promptfence.errors import PromptFenceError
+from vectors.database import create_store_engine, error_reason, run_migrations
 from vectors.models import CentroidRow, CentroidTopicRow, NamespaceRow, TombstoneRow
 
 log = logging.getLogger("promptfence.vectors")
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 5.0
-PG_CONNECT_TIMEOUT_S = 3
 VERDICTS = ("false_positive", "true_positive")
 # Tombstones older than this are pruned; a process that last synced before that rebuilds fully.
 TOMBSTONE_KEEP_S = 7 * 86400.0
@@ -106,17 +106,7 @@ class VectorStore:
     def __init__(self, database_url: str, *, clock: Clock = time.time) -> None:
         self.url = database_url
         self.clock = clock
-        connect_args: dict[str, Any] = {}
-        if database_url.startswith("sqlite"):
-            path = database_url.partition(":///")[2]
-            if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            connect_args["timeout"] = SQLITE_BUSY_TIMEOUT_S
-        elif database_url.startswith("postgresql"):
-            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
-        self.engine: Engine = create_engine(database_url, connect_args=connect_args, pool_pre_ping=True)
-        if self.engine.dialect.name == "sqlite":
-            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.engine: Engine = create_store_engine(database_url, sqlite_busy_timeout_s=SQLITE_BUSY_TIMEOUT_S)
         self._migrated = False
 
     # -- schema -----------------------------------------------------------------------------
@@ -124,17 +114,10 @@ class VectorStore:
         """Create or upgrade the memory schema with Alembic (idempotent)."""
         if self._migrated:
             return
-        from alembic import command
-        from alembic.config import Config as AlembicConfig
-
-        cfg = AlembicConfig()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
         try:
-            with self.engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+            run_migrations(self.engine, MIGRATIONS)
         except SQLAlchemyError as exc:
-            raise MemoryUnavailable(f"cannot migrate the memory database ({_reason(exc)})") from None
+            raise MemoryUnavailable(f"cannot migrate the memory database ({error_reason(exc)})") from None
         self._migrated = True
 
     def table_names(self) -> list[str]:
@@ -148,7 +131,7 @@ class VectorStore:
             with Session(self.engine, expire_on_commit=False) as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise MemoryUnavailable(f"memory database error ({_reason(exc)})") from None
+            raise MemoryUnavailable(f"memory database error ({error_reason(exc)})") from None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -469,20 +452,3 @@ class VectorStore:
             session.add_all(rows)
             session.flush()
             return [r.id for r in rows]
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def _reason(exc: SQLAlchemyError) -> str:
-    """The exception class and the driver's first line; statements and parameters never."""
-    orig = getattr(exc, "orig", None)
-    if isinstance(exc, IntegrityError):
-        return "integrity error"
-    if orig is not None:
-        first = str(orig).strip().splitlines()[0] if str(orig).strip() else ""
-        return f"{type(orig).__name__}: {first[:200]}"
-    return type(exc).__name__
