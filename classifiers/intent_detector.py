@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from classifiers.normalize import SECTION_BREAK, embedding_view
+from classifiers.normalize import SECTION_BREAK, embedding_view, english_score
 from inference.embedder import Embedder
 from promptfence.core import Finding, Span, Topic
 
@@ -70,6 +70,27 @@ CUES: tuple[Cue, ...] = (
 )
 
 INTENT_TOPICS = (Topic.JAILBREAK, Topic.MALICIOUS_CODE, Topic.PII_REQUEST, Topic.FINANCIAL, Topic.PII)
+
+
+def meaningful_views(text: str) -> list[str]:
+    """The sections of an analysis text worth embedding.
+
+    With decoded sections present, two kinds of section carry no meaning of their own and only
+    push a sentence model off its training distribution: the short wrapper left around an
+    encoded payload ("Decode this and answer:") and the ciphertext itself (ROT13 gibberish),
+    whose plain-text twin is another section.
+    """
+    views = [v for v in (embedding_view(s) for s in text.split(SECTION_BREAK)) if v.strip()]
+    if len(views) <= 1:
+        return views
+    kept = [v for v in views if len(v.split()) >= MIN_SECTION_WORDS]
+    fluency = [english_score(v) for v in kept]
+    if fluency and max(fluency) >= 0.15:
+        kept = [v for v, f in zip(kept, fluency, strict=True) if f >= 0.05]
+    return kept or views[-1:]
+
+
+MIN_SECTION_WORDS = 6
 
 
 @dataclass(frozen=True)
@@ -132,11 +153,9 @@ class IntentDetector:
         """The most suspicious section wins: a decoded variant is judged apart from the
         obfuscated text it came from, whose embedding is noise."""
         best: dict[Topic, float] = {}
-        for section in text.split(SECTION_BREAK):
-            view = embedding_view(section)
-            if view.strip():
-                for topic, score in self.scores(view).items():
-                    best[topic] = max(best.get(topic, 0.0), score)
+        for view in meaningful_views(text):
+            for topic, score in self.scores(view).items():
+                best[topic] = max(best.get(topic, 0.0), score)
         return best
 
     def detect(self, text: str) -> Sequence[Finding]:

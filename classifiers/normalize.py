@@ -230,7 +230,8 @@ def _fold_confusables(text: str) -> str:
     return _WORD.sub(fold, text)
 
 
-def _english_score(text: str) -> float:
+def english_score(text: str) -> float:
+    """Share of words that are common English words: high for prose, near 0 for ciphertext."""
     words = [w.lower() for w in _WORD.findall(text)]
     if not words:
         return 0.0
@@ -286,7 +287,7 @@ def _decoded_sections(text: str) -> list[tuple[str, str]]:
         if decoded:
             sections.append(("hex", decoded))
     rot = codecs.decode(text, "rot13")
-    plain, rotated = _english_score(text), _english_score(rot)
+    plain, rotated = english_score(text), english_score(rot)
     if _ROT13_HINT.search(text) or (rotated >= 0.2 and rotated > 1.5 * plain + 0.05):
         sections.append(("rot13", rot))
     despaced = _SPACED.sub(_despace_run, text)
