@@ -80,6 +80,9 @@ class OperationKind(enum.StrEnum):
     SHARE = "Share"
     UPLOAD_FILE = "UploadFile"
     OTHER = "Other"
+    # A request to a catalogue host that carries text on a path no operation maps: inspected by
+    # the generic extractor so an unknown way to send a prompt is never a free pass.
+    UNKNOWN = "Unknown"
 
 
 class Action(enum.StrEnum):
@@ -245,6 +248,9 @@ class DetectorStatus(enum.StrEnum):
     TIMEOUT = "timeout"
     INVALID_OUTPUT = "invalid_output"
     UNAVAILABLE = "unavailable"
+    # The sender made the request impossible to inspect (oversize, undecodable, too deep): the
+    # policy's on_uninspectable decides, never on_error.
+    UNINSPECTABLE = "uninspectable"
 
 
 @dataclass(frozen=True)
@@ -498,6 +504,11 @@ class LogRecord:
     # Why the streamed answer could not be (fully) reconstructed, if so: "truncated frame",
     # "3 undecodable events", ... Never quotes the answer. None: decoded, or nothing to decode.
     response_decode_error: str | None = None
+    # Where the answer stands: "pending" (the prompt was forwarded; this record was written at
+    # decision time and a completion with the answer follows), "complete" (the answer stream
+    # ended, see response_decode_error), "upstream_error" (it ended in an error), "none" (nothing
+    # was forwarded, e.g. blocked). A crash between the two writes leaves "pending", never nothing.
+    answer_status: str = "none"
 
     def metadata(self) -> dict[str, Any]:
         """Everything that may be stored in clear; the prompt and answer are not in it."""
@@ -530,6 +541,7 @@ class LogRecord:
             "response_chars": None if self.payload.response is None else len(self.payload.response),
             "response_bytes": self.response_bytes,
             "response_decode_error": self.response_decode_error,
+            "answer_status": self.answer_status,
             "attachments_count": len(self.payload.attachments),
             "message_id": op.message_id,
         }

@@ -43,5 +43,17 @@ class InspectorUnavailable(PromptFenceError):
     """The inspection service could not be reached or answered garbage."""
 
 
+class InspectorInvalidAnswer(InspectorUnavailable):
+    """The inspector answered, but not with a complete Inspection: the message names the field
+    that was wrong (``answer missing runs for presidio, secrets``), never the prompt."""
+
+
+class RecordNotDurable(PromptFenceError):
+    """A log record could be made durable neither in the database nor in the spool.
+
+    The recorder raises it only under ``logs.on_unrecordable: block``; the proxy then does not
+    forward the prompt. The message carries the errno/exception kind, never record content."""
+
+
 class KeyMaterialError(PromptFenceError):
     """A key file is missing, malformed, or does not open a record."""

@@ -64,7 +64,15 @@ class DecisionPort(Protocol):
 
 
 class RecordPort(Protocol):
+    """Where records go. ``record`` is called when the decision is made (before anything is
+    forwarded; ``answer_status`` "pending" when the prompt will be forwarded) and must return
+    only once the record is durable: it raises :class:`~promptfence.errors.RecordNotDurable`
+    when it cannot be (``logs.on_unrecordable: block``), and the prompt is then not forwarded.
+    ``complete`` is called with the same ``record_id`` and the answer when the stream ends."""
+
     async def record(self, record: LogRecord) -> None: ...
+
+    async def complete(self, record: LogRecord) -> None: ...
 
 
 @dataclass

@@ -17,6 +17,14 @@ class ListRecorder:
     async def record(self, record: LogRecord) -> None:
         self.records.append(record)
 
+    async def complete(self, record: LogRecord) -> None:
+        """The answer's completion replaces the decision-time record with the same id."""
+        for index, kept in enumerate(self.records):
+            if kept.record_id == record.record_id:
+                self.records[index] = record
+                return
+        self.records.append(record)
+
 
 def chatgpt_flow(body: bytes, path: str = "/backend-api/f/conversation") -> http.HTTPFlow:
     """A ``tflow`` POST to https://chatgpt.com``path`` carrying ``body``."""
