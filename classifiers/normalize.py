@@ -19,6 +19,8 @@ import binascii
 import codecs
 import re
 import unicodedata
+import urllib.parse
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 # Invisible characters used to split words: zero-width space/joiners, word joiner, BOM,
@@ -50,6 +52,12 @@ _ROT13_HINT = re.compile(r"\brot[\s-]?13\b|\bcaesar\b", re.IGNORECASE)
 SECTION_BREAK = "\n\n[decoded]\n"
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){12,}(?![0-9A-Fa-f])")
+_PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+# Percent-escapes it takes before a text counts as URL-encoded ("%53%53%4E 219..."): a URL with
+# a %20 or two is not an obfuscation worth a section.
+MIN_PERCENT_ESCAPES = 4
+# Code points no UTF-8 encoder accepts: lone surrogates (JSON "\ud800" decodes to one).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _COMMON_WORDS = frozenset(
     [
         "the",
@@ -174,6 +182,19 @@ _COMMON_WORDS = frozenset(
     ]
 )
 MAX_DECODED_SECTIONS = 8
+# Layers of encoding undone (base64 inside base64 inside base64 is three).
+MAX_DECODE_DEPTH = 4
+DECODE_DEPTH_EXCEEDED = "decode_depth_exceeded"
+DECODE_SECTIONS_EXCEEDED = "decode_sections_exceeded"
+
+
+def replace_invalid_unicode(text: str) -> tuple[str, bool]:
+    """``text`` with every code point that is not valid Unicode text (lone surrogates) replaced
+    by U+FFFD, and whether any was. Length and offsets are unchanged."""
+    if text.isascii():
+        return text, False
+    fixed, count = _SURROGATE.subn("\ufffd", text)
+    return fixed, count > 0
 
 
 @dataclass(frozen=True)
@@ -196,6 +217,8 @@ def _fold_char(ch: str) -> str:
     code = ord(ch)
     if code in _INVISIBLE or code in _TAGS:
         return ""
+    if 0xD800 <= code <= 0xDFFF:  # a lone surrogate: detectors that encode to UTF-8 would raise
+        return "\ufffd"
     if unicodedata.category(ch) == "Cf" and ch not in "\u200e\u200f":
         return ""
     return unicodedata.normalize("NFKC", ch)
@@ -273,27 +296,65 @@ def _despace_run(match: re.Match[str]) -> str:
     return _SEPARATOR_RUN.sub(lambda g: "" if len(g.group(0)) == narrow else " ", run)
 
 
-def _decoded_sections(text: str) -> list[tuple[str, str]]:
-    sections: list[tuple[str, str]] = []
+def _decoded_sections(text: str) -> Iterator[tuple[str, str]]:
+    """Each decoding of ``text`` (kind, decoded text), lazily: the caller stops when it is full."""
     for match in _BASE64.finditer(text):
         token = match.group(0)
         if token.isalpha() and (token.islower() or token.isupper()):
             continue  # a long plain word, not an encoding
         decoded = _decode_base64(token)
         if decoded and len(decoded) >= 6:
-            sections.append(("base64", decoded))
+            yield "base64", decoded
     for match in _HEX.finditer(text):
         decoded = _printable(bytes.fromhex(match.group(0)))
         if decoded:
-            sections.append(("hex", decoded))
+            yield "hex", decoded
+    if "%" in text and len(_PERCENT.findall(text)) >= MIN_PERCENT_ESCAPES:
+        try:
+            unquoted = urllib.parse.unquote(text, errors="strict")
+        except UnicodeDecodeError:  # escapes that are not UTF-8: not URL-encoded text
+            unquoted = text
+        if unquoted != text:
+            yield "url", unquoted
     rot = codecs.decode(text, "rot13")
     plain, rotated = english_score(text), english_score(rot)
     if _ROT13_HINT.search(text) or (rotated >= 0.2 and rotated > 1.5 * plain + 0.05):
-        sections.append(("rot13", rot))
+        yield "rot13", rot
     despaced = _SPACED.sub(_despace_run, text)
     if despaced != text:
-        sections.append(("despaced", despaced))
-    return sections[:MAX_DECODED_SECTIONS]
+        yield "despaced", despaced
+
+
+def _nested_sections(primary: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """Decoded sections of ``primary``, breadth first, each decoded again up to the bounds.
+
+    A decoding already seen (the prompt itself, ROT13 of ROT13, a token found twice) is skipped,
+    so a layer that only undoes another costs no section. Returns the sections and the bound
+    transforms (``decode_depth_exceeded``, ``decode_sections_exceeded``) that applied.
+    """
+    seen = {primary}
+    sections: list[tuple[str, str]] = []
+    frontier: list[tuple[str, str]] = [("", primary)]
+    for _depth in range(MAX_DECODE_DEPTH):
+        deeper: list[tuple[str, str]] = []
+        for kind, source in frontier:
+            for layer, decoded in _decoded_sections(source):
+                if decoded in seen:
+                    continue
+                if len(sections) >= MAX_DECODED_SECTIONS:
+                    return sections, [DECODE_SECTIONS_EXCEEDED]
+                seen.add(decoded)
+                name = f"{kind}+{layer}" if kind else layer
+                sections.append((name, decoded))
+                deeper.append((name, decoded))
+        frontier = deeper
+        if not frontier:
+            return sections, []
+    # The innermost layer reached: is there still something to decode under it?
+    for _kind, source in frontier:
+        if any(decoded not in seen for _layer, decoded in _decoded_sections(source)):
+            return sections, [DECODE_DEPTH_EXCEEDED]
+    return sections, []
 
 
 def embedding_view(section: str) -> str:
@@ -315,11 +376,8 @@ def analyse(prompt: str) -> Analysis:
     transforms: list[str] = []
     if len(primary) != len(prompt) or primary != prompt:
         transforms.append("unicode")
-    sections = _decoded_sections(primary)
-    # A decoded section may itself be obfuscated (base64 of spaced letters): one more pass.
-    nested = [(f"{kind}+{k2}", t2) for kind, t in sections for k2, t2 in _decoded_sections(t) if kind != "despaced"]
-    text = primary
-    for kind, decoded in (sections + nested)[:MAX_DECODED_SECTIONS]:
-        text += SECTION_BREAK + decoded
-        transforms.append(kind)
+    sections, bounds = _nested_sections(primary)
+    text = SECTION_BREAK.join([primary, *(decoded for _kind, decoded in sections)])
+    transforms.extend(kind for kind, _decoded in sections)
+    transforms.extend(bounds)
     return Analysis(text=text, offsets=tuple(offsets), primary_length=len(primary), transforms=tuple(transforms))

@@ -7,7 +7,7 @@ cannot be loaded is a start-up error, never a silent downgrade.
 
 from __future__ import annotations
 
-from promptfence.config import Config
+from promptfence.config import Config, InspectorConfig, MemoryConfig
 from promptfence.core import Detector
 
 
@@ -57,3 +57,23 @@ def detector_deadlines(config: Config) -> dict[str, float]:
     if config.inspector.prompt_guard.timeout_s is not None:
         deadlines["promptguard"] = config.inspector.prompt_guard.timeout_s
     return deadlines
+
+
+def expected_detector_names(inspector: InspectorConfig, memory: MemoryConfig) -> tuple[str, ...]:
+    """The names :func:`build_detectors` gives the detectors it builds for this configuration,
+    in the order the engine reports their runs.
+
+    The proxy calls it (it imports no detector module, so nothing heavy) to know which runs a
+    complete answer from the inspector has. It follows build_detectors' conditions one for one;
+    tests/test_inspector_answers.py builds the detectors for each combination and compares.
+    """
+    names = ["presidio", "code", "secrets"]
+    if inspector.intent_detector:
+        names.append("intent")
+    if inspector.prompt_guard.path is not None:
+        names.append("promptguard")
+    if inspector.llm.url is not None:
+        names.append("llm")
+    if memory.enabled:
+        names.append("neighbours")
+    return tuple(names)

@@ -7,6 +7,7 @@ never logged, and error replies never quote them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -14,7 +15,12 @@ from typing import Any
 from aiohttp import web
 
 from classifiers.engine import InspectionEngine
-from promptfence.core import Operation, text_digest
+from classifiers.normalize import replace_invalid_unicode
+from promptfence.core import Operation
+
+# Note on an Inspection whose prompt held code points no detector can digest (lone surrogates):
+# they were replaced by U+FFFD once, here, before any detector saw the text.
+INVALID_UNICODE_NOTE = "invalid_unicode_replaced"
 
 log = logging.getLogger("promptfence.inspector")
 
@@ -29,28 +35,29 @@ async def inspect_handler(request: web.Request) -> web.Response:
     engine = request.app[ENGINE_KEY]
     try:
         data: Any = json.loads(await request.read())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # not JSON / not UTF-8 / a number too long / nested too deep
         return _bad_request("body is not JSON")
     if not isinstance(data, dict):
         return _bad_request("body must be a JSON object")
     if "operation" in data:
         try:
             operation = Operation.from_dict(data["operation"])
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             return _bad_request(f"invalid operation: {type(exc).__name__}")
         text = operation.prompt
-        op_id = operation.operation_id
     elif isinstance(data.get("prompt"), str):
         text = data["prompt"]
-        op_id = "-"
     else:
         return _bad_request("expected 'operation' or 'prompt'")
+    text, replaced = replace_invalid_unicode(text)
     inspection = await engine.inspect(text)
+    if replaced:
+        inspection = dataclasses.replace(inspection, notes=(*inspection.notes, INVALID_UNICODE_NOTE))
+    # Size, topics and time only: no digest of the text (it would let anyone who reads the log
+    # confirm a guessed prompt) and no ids from the request.
     log.info(
-        "inspected op=%s chars=%d digest=%s topics=%s ms=%.1f",
-        op_id,
+        "inspected chars=%d topics=%s ms=%.1f",
         len(text),
-        text_digest(text),
         ",".join(f"{t.value}:{c.name.lower()}" for t, c in inspection.detected().items()) or "-",
         inspection.elapsed_ms,
     )

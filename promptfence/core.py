@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -389,24 +390,116 @@ class Inspection:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Inspection:
         topics: dict[Topic, float] = {}
-        for name, value in (data.get("topics") or {}).items():
-            score = value["score"] if isinstance(value, Mapping) else value
-            topics[Topic(name)] = float(score)
+        for name, value in raw_topics.items():
+            if not isinstance(name, str) or name not in _TOPICS:
+                raise InspectionFormatError("field topics has an unknown topic name")
+            topic = Topic(name)
+            where = f"topics.{topic.value}"
+            if isinstance(value, Mapping):
+                if "score" not in value:
+                    raise InspectionFormatError(f"missing field {where}.score")
+                value, where = value["score"], f"{where}.score"
+            topics[topic] = _wire_number(value, where, low=0.0, high=1.0)
+        findings = []
+        for i, item in enumerate(_wire_list(data["findings"], "findings")):
+            where = f"findings[{i}]"
+            finding = _wire_object(item, where)
+            span = finding.get("span")
+            if span is not None:
+                if not isinstance(span, list) or len(span) != 2:
+                    raise InspectionFormatError(f"field {where}.span is not a [start, end] pair")
+                start, end = (_wire_int(s, f"{where}.span") for s in span)
+                if not 0 <= start <= end:
+                    raise InspectionFormatError(f"field {where}.span is not a valid range")
+                span = Span(start, end)
+            findings.append(
+                Finding(
+                    detector=_wire_str(finding.get("detector"), f"{where}.detector"),
+                    kind=_wire_str(finding.get("kind"), f"{where}.kind"),
+                    topic=_wire_topic(finding.get("topic"), f"{where}.topic"),
+                    score=_wire_number(finding.get("score"), f"{where}.score", low=0.0, high=1.0),
+                    span=span,
+                    explanation=_wire_str(finding.get("explanation", ""), f"{where}.explanation"),
+                )
+            )
+        runs = []
+        for i, item in enumerate(_wire_list(data["runs"], "runs")):
+            where = f"runs[{i}]"
+            run = _wire_object(item, where)
+            detector = _wire_str(run.get("detector"), f"{where}.detector")
+            if not detector:
+                raise InspectionFormatError(f"field {where}.detector is empty")
+            status = run.get("status")
+            if not isinstance(status, str) or status not in _STATUSES:
+                raise InspectionFormatError(f"field {where}.status is not a known status")
+            error = run.get("error")
+            runs.append(
+                DetectorRun(
+                    detector=detector,
+                    status=DetectorStatus(status),
+                    elapsed_ms=_wire_number(run.get("elapsed_ms", 0.0), f"{where}.elapsed_ms", low=0.0),
+                    error=None if error is None else _wire_str(error, f"{where}.error"),
+                )
+            )
+        neighbours = []
+        for i, item in enumerate(_wire_list(data.get("neighbours", []), "neighbours")):
+            where = f"neighbours[{i}]"
+            ref = _wire_object(item, where)
+            neighbours.append(
+                NeighbourRef(
+                    centroid_id=_wire_int(ref.get("id"), f"{where}.id"),
+                    similarity=_wire_number(ref.get("similarity"), f"{where}.similarity"),
+                    topic=_wire_topic(ref.get("topic"), f"{where}.topic"),
+                    delta=_wire_number(ref.get("delta", 0.0), f"{where}.delta"),
+                    reason=_wire_str(ref.get("reason", ""), f"{where}.reason"),
+                )
+            )
+        memory = data.get("memory")
+        tenant: str | None = None
+        centroids: tuple[int, ...] = ()
+        if memory is not None:
+            mem = _wire_object(memory, "memory")
+            tenant = _wire_str(mem.get("tenant"), "memory.tenant")
+            centroids = tuple(
+                _wire_int(c, f"memory.centroids[{i}]")
+                for i, c in enumerate(_wire_list(mem.get("centroids", []), "memory.centroids"))
+            )
         return cls(
-            findings=tuple(Finding.from_dict(f) for f in data.get("findings", ())),
+            findings=tuple(findings),
             topics=topics,
-            runs=tuple(DetectorRun.from_dict(r) for r in data.get("runs", ())),
-            elapsed_ms=float(data.get("elapsed_ms", 0.0)),
-            transforms=tuple(str(t) for t in data.get("transforms", ())),
-            uncovered=tuple(Topic(t) for t in data.get("uncovered", ())),
-            neighbours=tuple(NeighbourRef.from_dict(n) for n in data.get("neighbours", ())),
-            notes=tuple(str(n) for n in data.get("notes", ())),
-            memory_tenant=None if not data.get("memory") else str(data["memory"]["tenant"]),
-            memory_centroids=tuple(int(c) for c in (data.get("memory") or {}).get("centroids", ())),
+            runs=tuple(runs),
+            elapsed_ms=_wire_number(data.get("elapsed_ms", 0.0), "elapsed_ms", low=0.0),
+            transforms=tuple(
+                _wire_str(t, f"transforms[{i}]")
+                for i, t in enumerate(_wire_list(data.get("transforms", []), "transforms"))
+            ),
+            uncovered=tuple(
+                _wire_topic(t, f"uncovered[{i}]")
+                for i, t in enumerate(_wire_list(data.get("uncovered", []), "uncovered"))
+            ),
+            neighbours=tuple(neighbours),
+            notes=tuple(_wire_str(n, f"notes[{i}]") for i, n in enumerate(_wire_list(data.get("notes", []), "notes"))),
+            memory_tenant=tenant,
+            memory_centroids=centroids,
         )
 
 
 @dataclass(frozen=True)
+        """Parse an Inspection's JSON strictly (it crosses a process boundary).
+
+        ``topics``, ``findings`` and ``runs`` are required; every field must have its type,
+        numbers must be finite (scores in [0, 1]), topics and statuses known. Anything else
+        raises :class:`InspectionFormatError` naming the field (``field topics.PII.score is not
+        a number``), never a value. Whether every expected detector ran is the caller's check.
+        """
+        if not isinstance(data, Mapping):
+            raise InspectionFormatError("is not a JSON object")
+        for required in ("topics", "findings", "runs"):
+            if required not in data:
+                raise InspectionFormatError(f"missing field {required}")
+        raw_topics = data["topics"]
+        if not isinstance(raw_topics, Mapping):
+            raise InspectionFormatError("field topics is not an object")
 class Redaction:
     """One span of the prompt that a ``redact`` decision replaces with ``[LABEL]``.
 
@@ -425,6 +518,61 @@ class Redaction:
 
 @dataclass(frozen=True)
 class Decision:
+class InspectionFormatError(ValueError):
+    """An Inspection's JSON is not in the schema. The message names the field and what is wrong
+    with it (``field runs[2].status is not a known status``), never the value found there."""
+
+
+_STATUSES = frozenset(s.value for s in DetectorStatus)
+_TOPICS = frozenset(t.value for t in Topic)
+
+
+def _wire_number(value: Any, where: str, *, low: float | None = None, high: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InspectionFormatError(f"field {where} is not a number")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer too large for a float
+        raise InspectionFormatError(f"field {where} is not a finite number") from None
+    if not math.isfinite(number):
+        raise InspectionFormatError(f"field {where} is not a finite number")
+    if (low is not None and number < low) or (high is not None and number > high):
+        bounds = f"between {low:g} and {high:g}" if low is not None and high is not None else f"at least {low:g}"
+        raise InspectionFormatError(f"field {where} is not {bounds}")
+    return number
+
+
+def _wire_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InspectionFormatError(f"field {where} is not an integer")
+    return value
+
+
+def _wire_str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise InspectionFormatError(f"field {where} is not a string")
+    return value
+
+
+def _wire_list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise InspectionFormatError(f"field {where} is not a list")
+    return value
+
+
+def _wire_object(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise InspectionFormatError(f"field {where} is not an object")
+    return value
+
+
+def _wire_topic(value: Any, where: str) -> Topic:
+    # The unknown name is not quoted: the answer is not trusted to be free of prompt text.
+    if not isinstance(value, str) or value not in _TOPICS:
+        raise InspectionFormatError(f"field {where} is not a known topic")
+    return Topic(value)
+
+
     """The policy outcome: an action, the rules that produced it, and what to tell the user.
 
     ``redactions`` are the spans every matching ``redact`` rule asks to replace (applied when

@@ -52,7 +52,7 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     # Its thread migrates the schema, applies retention and replays the spool: a database that
     # is down at start only means records are spooled until it is back.
     recorder = AsyncRecorder(writer, retention_days=config.logs.retention_days)
-    client = InspectorClient(config.inspector.base_url, timeout_s=config.proxy.inspect_timeout_s)
+    client = InspectorClient.for_config(config)
     config.mitmproxy_confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     settings: dict[str, object] = {
         "promptfence_inspect_timeout": config.proxy.inspect_timeout_s,
