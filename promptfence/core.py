@@ -389,6 +389,21 @@ class Inspection:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Inspection:
+        """Parse an Inspection's JSON strictly (it crosses a process boundary).
+
+        ``topics``, ``findings`` and ``runs`` are required; every field must have its type,
+        numbers must be finite (scores in [0, 1]), topics and statuses known. Anything else
+        raises :class:`InspectionFormatError` naming the field (``field topics.PII.score is not
+        a number``), never a value. Whether every expected detector ran is the caller's check.
+        """
+        if not isinstance(data, Mapping):
+            raise InspectionFormatError("is not a JSON object")
+        for required in ("topics", "findings", "runs"):
+            if required not in data:
+                raise InspectionFormatError(f"missing field {required}")
+        raw_topics = data["topics"]
+        if not isinstance(raw_topics, Mapping):
+            raise InspectionFormatError("field topics is not an object")
         topics: dict[Topic, float] = {}
         for name, value in raw_topics.items():
             if not isinstance(name, str) or name not in _TOPICS:
@@ -484,40 +499,6 @@ class Inspection:
         )
 
 
-@dataclass(frozen=True)
-        """Parse an Inspection's JSON strictly (it crosses a process boundary).
-
-        ``topics``, ``findings`` and ``runs`` are required; every field must have its type,
-        numbers must be finite (scores in [0, 1]), topics and statuses known. Anything else
-        raises :class:`InspectionFormatError` naming the field (``field topics.PII.score is not
-        a number``), never a value. Whether every expected detector ran is the caller's check.
-        """
-        if not isinstance(data, Mapping):
-            raise InspectionFormatError("is not a JSON object")
-        for required in ("topics", "findings", "runs"):
-            if required not in data:
-                raise InspectionFormatError(f"missing field {required}")
-        raw_topics = data["topics"]
-        if not isinstance(raw_topics, Mapping):
-            raise InspectionFormatError("field topics is not an object")
-class Redaction:
-    """One span of the prompt that a ``redact`` decision replaces with ``[LABEL]``.
-
-    It holds offsets into :attr:`Operation.prompt` and a type label (``EMAIL_ADDRESS``), never
-    the value, so it may appear in clear metadata.
-    """
-
-    start: int
-    end: int
-    label: str
-
-    @property
-    def placeholder(self) -> str:
-        return f"[{self.label}]"
-
-
-@dataclass(frozen=True)
-class Decision:
 class InspectionFormatError(ValueError):
     """An Inspection's JSON is not in the schema. The message names the field and what is wrong
     with it (``field runs[2].status is not a known status``), never the value found there."""
@@ -573,6 +554,25 @@ def _wire_topic(value: Any, where: str) -> Topic:
     return Topic(value)
 
 
+@dataclass(frozen=True)
+class Redaction:
+    """One span of the prompt that a ``redact`` decision replaces with ``[LABEL]``.
+
+    It holds offsets into :attr:`Operation.prompt` and a type label (``EMAIL_ADDRESS``), never
+    the value, so it may appear in clear metadata.
+    """
+
+    start: int
+    end: int
+    label: str
+
+    @property
+    def placeholder(self) -> str:
+        return f"[{self.label}]"
+
+
+@dataclass(frozen=True)
+class Decision:
     """The policy outcome: an action, the rules that produced it, and what to tell the user.
 
     ``redactions`` are the spans every matching ``redact`` rule asks to replace (applied when
