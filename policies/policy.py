@@ -49,6 +49,10 @@ POLICY_SUFFIXES = (".yaml", ".yml")
 
 DEFAULT_BLOCK_MESSAGE = "PromptFence blocked this request under your organisation's AI usage policy."
 DEFAULT_WARN_MESSAGE = "PromptFence: this request may go against your organisation's AI usage policy ({topics})."
+UNINSPECTABLE_MESSAGE = (
+    "PromptFence blocked this request: it could not be inspected (too large, too deeply nested or in an "
+    "encoding it cannot read). Send it as plain text, or in smaller parts."
+)
 ON_ERROR_MESSAGE = (
     "PromptFence could not inspect this request and the policy does not let it through unchecked. Try again shortly."
 )
@@ -142,7 +146,7 @@ class Rule:
             checks.append(Check("topics", bool(matched_topics), "; ".join(parts)))
         covered: tuple[str, ...] = ()
         if self.detector_errors is not None:
-            failed = inspection.failed_detectors
+            failed = inspection.errored_detectors
             if ANY_DETECTOR in self.detector_errors:
                 covered = failed
             else:
@@ -184,6 +188,10 @@ class Policy:
     rules: tuple[Rule, ...]
     source: str
     description: str = ""
+    # What happens to a request the sender made impossible to inspect (oversize, undecodable,
+    # nested too deep). Never inherited from on_error: fail-open for a broken model must not
+    # become fail-open for an attacker who pads a body.
+    on_uninspectable: Action = Action.BLOCK
 
 
 @dataclass(frozen=True)
@@ -298,7 +306,8 @@ def explain(policies: Sequence[Policy], operation: Operation, inspection: Inspec
     """Every rule of every policy against this request, and the most restrictive candidate."""
     traces: list[PolicyTrace] = []
     candidates: list[Candidate] = []
-    failed = inspection.failed_detectors
+    failed = inspection.errored_detectors
+    uninspectable = inspection.uninspectable_reasons
     for policy in policies:
         results = tuple(rule.check(operation, inspection) for rule in policy.rules)
         matched = [r for r in results if r.matched]
@@ -306,12 +315,22 @@ def explain(policies: Sequence[Policy], operation: Operation, inspection: Inspec
         covered = {d for r in matched for d in r.covered_failures}
         uncovered = tuple(d for d in failed if d not in covered)
         traces.append(PolicyTrace(policy, results, uncovered))
+        if uninspectable:
+            candidates.append(
+                Candidate(
+                    policy.on_uninspectable,
+                    f"{policy.name}:on_uninspectable",
+                    policy.name,
+                    UNINSPECTABLE_MESSAGE,
+                    f"{'; '.join(uninspectable)}: on_uninspectable {policy.on_uninspectable.value}",
+                )
+            )
         if uncovered:
             reason = f"inspection incomplete ({', '.join(uncovered)} failed): on_error {policy.on_error.value}"
             candidates.append(
                 Candidate(policy.on_error, f"{policy.name}:on_error", policy.name, ON_ERROR_MESSAGE, reason)
             )
-        elif not matched:
+        elif not matched and not uninspectable:
             message = DEFAULT_WARN_MESSAGE if policy.default is Action.WARN else DEFAULT_BLOCK_MESSAGE
             candidates.append(
                 Candidate(policy.default, f"{policy.name}:default", policy.name, _render(message, ()), "default")
@@ -333,7 +352,9 @@ def _decide(candidates: Sequence[Candidate]) -> Decision:
         action=first.action,
         rule_ids=tuple(dict.fromkeys(c.rule_id for c in winners)),
         policy=first.policy,
-        message=first.message,
+        # Only a decision that stops or warns tells the user anything; an allowed record must not
+        # carry "blocked" wording into a SIEM.
+        message=first.message if first.action in (Action.BLOCK, Action.WARN) else "",
         reason="; ".join(dict.fromkeys(c.reason for c in winners)),
         redactions=redactions,
     )
@@ -533,6 +554,7 @@ def parse_policy(data: object, source: str) -> Policy:
         name=data["policy"],
         default=Action(data["default"]),
         on_error=Action(data["on_error"]),
+        on_uninspectable=Action(data.get("on_uninspectable", Action.BLOCK.value)),
         rules=tuple(rules),
         source=source,
         description=str(data.get("description", "")),

@@ -358,6 +358,23 @@ class Inspection:
         return tuple(run.detector for run in self.runs if run.failed)
 
     @property
+    def errored_detectors(self) -> tuple[str, ...]:
+        """Detectors that failed for reasons the sender does not control: on_error's business."""
+        return tuple(
+            run.detector for run in self.runs if run.failed and run.status is not DetectorStatus.UNINSPECTABLE
+        )
+
+    @property
+    def uninspectable_reasons(self) -> tuple[str, ...]:
+        """Why the request could not be inspected at all (oversize, undecodable, too deep):
+        the sender's doing, so on_uninspectable decides, never on_error."""
+        return tuple(
+            f"uninspectable: {run.error or run.detector}"
+            for run in self.runs
+            if run.status is DetectorStatus.UNINSPECTABLE
+        )
+
+    @property
     def detectors_run(self) -> tuple[str, ...]:
         return tuple(run.detector for run in self.runs)
 
@@ -365,9 +382,11 @@ class Inspection:
         return {topic: Confidence.of(score) for topic, score in self.topics.items() if Confidence.of(score) >= minimum}
 
     @classmethod
-    def failure(cls, detector: str, status: DetectorStatus, error: str) -> Inspection:
+    def failure(cls, detector: str, status: DetectorStatus, error: str, elapsed_ms: float = 0.0) -> Inspection:
         """An inspection that could not happen at all (e.g. the inspector is unreachable)."""
-        return cls(findings=(), topics={}, runs=(DetectorRun(detector, status, 0.0, error),))
+        return cls(
+            findings=(), topics={}, runs=(DetectorRun(detector, status, elapsed_ms, error),), elapsed_ms=elapsed_ms
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -20,7 +20,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from mitmproxy import ctx, http
+from mitmproxy import connection, ctx, http
 from mitmproxy.addonmanager import Loader
 from mitmproxy.proxy import server_hooks
 
@@ -31,14 +31,24 @@ from promptfence.core import (
     Inspection,
     LogRecord,
     Operation,
+    OperationKind,
     Payload,
-    text_digest,
 )
+from promptfence.errors import InspectorInvalidAnswer, InspectorUnavailable, RecordNotDurable
 from proxy.block_reply import BLOCK_REPLIES
 from proxy.catalogue import Catalogue, Match
 from proxy.coaching import WarnLedger
 from proxy.extraction import Extraction
-from proxy.flowmap import extract, match_flow, new_decoder, operation_of
+from proxy.flowmap import (
+    INVALID_UNICODE_NOTE,
+    extract,
+    has_invalid_code_points,
+    match_flow,
+    new_decoder,
+    operation_of,
+    route,
+    scrub,
+)
 from proxy.identity import Challenge, ClientAddressIdentity, Gatekeeper, IdentityResolver
 from proxy.redaction import RedactionError, apply_to_flow
 from proxy.tap import ResponseTap, decode_whole
@@ -49,6 +59,14 @@ log = logging.getLogger("promptfence.proxy")
 METADATA_KEY = "promptfence"
 OUTCOME_WARNED = "stopped with warning"
 OUTCOME_PROCEEDED = "proceeded after warning"
+UNRECORDABLE_MESSAGE = (
+    "PromptFence blocked this request: the audit log cannot record it right now, and this "
+    "organisation does not let prompts through unrecorded. Try again shortly."
+)
+GUARD_FAILED_MESSAGE = "PromptFence could not check this request, so it was not sent. Try again shortly."
+MISDIRECTED_MESSAGE = (
+    "PromptFence refused this request: the host it names does not match the connection it was sent on."
+)
 REDACTION_FAILED_MESSAGE = (
     "PromptFence blocked this request: it contains data that must be redacted, and this request "
     "cannot be rewritten safely. Remove the sensitive data and try again."
@@ -83,8 +101,11 @@ class FlowState:
     inspection: Inspection
     decision: Decision
     started: float
+    record_id: str = ""
+    timestamp: float = 0.0
+    host: str | None = None  # the catalogue host the request was routed to
     response_bytes: int = 0
-    recorded: bool = False
+    recorded: bool = False  # True once nothing more is to be written for this flow
     notes: list[str] = field(default_factory=list)
     tap: ResponseTap | None = None  # the answer decoder's copy of the response stream
 
@@ -104,6 +125,8 @@ class PromptFenceAddon:
         self.policy = policy
         self.recorder = recorder
         self.warnings = WarnLedger()
+        # CONNECT target of each client connection: the tunnel, not the Host header, names the app.
+        self._tunnels: dict[str, str] = {}
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
@@ -161,43 +184,97 @@ class PromptFenceAddon:
         return extract(flow, match, ctx.options.promptfence_max_body)
 
     async def request(self, flow: http.HTTPFlow) -> None:
+        """Fail closed: an exception escaping a hook would make mitmproxy forward the request."""
         if flow.response is not None or flow.request.method == "CONNECT":
             return
-        match = self.catalogue.match(flow.request.pretty_host, flow.request.method, flow.request.path)
+        try:
+            await self._guard(flow)
+        except Exception as exc:
+            log.error("flow=%s guard failed (%s): request not forwarded", flow.id, type(exc).__name__)
+            flow.response = http.Response.make(
+                503, GUARD_FAILED_MESSAGE.encode(), {"Content-Type": "text/plain; charset=utf-8", "X-PromptFence": "error"}
+            )
+
+    def _route(self, flow: http.HTTPFlow) -> str | None:
+        """The catalogue host of this request, or None; a misdirected request gets a 421 reply."""
+        decided = route(self.catalogue, flow, self._tunnels.get(flow.client_conn.id))
+        if decided.conflict is not None:
+            log.warning("flow=%s refused as misdirected: %s", flow.id, decided.conflict)
+            flow.response = http.Response.make(
+                421, MISDIRECTED_MESSAGE.encode(), {"Content-Type": "text/plain; charset=utf-8", "X-PromptFence": "misdirected"}
+            )
+            return None
+        return decided.host
+
+    async def _guard(self, flow: http.HTTPFlow) -> None:
+        host = self._route(flow)
+        if host is None:
+            return
+        match = self.catalogue.match(host, flow.request.method, flow.request.path)
         if match is None or not match.operation.inspect:
             return
+        unknown = match.operation.kind is OperationKind.UNKNOWN
+        if unknown and not flow.request.raw_content:
+            return  # no body: nothing is sent to the app on an unmapped path
         started = time.monotonic()
-        extraction, extract_error = self._extract(flow, match)
-        operation = operation_of(flow, match, extraction, self.identity.identify(flow), extraction.conversation_id)
-        if extract_error is not None:
-            inspection = Inspection.failure("extractor", DetectorStatus.INVALID_OUTPUT, extract_error)
+        extraction, uninspectable = self._extract(flow, match)
+        operation = operation_of(
+            flow, match, extraction, self.identity.identify(flow), extraction.conversation_id, host
+        )
+        if uninspectable is not None:
+            inspection = Inspection.failure("extractor", DetectorStatus.UNINSPECTABLE, uninspectable)
+        elif unknown and not operation.has_prompt:
+            return  # an unmapped request with no text in it (binary, empty JSON): passes unrecorded
         elif operation.has_prompt:
             inspection = await self._inspect(operation)
         else:
             inspection = Inspection(findings=(), topics={}, runs=())
+        if has_invalid_code_points(extraction.prompt):
+            inspection = dataclasses.replace(inspection, notes=(*inspection.notes, INVALID_UNICODE_NOTE))
         decision = self._enforce(flow, match, operation, self.policy.decide(operation, inspection))
-        state = FlowState(operation, inspection, decision, started)
+        state = FlowState(operation, inspection, decision, started, str(uuid.uuid4()), time.time(), host)
         flow.metadata[METADATA_KEY] = state
         log.info(
-            "flow=%s op=%s prompt_chars=%d prompt_digest=%s topics=%s failed=%s action=%s rules=%s outcome=%s",
+            "flow=%s op=%s prompt_chars=%d topics=%s failed=%s action=%s rules=%s outcome=%s",
             flow.id,
             operation.operation_id,
             len(operation.prompt),
-            text_digest(operation.prompt),
             ",".join(f"{t.value}:{c.name.lower()}" for t, c in inspection.detected().items()) or "-",
             ",".join(inspection.failed_detectors) or "-",
             decision.action.value,
             ",".join(decision.rule_ids) or "-",
             decision.outcome or "-",
         )
-        if decision.blocks or decision.outcome == OUTCOME_WARNED:
+        stops = decision.blocks or decision.outcome == OUTCOME_WARNED
+        if not await self._record_decision(flow, state, forwarded=not stops):
+            stops = True
+        if stops:
+            state.recorded = True  # the decision-time record is the whole record
+            decision = state.decision
             message = decision.message if decision.blocks else self._warn_notice(decision.message)
             reply = BLOCK_REPLIES[match.operation.block_reply](message, extraction)
             headers = dict(reply.headers)
             if not decision.blocks:
                 headers["X-PromptFence"] = "warned"
             flow.response = http.Response.make(reply.status, reply.body, headers)
-            await self._finish(flow, state)
+
+    async def _record_decision(self, flow: http.HTTPFlow, state: FlowState, *, forwarded: bool) -> bool:
+        """Write the record before anything is forwarded. False when it could not be made
+        durable and the recorder says not to forward (``logs.on_unrecordable: block``): the
+        decision then becomes a block, and the request is never sent unrecorded."""
+        record = self._record_of(state, None, "pending" if forwarded else "none")
+        try:
+            await self.recorder.record(record)
+            return True
+        except RecordNotDurable as exc:
+            reason = str(exc)
+        except Exception as exc:  # a recorder that fails in an unexpected way is not durable either
+            reason = type(exc).__name__
+        log.error("flow=%s record %s not durable (%s): request not forwarded", flow.id, state.record_id, reason)
+        state.decision = dataclasses.replace(
+            state.decision, action=Action.BLOCK, message=UNRECORDABLE_MESSAGE, outcome=f"blocked: log not durable ({reason})"
+        )
+        return False
 
     # -- warn and redact: what a decision means for this request (evaluation stays pure) ------
     def _enforce(self, flow: http.HTTPFlow, match: Match, operation: Operation, decision: Decision) -> Decision:
@@ -238,17 +315,37 @@ class PromptFenceAddon:
         return True
 
     async def http_connect(self, flow: http.HTTPFlow) -> None:
-        """Proxy credentials and trusted identity headers of an HTTPS tunnel arrive on CONNECT."""
-        await self._admit(flow)
+        """Proxy credentials and trusted identity headers of an HTTPS tunnel arrive on CONNECT;
+        the CONNECT target is remembered: it names the app of every request in the tunnel."""
+        try:
+            self._tunnels[flow.client_conn.id] = flow.request.host
+            await self._admit(flow)
+        except Exception as exc:  # never let a tunnel open because a check raised
+            log.error("flow=%s CONNECT check failed (%s): refused", flow.id, type(exc).__name__)
+            flow.response = http.Response.make(403, GUARD_FAILED_MESSAGE.encode(), {"X-PromptFence": "error"})
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._tunnels.pop(client.id, None)
 
     async def _inspect(self, operation: Operation) -> Inspection:
+        """The inspector's answer, or a failure that says which kind and how long it took."""
         timeout = ctx.options.promptfence_inspect_timeout
+        started = time.monotonic()
+        status, error = DetectorStatus.FAILED, ""
         try:
             return await asyncio.wait_for(self.inspector.inspect(operation), timeout)
         except TimeoutError:
-            return Inspection.failure("inspector", DetectorStatus.TIMEOUT, f"no answer within {timeout:g}s")
+            status, error = DetectorStatus.TIMEOUT, f"inspector: no answer within {timeout:g}s"
+        except InspectorInvalidAnswer as exc:
+            status, error = DetectorStatus.INVALID_OUTPUT, f"inspector: {exc}"
+        except InspectorUnavailable as exc:
+            status, error = DetectorStatus.UNAVAILABLE, f"inspector: {exc}"
+        except OSError as exc:
+            status, error = DetectorStatus.UNAVAILABLE, f"inspector unreachable: {type(exc).__name__}"
         except Exception as exc:  # any failure of the port is a recorded error, not a crash
-            return Inspection.failure("inspector", DetectorStatus.UNAVAILABLE, type(exc).__name__)
+            status, error = DetectorStatus.FAILED, f"inspector: {type(exc).__name__}"
+        elapsed_ms = (time.monotonic() - started) * 1000.0
+        return Inspection.failure("inspector", status, error, elapsed_ms)
 
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """Authenticate (407 when required) and strip identity headers first, when the identity
@@ -260,11 +357,19 @@ class PromptFenceAddon:
         return None
 
     async def _admit_then_stream(self, flow: http.HTTPFlow) -> None:
-        if await self._admit(flow):
+        try:
+            admitted = await self._admit(flow)
+        except Exception as exc:  # a credential check that raises is a refusal, never a pass
+            log.error("flow=%s identity check failed (%s): refused", flow.id, type(exc).__name__)
+            flow.response = http.Response.make(403, GUARD_FAILED_MESSAGE.encode(), {"X-PromptFence": "error"})
+            return
+        if admitted:
             self._stream_unless_known(flow)
 
     def _stream_unless_known(self, flow: http.HTTPFlow) -> None:
-        if self.catalogue.app_for_host(flow.request.pretty_host) is None:
+        """Only traffic no name of which is a catalogue host streams (unbuffered, uninspected)."""
+        decided = route(self.catalogue, flow, self._tunnels.get(flow.client_conn.id))
+        if decided.host is None and decided.conflict is None:
             flow.request.stream = True
 
     # -- responses ---------------------------------------------------------------------------
@@ -275,14 +380,18 @@ class PromptFenceAddon:
         if flow.response is None:
             return
         state = flow.metadata.get(METADATA_KEY)
-        if isinstance(state, FlowState) and not state.recorded:
-            state.tap = ResponseTap(
-                new_decoder(match_flow(self.catalogue, flow)),
-                flow.response.headers.get("content-encoding", ""),
-                keep_copy_limit=ctx.options.promptfence_capture_bodies,
-            )
-            flow.response.stream = state.tap
-        elif not flow.response.stream:
+        try:
+            if isinstance(state, FlowState) and not state.recorded:
+                state.tap = ResponseTap(
+                    new_decoder(match_flow(self.catalogue, flow, state.host)),
+                    flow.response.headers.get("content-encoding", ""),
+                    keep_copy_limit=ctx.options.promptfence_capture_bodies,
+                )
+                flow.response.stream = state.tap
+            elif not flow.response.stream:
+                flow.response.stream = True
+        except Exception as exc:  # the answer still reaches the user; only our copy is lost
+            log.error("flow=%s answer tap not set up (%s)", flow.id, type(exc).__name__)
             flow.response.stream = True
 
     async def response(self, flow: http.HTTPFlow) -> None:
@@ -290,13 +399,13 @@ class PromptFenceAddon:
         if isinstance(state, FlowState) and not state.recorded:
             if flow.response is not None and state.tap is not None and state.tap.copy is not None:
                 flow.response.raw_content = bytes(state.tap.copy)  # for `promptfence capture` only
-            await self._finish(flow, state, self._answer(flow, state))
+            await self._complete(flow, state, "complete")
 
     async def error(self, flow: http.HTTPFlow) -> None:
         state = flow.metadata.get(METADATA_KEY)
         if isinstance(state, FlowState) and not state.recorded:
             state.notes.append("upstream error")
-            await self._finish(flow, state, self._answer(flow, state))
+            await self._complete(flow, state, "upstream_error")
 
     def _answer(self, flow: http.HTTPFlow, state: FlowState) -> Answer | None:
         """The reconstructed answer: from the tap, or (a response that was not streamed) the body."""
@@ -306,42 +415,51 @@ class PromptFenceAddon:
         if flow.response is None:
             return None
         state.response_bytes = len(flow.response.raw_content or b"")
-        decoder = new_decoder(match_flow(self.catalogue, flow))
+        decoder = new_decoder(match_flow(self.catalogue, flow, state.host))
         if decoder is None:
             return None
         encoding = flow.response.headers.get("content-encoding", "")
         return decode_whole(decoder, flow.response.raw_content or b"", encoding)
 
-    async def _finish(self, flow: http.HTTPFlow, state: FlowState, answer: Answer | None = None) -> None:
-        state.recorded = True
+    def _record_of(self, state: FlowState, answer: Answer | None, answer_status: str) -> LogRecord:
         operation = state.operation
         if answer is not None and answer.conversation_id and not operation.conversation_id:
-            operation = dataclasses.replace(operation, conversation_id=answer.conversation_id)
-        if answer is not None:
-            log.info(
-                "flow=%s op=%s answer_chars=%s answer_digest=%s response_bytes=%d decode=%s",
-                flow.id,
-                operation.operation_id,
-                "-" if answer.text is None else len(answer.text),
-                "-" if answer.text is None else text_digest(answer.text),
-                state.response_bytes,
-                answer.error or "ok",
-            )
-        record = LogRecord(
-            record_id=str(uuid.uuid4()),
-            timestamp=time.time(),
+            operation = dataclasses.replace(operation, conversation_id=scrub(answer.conversation_id))
+        return LogRecord(
+            record_id=state.record_id,
+            timestamp=state.timestamp,
             operation=operation,
             inspection=state.inspection,
             decision=state.decision,
             payload=Payload(
                 prompt=state.operation.prompt,
-                response=None if answer is None else answer.text,
+                response=None if answer is None or answer.text is None else scrub(answer.text),
                 attachments=state.operation.attachments,
             ),
             response_bytes=state.response_bytes,
             response_decode_error=None if answer is None else answer.error,
+            answer_status=answer_status,
         )
+
+    async def _complete(self, flow: http.HTTPFlow, state: FlowState, answer_status: str) -> None:
+        """The answer ended (or broke off): complete the decision-time record with it."""
+        state.recorded = True
         try:
-            await self.recorder.record(record)
+            answer = self._answer(flow, state)
+        except Exception as exc:  # a broken decoder costs the answer's copy, never the record
+            log.error("flow=%s answer not decoded (%s)", flow.id, type(exc).__name__)
+            answer = Answer(error=f"decoder failed: {type(exc).__name__}")
+        if answer is not None:
+            log.info(
+                "flow=%s op=%s answer_chars=%s response_bytes=%d decode=%s",
+                flow.id,
+                state.operation.operation_id,
+                "-" if answer.text is None else len(answer.text),
+                state.response_bytes,
+                answer.error or "ok",
+            )
+        record = self._record_of(state, answer, answer_status)
+        try:
+            await self.recorder.complete(record)
         except Exception as exc:  # the recorder spools; anything escaping is reported, not raised
-            log.error("flow=%s log record %s not written: %s", flow.id, record.record_id, type(exc).__name__)
+            log.error("flow=%s log record %s not completed: %s", flow.id, record.record_id, type(exc).__name__)

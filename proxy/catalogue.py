@@ -2,7 +2,9 @@
 
 Apps are data (one YAML file per app in ``proxy/apps/``); this module validates them, with
 file and line in every error, and compiles them once into a :class:`Catalogue` whose ``match``
-is a dict lookup on the host plus a short ordered list of method/path(/query) regexes.
+is a dict lookup on the host plus a short ordered list of method/path(/query) regexes. Patterns
+are matched case-insensitively against the *canonical* path and query (:mod:`proxy.canonical`),
+never the raw bytes, so a respelling of a prompt endpoint is still that endpoint.
 
 An operation names its request ``extractor``, its answer ``decoder`` and its ``block_reply``
 by registry name (:mod:`proxy.registry`); ``query`` is an optional regex over the raw query
@@ -19,6 +21,7 @@ from pathlib import Path
 from promptfence.core import OperationKind
 from promptfence.errors import ConfigError
 from promptfence.yamlsource import YamlList, YamlMap, load_yaml_file
+from proxy.canonical import canonical_host, canonical_path, canonical_query, split_target
 from proxy.registry import BLOCK_REPLIES, DECODERS, DEFAULT_BLOCK_REPLY, EXTRACTORS
 
 BUILTIN_APPS_DIR = Path(__file__).parent / "apps"
@@ -72,7 +75,9 @@ class Catalogue:
                     self._exact[host] = app
 
     def app_for_host(self, host: str) -> AppSpec | None:
-        host = host.lower().rstrip(".")
+        host = canonical_host(host)
+        if not host:
+            return None
         app = self._exact.get(host)
         if app is not None:
             return app
@@ -81,17 +86,24 @@ class Catalogue:
                 return candidate
         return None
 
-    def match(self, host: str, method: str, path: str) -> Match | None:
+    def match(self, host: str, method: str, target: str) -> Match | None:
+        """The operation of a request: ``target`` is the raw request target (path and query),
+        matched in its canonical form (:mod:`proxy.canonical`), so every spelling of one path
+        is the same operation."""
         app = self.app_for_host(host)
         if app is None:
             return None
-        bare_path, _, query = path.partition("?")
+        raw_path, raw_query = split_target(target)
+        path = canonical_path(raw_path)
+        query = canonical_query(raw_query)
+        host = canonical_host(host)
+        method = method.strip().upper()
         for op in app.operations:
-            if op.method is not None and op.method != method.upper():
+            if op.method is not None and op.method != method:
                 continue
-            if op.host is not None and not op.host.search(host.lower().rstrip(".")):
+            if op.host is not None and not op.host.search(host):
                 continue
-            if op.path.search(bare_path) and (op.query is None or op.query.search(query)):
+            if op.path.search(path) and (op.query is None or op.query.search(query)):
                 return Match(app, op)
         return None
 
@@ -114,7 +126,7 @@ def _optional_regex(data: YamlMap, key: str, field_base: str) -> re.Pattern[str]
     if not isinstance(value, str):
         raise data.error(key, f"{field_base}.{key}", "expected a regex string")
     try:
-        return re.compile(value)
+        return re.compile(value, re.IGNORECASE)
     except re.error as exc:
         raise data.error(key, f"{field_base}.{key}", f"invalid regex: {exc}") from None
 
@@ -143,7 +155,7 @@ def _parse_operation(data: object, seq: YamlList, index: int, app_id: str) -> Op
         raise data.error("method", f"{field_base}.method", "expected an HTTP method")
     pattern = _require_str(data, "path", f"{field_base}.path")
     try:
-        path_re = re.compile(pattern)
+        path_re = re.compile(pattern, re.IGNORECASE)  # matched against canonical paths
     except re.error as exc:
         raise data.error("path", f"{field_base}.path", f"invalid regex: {exc}") from None
     query_re = _optional_regex(data, "query", field_base)

@@ -1,8 +1,8 @@
-"""The mitmproxy master PromptFence runs: mitmdump's DumpMaster, no flow dumper, our addon."""
+"""The mitmproxy master PromptFence runs: mitmdump's DumpMaster, no flow dumper, our addons."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from mitmproxy import options
@@ -18,10 +18,12 @@ def build_dump_master(
     listen_port: int,
     confdir: Path,
     settings: Mapping[str, object],
+    extra_addons: Sequence[object] = (),
 ) -> DumpMaster:
-    """The dumper (which prints every flow) is left out: URLs of GenAI apps can carry prompts."""
+    """The dumper (which prints every flow) is left out: URLs of GenAI apps can carry prompts.
+    ``extra_addons`` (e.g. the WebSocket guard) are added after ``addon``, in order."""
     opts = options.Options(listen_host=listen_host, listen_port=listen_port, confdir=str(confdir))
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
-    master.addons.add(addon)  # type: ignore[no-untyped-call]
+    master.addons.add(addon, *extra_addons)  # type: ignore[no-untyped-call]
     master.options.update(**settings)  # type: ignore[no-untyped-call]
     return master

@@ -81,19 +81,24 @@ async def test_pii_prompt_is_blocked_with_the_chatgpt_notice() -> None:
     assert recorder.records[0].payload.prompt == "my ssn is 219-09-9999"
 
 
-async def test_clean_prompt_goes_upstream_and_is_recorded_after_the_answer() -> None:
+async def test_clean_prompt_is_recorded_before_it_goes_upstream_and_completed_by_the_answer() -> None:
     addon, recorder = _addon(FakeInspector(CLEAN_INSPECTION))
     with taddons.context(addon):
         flow = chatgpt_flow(_prompt_body("write a haiku"))
         await addon.request(flow)
         assert flow.response is None
-        assert recorder.records == []  # not yet: the answer is still to come
+        # Durable before forwarding: a crash from here on loses at most the answer.
+        assert [r.answer_status for r in recorder.records] == ["pending"]
+        assert recorder.records[0].payload.prompt == "write a haiku"
+        pending_id = recorder.records[0].record_id
         flow.response = tflow.tresp(content=b"data: [DONE]\n\n")
         addon.responseheaders(flow)
         assert callable(flow.response.stream)
         assert flow.response.stream(b"chunk-1") == b"chunk-1"  # passes through untouched
         await addon.response(flow)
     assert [r.decision.action for r in recorder.records] == [Action.ALLOW]
+    assert recorder.records[0].record_id == pending_id
+    assert recorder.records[0].answer_status == "complete"
     assert recorder.records[0].response_bytes == len(b"chunk-1")
 
 
@@ -137,6 +142,7 @@ async def test_other_hosts_are_not_touched() -> None:
     with taddons.context(addon):
         flow = chatgpt_flow(_prompt_body("my ssn is 219-09-9999"))
         flow.request.host = "example.org"
+        flow.client_conn.sni = "example.org"
         flow.request.headers["Host"] = "example.org"
         addon.requestheaders(flow)
         await addon.request(flow)

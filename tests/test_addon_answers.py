@@ -40,6 +40,7 @@ class AllowAll:
 def _flow(fixture: WireFixture) -> http.HTTPFlow:
     flow = tflow.tflow()
     flow.request.host = fixture.host
+    flow.client_conn.sni = fixture.host
     flow.request.port = 443
     flow.request.scheme = "https"
     flow.request.method = fixture.method
@@ -75,7 +76,9 @@ async def _run(
                 assert out is piece  # the very same bytes object: untouched, nothing buffered
                 passed += out
             assert flow.response.stream(b"") == b""
-            assert recorder.records == []  # the record waits for the end of the answer
+            # Written before forwarding; the answer completes it once the stream ends.
+            assert [r.answer_status for r in recorder.records] == ["pending"]
+            assert recorder.records[0].payload.response is None
         await addon.response(flow)
     assert len(recorder.records) == 1
     return flow, recorder.records[0], passed

@@ -52,8 +52,8 @@ MULTIMODAL = {
         ("chatgpt.com", "POST", "/backend-api/f/conversation/prepare", "chatgpt.prepare"),
         ("chatgpt.com", "POST", "/backend-api/share/create", "chatgpt.share"),
         ("chatgpt.com", "POST", "/backend-api/files", "chatgpt.upload_file"),
-        ("chatgpt.com", "GET", "/backend-api/f/conversation", "chatgpt.other"),
-        ("chatgpt.com", "GET", "/backend-api/models", "chatgpt.other"),
+        ("chatgpt.com", "GET", "/backend-api/f/conversation", "chatgpt.unknown"),
+        ("chatgpt.com", "GET", "/backend-api/models", "chatgpt.unknown"),
     ],
 )
 def test_matching(host: str, method: str, path: str, operation: str) -> None:

@@ -130,6 +130,7 @@ async def test_redact_where_the_app_request_cannot_be_rewritten_blocks() -> None
             "/api/organizations/o/chat_conversations/c/completion",
         )
         flow.request.host = "claude.ai"
+        flow.client_conn.sni = "claude.ai"
         flow.request.headers["Host"] = "claude.ai"
         await addon.request(flow)
     assert flow.response is not None and flow.response.headers["X-PromptFence"] == "blocked"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
 import email.parser
 import email.policy
+import json
 from collections.abc import Mapping
+from urllib.parse import parse_qsl
 
 from proxy.wire.base import (
     BlockReply,
@@ -33,8 +36,9 @@ def _is_text(content_type: str, data: bytes) -> bool:
     return True
 
 
-def multipart_files(request: RequestData) -> Extraction:
-    """``multipart/form-data`` uploads: file names become attachments, text files the prompt."""
+def multipart_files(request: RequestData, *, include_fields: bool = False) -> Extraction:
+    """``multipart/form-data`` uploads: file names become attachments, text files the prompt
+    (and, with ``include_fields``, every text field without a file name too)."""
     content_type = request.content_type
     if not content_type.lower().startswith("multipart/"):
         raise ExtractionError("body is not multipart")
@@ -53,10 +57,12 @@ def multipart_files(request: RequestData) -> Extraction:
             payload = part.get_payload(decode=True)
         except (ValueError, TypeError, LookupError):
             continue
+        data = payload if isinstance(payload, bytes) else b""
         if not filename:
+            if include_fields and _is_text(part.get_content_type(), data):
+                texts.append(data.decode("utf-8", "replace"))
             continue
         names.append(str(filename))
-        data = payload if isinstance(payload, bytes) else b""
         if _is_text(part.get_content_type(), data):
             texts.append(data.decode("utf-8", "replace"))
     return Extraction(prompt="\n".join(texts), attachments=tuple(names))
@@ -67,6 +73,107 @@ def raw_file(request: RequestData) -> Extraction:
     if request.content_type.lower().startswith("multipart/"):
         return multipart_files(request)
     text = request.body.decode("utf-8", "replace") if _is_text(request.content_type, request.body) else ""
+    return Extraction(prompt=text)
+
+
+MAX_LEAVES = 100_000
+
+
+def _charset(content_type: str) -> str:
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset":
+            name = value.strip().strip('"').lower()
+            try:
+                return codecs.lookup(name).name
+            except LookupError:
+                return "utf-8"
+    return "utf-8"
+
+
+class _Key(str):
+    """A JSON object key on the walk stack (keys can carry text too)."""
+
+
+MAX_EMBEDDED_JSON = 4
+
+
+def _embedded_json(text: str) -> object | None:
+    """JSON carried inside a JSON string (Gemini's ``f.req``, many SPAs' envelopes), or None."""
+    stripped = text.strip()
+    if stripped[:1] not in ("{", "[") or stripped[-1:] not in ("}", "]"):
+        return None
+    try:
+        return _parse_json(stripped)
+    except (ValueError, ExtractionError):
+        return None
+
+
+def _json_leaves(document: object) -> list[str]:
+    """Every key and scalar of a JSON document in document order, walked without recursion
+    (any depth is fine); a string that is itself JSON is opened up to :data:`MAX_EMBEDDED_JSON`
+    levels deep."""
+    leaves: list[str] = []
+    stack: list[tuple[object, int]] = [(document, 0)]
+    while stack and len(leaves) < MAX_LEAVES:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            for key, value in reversed(list(node.items())):
+                stack.append((value, level))
+                stack.append((_Key(key), level))
+        elif isinstance(node, list):
+            stack.extend((item, level) for item in reversed(node))
+        elif isinstance(node, _Key):
+            if node:
+                leaves.append(str(node))
+        elif isinstance(node, str):
+            inner = _embedded_json(node) if level < MAX_EMBEDDED_JSON else None
+            if inner is not None:
+                stack.append((inner, level + 1))
+            elif node:
+                leaves.append(node)
+        elif node is not None and not isinstance(node, bool):
+            leaves.append(str(node))
+    if stack:
+        raise ExtractionError(f"more than {MAX_LEAVES} values in the body")
+    return leaves
+
+
+def _parse_json(text: str) -> object:
+    # Numbers stay text: a 5000-digit "number" is inspected, not an int-conversion error, and an
+    # SSN sent as a JSON number is still digits the detectors see.
+    try:
+        return json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
+    except RecursionError:
+        raise ExtractionError("JSON nested too deep to parse") from None
+
+
+def text_leaves(request: RequestData) -> Extraction:
+    """Any body a known app's host receives on a path the catalogue does not map (``Unknown``):
+    every string leaf of JSON, every form field, every text part of a multipart body, or the
+    text itself. Unknown endpoints get the widest reading, not the narrowest."""
+    content_type = request.content_type.lower()
+    body = request.body
+    if not body:
+        return Extraction()
+    if content_type.startswith("multipart/"):
+        return multipart_files(request, include_fields=True)
+    if not _is_text(content_type, body):
+        return Extraction()
+    text = body.decode(_charset(content_type), "replace")
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_LEAVES)
+        except ValueError:
+            raise ExtractionError(f"more than {MAX_LEAVES} form fields") from None
+        return Extraction(prompt="\n".join(_json_leaves([v for pair in pairs for v in pair])))
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "[", '"'):
+        try:
+            document = _parse_json(stripped)
+        except ValueError:
+            return Extraction(prompt=text)  # not JSON after all: the text is what we inspect
+        return Extraction(prompt="\n".join(_json_leaves(document)))
     return Extraction(prompt=text)
 
 
@@ -86,6 +193,7 @@ def plain_text_403(message: str, extraction: Extraction) -> BlockReply:
 EXTRACTORS: Mapping[str, Extractor] = {
     "upload.multipart": multipart_files,
     "upload.raw": raw_file,
+    "generic.text_leaves": text_leaves,
 }
 DECODERS: Mapping[str, DecoderFactory] = {}
 BLOCK_REPLIES: Mapping[str, BlockReplyMaker] = {

@@ -30,6 +30,7 @@ def chatgpt_flow(body: bytes, path: str = "/backend-api/f/conversation") -> http
     """A ``tflow`` POST to https://chatgpt.com``path`` carrying ``body``."""
     flow = tflow.tflow()
     flow.request.host = "chatgpt.com"
+    flow.client_conn.sni = "chatgpt.com"
     flow.request.port = 443
     flow.request.scheme = "https"
     flow.request.method = "POST"
