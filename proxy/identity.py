@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
+import contextlib
 import csv
 import hashlib
 import hmac
@@ -34,6 +34,7 @@ import os
 import re
 import time
 import weakref
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,7 +200,83 @@ def load_directory(path: Path) -> Directory:
 # -- passwords -------------------------------------------------------------------------------
 
 SCRYPT_N, SCRYPT_R, SCRYPT_P = 2**14, 8, 1
+# What a users file may hold. Weaker hashes are cheap to brute-force if the file leaks;
+# costlier ones would exceed the memory limit (scrypt then refuses: every check would fail) or
+# let one login attempt tie up a core for seconds.
+SCRYPT_MIN_N, SCRYPT_MIN_R, SCRYPT_MIN_P = 2**14, 8, 1
+SCRYPT_MAX_WORK = 8 * SCRYPT_N * SCRYPT_R * SCRYPT_P  # n*r*p: at most 8x the default's time
+SCRYPT_MIN_SALT, SCRYPT_MIN_KEY, SCRYPT_MAX_BYTES = 16, 32, 64
 _SCRYPT_MAXMEM = 64 * 1024 * 1024
+
+# Longest Proxy-Authorization value looked at; longer is refused before any work is done.
+MAX_CREDENTIALS_CHARS = 4096
+MAX_USER_CHARS = 320
+_HASH = re.compile(
+    r"\$scrypt\$n=([0-9]{1,10}),r=([0-9]{1,4}),p=([0-9]{1,4})\$([A-Za-z0-9+/]{1,100})\$([A-Za-z0-9+/]{1,100})",
+    re.ASCII,
+)
+_BASIC = re.compile(r"[Bb][Aa][Ss][Ii][Cc] +([A-Za-z0-9+/]+={0,2})", re.ASCII)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+@dataclass(frozen=True)
+class ScryptHash:
+    """A parsed ``$scrypt$n=..,r=..,p=..$<salt>$<key>`` users-file hash."""
+
+    n: int
+    r: int
+    p: int
+    salt: bytes
+    key: bytes
+
+    @property
+    def memory(self) -> int:
+        """Bytes scrypt needs (what OpenSSL checks against ``maxmem``)."""
+        return 128 * self.r * (self.n + 2) + 128 * self.r * self.p
+
+    def weakness(self) -> str | None:
+        """Why this hash is too weak or too costly for a users file, or None when it is fine."""
+        if self.memory > _SCRYPT_MAXMEM:
+            return (
+                f"scrypt parameters n={self.n},r={self.r},p={self.p} need {self.memory // 2**20} MiB of "
+                f"memory, more than the {_SCRYPT_MAXMEM // 2**20} MiB limit"
+            )
+        if self.n < SCRYPT_MIN_N or self.r < SCRYPT_MIN_R or self.p < SCRYPT_MIN_P:
+            return (
+                f"scrypt parameters n={self.n},r={self.r},p={self.p} are too weak (at least "
+                f"n={SCRYPT_MIN_N},r={SCRYPT_MIN_R},p={SCRYPT_MIN_P}): hash the password again"
+            )
+        if self.n * self.r * self.p > SCRYPT_MAX_WORK:
+            return (
+                f"scrypt parameters n={self.n},r={self.r},p={self.p} cost more than {SCRYPT_MAX_WORK // 2**17}x "
+                f"the default per login attempt (n*r*p at most {SCRYPT_MAX_WORK})"
+            )
+        if len(self.salt) < SCRYPT_MIN_SALT:
+            return f"the salt is {len(self.salt)} bytes, too weak (at least {SCRYPT_MIN_SALT})"
+        if len(self.key) < SCRYPT_MIN_KEY:
+            return f"the key is {len(self.key)} bytes, too weak (at least {SCRYPT_MIN_KEY})"
+        return None
+
+    def derive(self, password: str) -> bytes | None:
+        """The key for ``password``, or None when scrypt refuses (never raises)."""
+        try:
+            return hashlib.scrypt(
+                password.encode("utf-8", "surrogatepass"),
+                salt=self.salt,
+                n=self.n,
+                r=self.r,
+                p=self.p,
+                dklen=len(self.key),
+                maxmem=_SCRYPT_MAXMEM,
+            )
+        except (ValueError, MemoryError, OverflowError):
+            return None
+
+    def matches(self, password: str) -> bool:
+        derived = self.derive(password)
+        return hmac.compare_digest(derived if derived is not None else bytes(len(self.key)), self.key) and (
+            derived is not None
+        )
 
 
 def _b64(data: bytes) -> str:
@@ -217,81 +294,130 @@ def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int
     return f"$scrypt$n={n},r={r},p={p}${_b64(salt)}${_b64(key)}"
 
 
-def _parse_hash(encoded: str) -> tuple[int, int, int, bytes, bytes]:
-    parts = encoded.split("$")
-    if len(parts) != 5 or parts[0] or parts[1] != "scrypt":
-        raise ValueError("not a $scrypt$ hash")
-    params = dict(item.split("=", 1) for item in parts[2].split(","))
-    n, r, p = int(params["n"]), int(params["r"]), int(params["p"])
-    if n < 2**10 or n & (n - 1) or not 1 <= r <= 64 or not 1 <= p <= 16:
-        raise ValueError("scrypt parameters out of range")
-    return n, r, p, _unb64(parts[3]), _unb64(parts[4])
+def parse_hash(encoded: str) -> ScryptHash:
+    """The hash's parts; ValueError (whose message never repeats the hash) when it is not one."""
+    found = _HASH.fullmatch(encoded)
+    if found is None:
+        raise ValueError("not a $scrypt$n=N,r=R,p=P$<salt>$<key> hash (see promptfence identity hash-password)")
+    n, r, p = (int(found.group(i)) for i in (1, 2, 3))
+    if n < 2 or n & (n - 1) or r < 1 or p < 1:
+        raise ValueError("scrypt parameters out of range (n a power of two above 1, r and p at least 1)")
+    try:
+        salt, key = _unb64(found.group(4)), _unb64(found.group(5))
+    except ValueError:
+        raise ValueError("the salt or key is not base64") from None
+    if len(salt) > SCRYPT_MAX_BYTES or len(key) > SCRYPT_MAX_BYTES:
+        raise ValueError(f"the salt or key is longer than {SCRYPT_MAX_BYTES} bytes")
+    return ScryptHash(n, r, p, salt, key)
 
 
 def verify_password(password: str, encoded: str) -> bool:
+    """Whether ``password`` matches ``encoded``; False (never an exception) for an unusable hash."""
     try:
-        n, r, p, salt, expected = _parse_hash(encoded)
-    except (ValueError, KeyError, binascii.Error):
+        parsed = parse_hash(encoded)
+    except ValueError:
         return False
-    key = hashlib.scrypt(password.encode(), salt=salt, n=n, r=r, p=p, dklen=len(expected), maxmem=_SCRYPT_MAXMEM)
-    return hmac.compare_digest(key, expected)
-
-
-_DUMMY_HASH = "$scrypt$n=16384,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+    return parsed.matches(password)
 
 
 def load_users_file(path: Path) -> dict[str, str]:
-    """``user:$scrypt$...`` lines (htpasswd style; ``#`` comments). Returns casefolded user -> hash."""
+    """``user:$scrypt$...`` lines (htpasswd style; ``#`` comments). Returns casefolded user -> hash.
+
+    Every hash must be usable and within bounds (:meth:`ScryptHash.weakness`); an error names the
+    file, the line and the user, never the hash."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read users file: {exc}", source=str(path)) from None
+        raise ConfigError(f"cannot read users file: {type(exc).__name__}", source=str(path)) from None
     users: dict[str, str] = {}
+    lines: dict[str, int] = {}
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
         user, sep, encoded = line.partition(":")
-        if not sep or not user.strip():
+        user, encoded = user.strip(), encoded.strip()
+        if not sep or not user:
             raise ConfigError(
                 "expected user:$scrypt$... (see promptfence identity hash-password)", source=str(path), line=number
             )
-        try:
-            _parse_hash(encoded.strip())
-        except (ValueError, KeyError, binascii.Error) as exc:
+        if _CONTROL.search(user) or len(user) > MAX_USER_CHARS:
             raise ConfigError(
-                f"invalid password hash: {exc}", source=str(path), line=number, field=user.strip()
-            ) from None
-        users[user.strip().casefold()] = encoded.strip()
+                f"a user name must be at most {MAX_USER_CHARS} characters without control characters",
+                source=str(path),
+                line=number,
+            )
+        try:
+            weakness = parse_hash(encoded).weakness()
+        except ValueError as exc:
+            raise ConfigError(f"invalid password hash: {exc}", source=str(path), line=number, field=user) from None
+        if weakness is not None:
+            raise ConfigError(f"password hash rejected: {weakness}", source=str(path), line=number, field=user)
+        key = user.casefold()
+        if key in lines:
+            raise ConfigError(
+                f"the user is already listed on line {lines[key]} (names compare case-insensitively)",
+                source=str(path),
+                line=number,
+                field=user,
+            )
+        users[key], lines[key] = encoded, number
     return users
 
 
 def parse_basic(value: str) -> tuple[str, str] | None:
-    scheme, _, token = value.strip().partition(" ")
-    if scheme.lower() != "basic" or not token:
+    """``Basic <base64 user:password>`` (RFC 7617) -> (user, password); None (never an
+    exception) for anything else: another scheme, bad base64, not UTF-8, no colon, an empty user,
+    control characters, or a value longer than :data:`MAX_CREDENTIALS_CHARS`."""
+    if len(value) > MAX_CREDENTIALS_CHARS:
+        return None
+    found = _BASIC.fullmatch(value.strip(" \t"))
+    if found is None:
         return None
     try:
-        decoded = base64.b64decode(token.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+        decoded = base64.b64decode(found.group(1), validate=True).decode("utf-8")
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
         return None
     user, sep, password = decoded.partition(":")
-    if not sep or not user:
+    if not sep or not user or len(user) > MAX_USER_CHARS or _CONTROL.search(decoded):
         return None
     return user, password
 
 
+def _dummy_hash(users: Mapping[str, ScryptHash | None]) -> ScryptHash:
+    """What an unknown user's password is checked against: the parameters most of the file uses
+    (so "no such user" costs what "wrong password" does), a random salt and key."""
+    shapes = Counter((h.n, h.r, h.p, len(h.salt), len(h.key)) for h in users.values() if h is not None)
+    n, r, p, salt_len, key_len = (
+        shapes.most_common(1)[0][0] if shapes else (SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_MIN_SALT, SCRYPT_MIN_KEY)
+    )
+    return ScryptHash(n, r, p, os.urandom(salt_len), os.urandom(key_len))
+
+
 class PasswordChecker:
     """Verifies Basic credentials; a success is remembered (by a salted digest, never the
-    password) for ``cache_s`` so a busy plain-HTTP client does not pay scrypt per request."""
+    password) for ``cache_s`` so a busy plain-HTTP client does not pay scrypt per request.
+
+    A failure costs the same whether the user is unknown or the password wrong (an unknown user
+    is checked against a dummy hash), the comparison is :func:`hmac.compare_digest`, and nothing
+    here raises: an unusable hash is a failed check."""
 
     def __init__(self, users: Mapping[str, str], *, cache_s: float = 600.0) -> None:
         self.users = dict(users)
         self.cache_s = cache_s
+        self._hashes: dict[str, ScryptHash | None] = {}
+        for user, encoded in users.items():
+            try:
+                self._hashes[user.casefold()] = parse_hash(encoded)
+            except ValueError:
+                self._hashes[user.casefold()] = None  # never matches, still costs a check
+        self._dummy = _dummy_hash(self._hashes)
         self._pepper = os.urandom(16)
         self._ok: dict[bytes, tuple[str, float]] = {}
 
     def _key(self, user: str, password: str) -> bytes:
-        return hashlib.sha256(self._pepper + user.casefold().encode() + b"\0" + password.encode()).digest()
+        raw = user.casefold() + "\0" + password
+        return hashlib.sha256(self._pepper + raw.encode("utf-8", "surrogatepass")).digest()
 
     def cached(self, user: str, password: str) -> str | None:
         hit = self._ok.get(self._key(user, password))
@@ -301,14 +427,15 @@ class PasswordChecker:
 
     def verify(self, user: str, password: str) -> str | None:
         """The canonical user name when the password is right; slow on purpose."""
-        encoded = self.users.get(user.casefold())
-        ok = verify_password(password, encoded or _DUMMY_HASH) and encoded is not None
+        name = user.casefold()
+        known = self._hashes.get(name)
+        ok = (known or self._dummy).matches(password) and known is not None
         if not ok:
             return None
         if len(self._ok) > 10_000:
             self._ok.clear()
-        self._ok[self._key(user, password)] = (user.casefold(), time.monotonic() + self.cache_s)
-        return user.casefold()
+        self._ok[self._key(user, password)] = (name, time.monotonic() + self.cache_s)
+        return name
 
 
 # -- networks and the IP map -----------------------------------------------------------------
@@ -403,70 +530,146 @@ def _peer(flow: http.HTTPFlow) -> str | None:
     return str(peer[0]) if peer else None
 
 
+def _spelling(name: bytes) -> bytes:
+    """How a lenient server reads a header name: ASCII case and ``_`` for ``-`` do not matter
+    (CGI/WSGI, nginx, many frameworks), nor does stray whitespace around it."""
+    return name.strip(b" \t").lower().replace(b"_", b"-")
+
+
+@dataclass
+class _Presented:
+    """The identity headers a request arrived with (all of them, now removed from it)."""
+
+    auth: list[bytes] = field(default_factory=list)  # Proxy-Authorization values
+    users: list[bytes] = field(default_factory=list)  # the trusted header, exactly as configured
+    groups: list[bytes] = field(default_factory=list)  # the trusted groups header, exactly
+    look_alikes: int = 0  # other spellings of those names: stripped, never believed
+
+
+class _Refused(Exception):
+    """Why a request's identity headers are refused: a message for the log and the client
+    (never a header value)."""
+
+
+def _text(value: bytes) -> str | None:
+    """A header value as text: UTF-8 without control characters, trimmed; else None."""
+    try:
+        text = value.decode("utf-8").strip(" \t")
+    except UnicodeDecodeError:
+        return None
+    return None if _CONTROL.search(text) else text
+
+
 class ConfiguredIdentity:
-    """The proxy's identity resolver: implements :class:`IdentityResolver` and :class:`Gatekeeper`."""
+    """The proxy's identity resolver: implements :class:`IdentityResolver` and :class:`Gatekeeper`.
+
+    ``admit`` never raises and never falls back to a weaker identity: malformed or wrong
+    credentials are a 407 (even when authentication is optional), a duplicated trusted header
+    is a 403, and any unexpected error refuses the request."""
 
     def __init__(self, settings: IdentitySettings) -> None:
         self.settings = settings
         self.checker = PasswordChecker(settings.users) if settings.users is not None else None
         # Identities established on CONNECT hold for every request inside that tunnel.
         self._tunnels: weakref.WeakKeyDictionary[object, _Claim] = weakref.WeakKeyDictionary()
+        self._auth_name = b"proxy-authorization"
+        self._user_name = settings.header.encode("latin-1").lower() if settings.header else None
+        self._groups_name = settings.groups_header.encode("latin-1").lower() if settings.groups_header else None
+        self._names = {_spelling(n) for n in (self._auth_name, self._user_name, self._groups_name) if n}
 
-    # Headers a client must never get past us to the app, whatever they say.
-    def _strip(self, flow: http.HTTPFlow) -> tuple[str | None, str | None, str | None]:
-        headers = flow.request.headers
-        auth = headers.get("Proxy-Authorization")
-        if auth is not None:
-            del headers["Proxy-Authorization"]
-        user = group_value = None
-        if self.settings.header:
-            user = headers.get(self.settings.header)
-            if user is not None:
-                del headers[self.settings.header]
-        if self.settings.groups_header:
-            group_value = headers.get(self.settings.groups_header)
-            if group_value is not None:
-                del headers[self.settings.groups_header]
-        return auth, user, group_value
+    # Headers a client must never get past us to the app, whatever they say or however spelt.
+    def _take(self, flow: http.HTTPFlow) -> _Presented:
+        presented = _Presented()
+        kept: list[tuple[bytes, bytes]] = []
+        for name, value in flow.request.headers.fields:
+            if _spelling(name) not in self._names:
+                kept.append((name, value))
+                continue
+            exact = name.lower()
+            if exact == self._auth_name:
+                presented.auth.append(value)
+            elif exact == self._user_name:
+                presented.users.append(value)
+            elif exact == self._groups_name:
+                presented.groups.append(value)
+            else:
+                presented.look_alikes += 1
+        if len(kept) != len(flow.request.headers.fields):
+            flow.request.headers.fields = tuple(kept)
+        return presented
 
-    def _header_claim(self, flow: http.HTTPFlow, user: str | None, group_value: str | None) -> _Claim | None:
-        if user is None or not user.strip():
+    def _header_claim(self, flow: http.HTTPFlow, presented: _Presented) -> _Claim | None:
+        """The trusted header's identity, None when there is none to believe; raises
+        :class:`_Refused` for a header that arrived twice, or is garbled from a trusted source."""
+        header = self.settings.header
+        if len(presented.users) > 1 or len(presented.groups) > 1:
+            twice = header if len(presented.users) > 1 else self.settings.groups_header
+            raise _Refused(f"the identity header {twice} arrived more than once")
+        if not presented.users:
             return None
         peer = _peer(flow)
         if not in_networks(peer, self.settings.trusted_sources):
-            log.warning(
-                "flow=%s ignored identity header %s from untrusted address %s", flow.id, self.settings.header, peer
-            )
+            log.warning("flow=%s ignored identity header %s from untrusted address %s", flow.id, header, peer)
+            return None
+        user = _text(presented.users[0])
+        if user is None or len(user) > MAX_USER_CHARS:
+            raise _Refused(f"the identity header {header} is not a valid user name")
+        if not user:
             return None
         groups = None
-        if group_value is not None:
-            groups = tuple(g.strip() for g in _GROUP_SPLIT.split(group_value) if g.strip())
-        return _Claim(user.strip(), "trusted_header", groups)
+        if presented.groups:
+            group_text = _text(presented.groups[0])
+            if group_text is None:
+                raise _Refused(f"the identity header {self.settings.groups_header} is not a valid group list")
+            groups = tuple(g.strip() for g in _GROUP_SPLIT.split(group_text) if g.strip())
+        return _Claim(user, "trusted_header", groups)
 
     async def admit(self, flow: http.HTTPFlow) -> Challenge | None:
-        """Authenticate and strip identity headers before anything is forwarded; idempotent."""
+        """Authenticate and strip identity headers before anything is forwarded; idempotent.
+        Returns the answer that stops the flow, or None to let it go on; never raises."""
         if METADATA_CLAIM in flow.metadata:
             return None
-        auth, header_user, group_value = self._strip(flow)
+        try:
+            return await self._admit(flow)
+        except Exception as exc:  # fail closed: an error here must never let a flow through
+            log.warning("flow=%s identity check failed (%s): refused", flow.id, type(exc).__name__)
+            with contextlib.suppress(Exception):
+                self._take(flow)
+            return self._challenge() if self.checker is not None else self._refusal("identity check failed")
+
+    async def _admit(self, flow: http.HTTPFlow) -> Challenge | None:
+        presented = self._take(flow)
+        peer = _peer(flow)
+        if presented.look_alikes:
+            log.warning(
+                "flow=%s removed %d look-alike identity header(s) from %s", flow.id, presented.look_alikes, peer
+            )
+        try:  # before any password work: a duplicated header is refused whoever sends it
+            header_claim = self._header_claim(flow, presented)
+        except _Refused as refused:
+            log.warning("flow=%s refused from %s: %s", flow.id, peer, refused)
+            return self._refusal(str(refused))
         claim: _Claim | None = None
-        tunnel = flow.client_conn
-        if auth is not None and self.checker is not None:
-            creds = parse_basic(auth)
-            user = None
-            if creds is not None:
-                user = self.checker.cached(*creds) or await asyncio.to_thread(self.checker.verify, *creds)
+        if presented.auth and self.checker is not None:
+            creds = parse_basic(presented.auth[0].decode("latin-1")) if len(presented.auth) == 1 else None
+            if creds is None:
+                log.warning(
+                    "flow=%s proxy authentication failed from %s: %s",
+                    flow.id,
+                    peer,
+                    "credentials sent more than once" if len(presented.auth) > 1 else "malformed credentials",
+                )
+                return self._challenge()
+            user = self.checker.cached(*creds) or await asyncio.to_thread(self.checker.verify, *creds)
             if user is None:
-                log.warning("flow=%s proxy authentication failed from %s", flow.id, _peer(flow))
+                log.warning("flow=%s proxy authentication failed from %s", flow.id, peer)
                 return self._challenge()
             claim = _Claim(user, "proxy_auth")
-        if claim is None:
-            claim = self._header_claim(flow, header_user, group_value)
-        if claim is None:
-            claim = self._tunnels.get(tunnel)
+        claim = claim or header_claim or self._tunnels.get(flow.client_conn)
         if claim is None and self.checker is not None and self.settings.auth_required:
             return self._challenge()
         if claim is not None and flow.request.method == "CONNECT":
-            self._tunnels[tunnel] = claim
+            self._tunnels[flow.client_conn] = claim
         flow.metadata[METADATA_CLAIM] = claim
         return None
 
@@ -481,6 +684,13 @@ class ConfiguredIdentity:
             b"PromptFence: proxy authentication required. Sign in with your company account.\n",
         )
 
+    def _refusal(self, why: str) -> Challenge:
+        return Challenge(
+            403,
+            {"Content-Type": "text/plain; charset=utf-8", "X-PromptFence": "identity-refused"},
+            f"PromptFence: request refused: {why}.\n".encode(),
+        )
+
     def _groups(self, user: str) -> tuple[str, ...]:
         groups = self.settings.directory.groups_for(user)
         if groups is None:
@@ -489,11 +699,17 @@ class ConfiguredIdentity:
 
     def identify(self, flow: http.HTTPFlow) -> Identity:
         peer = _peer(flow)
-        claim = flow.metadata.get(METADATA_CLAIM)
-        if not isinstance(claim, _Claim):
+        if METADATA_CLAIM in flow.metadata:
+            claim = flow.metadata[METADATA_CLAIM]
+            claim = claim if isinstance(claim, _Claim) else None
+        else:
             # Not admitted (e.g. called directly): honour only what this request proves by itself.
-            _, header_user, group_value = self._strip(flow)
-            claim = self._header_claim(flow, header_user, group_value) or self._tunnels.get(flow.client_conn)
+            presented = self._take(flow)
+            try:
+                claim = self._header_claim(flow, presented)
+            except _Refused:
+                claim = None
+            claim = claim or self._tunnels.get(flow.client_conn)
         if claim is not None:
             groups = claim.groups if claim.groups is not None else self._groups(claim.user)
             return Identity(user=claim.user, groups=groups, source=claim.source, client_address=peer)
