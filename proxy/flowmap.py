@@ -5,8 +5,9 @@ is mapped, extracted and decoded exactly as the proxy would have done it.
 
 **Which host a request is for.** A request names its host up to four times: the ``CONNECT``
 target of its tunnel, the TLS SNI, the request target (absolute form, or ``:authority``) and the
-``Host`` header. mitmproxy connects to the request's own host, and a CDN in front of an app may
-route on the ``Host`` header, so if *any* of them is a catalogue host they must all agree;
+``Host`` header. mitmproxy connects to the tunnel's target (or, outside a tunnel, the request
+target), and a CDN in front of an app may route on the ``Host`` header or the SNI, so if *any*
+of them is a catalogue host they must all agree;
 otherwise the request is refused as misdirected (:class:`Route` ``conflict``), never forwarded
 as somebody else's traffic.
 """
@@ -48,24 +49,28 @@ class Route:
 
 
 def route(catalogue: Catalogue, flow: http.HTTPFlow, tunnel_host: str | None = None) -> Route:
-    """Decide the host from every name the request carries; see the module docstring."""
+    """Decide the host from every name the request carries; see the module docstring.
+
+    Inside a tunnel mitmproxy connects to the tunnel's (possibly pinned) address whatever the
+    request says, so the tunnel is the destination; without one (plain proxy requests) the
+    request target is."""
     request = flow.request
     names = {
-        "request target": request.host,
         "Host header": request.host_header or "",
+        "request target": request.authority or ("" if tunnel_host else request.host),
         "tunnel": tunnel_host or "",
         "TLS SNI": flow.client_conn.sni or "",
     }
     hosts = {what: canonical_host(value) for what, value in names.items() if value}
     hosts = {what: host for what, host in hosts.items() if host}
-    known = [what for what, host in hosts.items() if catalogue.app_for_host(host) is not None]
-    if not known:
+    if not any(catalogue.app_for_host(host) is not None for host in hosts.values()):
         return Route(None)
-    target = canonical_host(request.host) or hosts[known[0]]
-    disagree = sorted(what for what, host in hosts.items() if host != target)
+    destination = canonical_host(tunnel_host or request.host)
+    disagree = sorted(what for what, host in hosts.items() if host != destination)
     if disagree:
-        return Route(None, f"{', '.join(disagree)} disagree{'s' if len(disagree) == 1 else ''} with the request target")
-    return Route(target)
+        verb = "disagrees" if len(disagree) == 1 else "disagree"
+        return Route(None, f"{', '.join(disagree)} {verb} with the {'tunnel' if tunnel_host else 'request target'}")
+    return Route(destination)
 
 
 def match_flow(catalogue: Catalogue, flow: http.HTTPFlow, host: str | None = None) -> Match | None:

@@ -10,7 +10,9 @@ streams three chunks over about three seconds (a slow non-GenAI download). A req
 
 With INSPECTOR_PORT it also serves a stand-in inspector over plain HTTP on that port
 (``POST /v1/inspect`` answers "nothing found" unless the prompt carries ``[[topic:NAME=score]]``
-or ``[[pii-spans]]`` markers: see :func:`standin_inspection`), for tests of the proxy alone.
+or ``[[pii-spans]]`` markers, or the SSN 219-09-9999: see :func:`standin_inspection`; an
+``[[answer:...]]`` marker gets a broken answer, see :data:`BROKEN_ANSWERS`), for tests of the
+proxy alone.
 
 Usage: python -m tests.support.standin PORT CERT KEY RECEIVED_FILE [INSPECTOR_PORT]
 """
@@ -26,6 +28,9 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+
+from classifiers.registry import expected_detector_names
+from promptfence.config import InspectorConfig, MemoryConfig
 
 ANSWER_EVENTS = [
     'event: delta_encoding\ndata: "v1"\n\n',
@@ -125,6 +130,12 @@ def build_app(received: Path) -> web.Application:
     return app
 
 
+# The proxy believes an answer only with a run for every detector its config says the inspector
+# runs (the shipped defaults here), so the stand-in reports exactly those.
+STANDIN_RUNS = [
+    {"detector": name, "status": "ok", "elapsed_ms": 0.1}
+    for name in expected_detector_names(InspectorConfig(), MemoryConfig())
+]
 _TOPIC_MARK = re.compile(r"\[\[topic:([A-Z_]+)=([0-9.]+)\]\]")
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 
@@ -146,16 +157,34 @@ def standin_inspection(prompt: str) -> dict[str, object]:
         for m in _EMAIL.finditer(prompt)
         if "[[pii-spans]]" in prompt
     ]
-    if findings:
+    if findings or SSN_MARK in prompt:  # the bypass tests' stand-in for "an SSN is in it"
         topics["PII"] = max(topics.get("PII", 0.0), 0.95)
-    return {"topics": topics, "findings": findings, "runs": [{"detector": "standin", "status": "ok"}]}
+    return {"topics": topics, "findings": findings, "runs": STANDIN_RUNS}
+
+
+# A prompt carrying one of these markers gets a broken answer from the stand-in inspector, so
+# the bypass tests can show that a broken inspector never opens the gate.
+BROKEN_ANSWERS: dict[str, Callable[[], web.Response]] = {
+    "[[answer:empty]]": lambda: web.json_response({}),
+    "[[answer:noruns]]": lambda: web.json_response({"topics": {}, "findings": [], "runs": []}),
+    "[[answer:http500]]": lambda: web.json_response({"error": "boom"}, status=500),
+    "[[answer:notjson]]": lambda: web.Response(text="<html>gateway</html>", content_type="text/html"),
+    "[[answer:badscore]]": lambda: web.json_response(
+        {"topics": {"PII": {"score": "high"}}, "findings": [], "runs": [{"detector": "standin", "status": "ok"}]}
+    ),
+}
+SSN_MARK = "219-09-9999"
 
 
 def build_inspector() -> web.Application:
     async def inspect(request: web.Request) -> web.Response:
         data = json.loads(await request.read() or b"{}")
         prompt = (data.get("operation") or {}).get("prompt") or data.get("prompt") or ""
-        return web.json_response(standin_inspection(prompt if isinstance(prompt, str) else ""))
+        prompt = prompt if isinstance(prompt, str) else ""
+        for marker, answer in BROKEN_ANSWERS.items():
+            if marker in prompt:
+                return answer()
+        return web.json_response(standin_inspection(prompt))
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"ok": True})
