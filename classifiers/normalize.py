@@ -53,6 +53,7 @@ SECTION_BREAK = "\n\n[decoded]\n"
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){12,}(?![0-9A-Fa-f])")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
+_PERCENT_ONLY = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 # Percent-escapes it takes before a text counts as URL-encoded ("%53%53%4E 219..."): a URL with
 # a %20 or two is not an obfuscation worth a section.
 MIN_PERCENT_ESCAPES = 4
@@ -325,36 +326,51 @@ def _decoded_sections(text: str) -> Iterator[tuple[str, str]]:
         yield "despaced", despaced
 
 
+def _is_bare_encoding(text: str) -> bool:
+    """Whether ``text`` is nothing but one encoded token (an intermediate layer)."""
+    bare = text.strip()
+    return bool(_BASE64.fullmatch(bare) or _HEX.fullmatch(bare) or _PERCENT_ONLY.fullmatch(bare))
+
+
 def _nested_sections(primary: str) -> tuple[list[tuple[str, str]], list[str]]:
     """Decoded sections of ``primary``, breadth first, each decoded again up to the bounds.
 
     A decoding already seen (the prompt itself, ROT13 of ROT13, a token found twice) is skipped,
-    so a layer that only undoes another costs no section. Returns the sections and the bound
-    transforms (``decode_depth_exceeded``, ``decode_sections_exceeded``) that applied.
+    so a layer that only undoes another costs no section. A layer that is nothing but one
+    encoded token and was decoded further is left out of the result: its decoding carries all of
+    it, and a stack of bare blobs would read as code or secrets to the detectors. Returns the
+    sections and the bound transforms (``decode_depth_exceeded``, ``decode_sections_exceeded``).
     """
     seen = {primary}
-    sections: list[tuple[str, str]] = []
-    frontier: list[tuple[str, str]] = [("", primary)]
+    decoded_all: list[tuple[str, str]] = []
+    consumed: set[int] = set()  # indexes into decoded_all of bare layers decoded further
+    frontier: list[tuple[int, str, str]] = [(-1, "", primary)]
+    bounds: list[str] = []
     for _depth in range(MAX_DECODE_DEPTH):
-        deeper: list[tuple[str, str]] = []
-        for kind, source in frontier:
+        deeper: list[tuple[int, str, str]] = []
+        for parent, kind, source in frontier:
             for layer, decoded in _decoded_sections(source):
                 if decoded in seen:
                     continue
-                if len(sections) >= MAX_DECODED_SECTIONS:
-                    return sections, [DECODE_SECTIONS_EXCEEDED]
+                if len(decoded_all) >= MAX_DECODED_SECTIONS:
+                    bounds = [DECODE_SECTIONS_EXCEEDED]
+                    break
                 seen.add(decoded)
+                if parent >= 0 and _is_bare_encoding(source):
+                    consumed.add(parent)
                 name = f"{kind}+{layer}" if kind else layer
-                sections.append((name, decoded))
-                deeper.append((name, decoded))
+                deeper.append((len(decoded_all), name, decoded))
+                decoded_all.append((name, decoded))
+            if bounds:
+                break
         frontier = deeper
-        if not frontier:
-            return sections, []
-    # The innermost layer reached: is there still something to decode under it?
-    for _kind, source in frontier:
-        if any(decoded not in seen for _layer, decoded in _decoded_sections(source)):
-            return sections, [DECODE_DEPTH_EXCEEDED]
-    return sections, []
+        if bounds or not frontier:
+            break
+    else:
+        # The innermost layer reached: is there still something to decode under it?
+        if any(decoded not in seen for _i, _kind, source in frontier for _layer, decoded in _decoded_sections(source)):
+            bounds = [DECODE_DEPTH_EXCEEDED]
+    return [section for i, section in enumerate(decoded_all) if i not in consumed], bounds
 
 
 def embedding_view(section: str) -> str:
