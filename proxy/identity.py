@@ -216,6 +216,7 @@ _HASH = re.compile(
     re.ASCII,
 )
 _BASIC = re.compile(r"[Bb][Aa][Ss][Ii][Cc] +([A-Za-z0-9+/]+={0,2})", re.ASCII)
+_TOKEN = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]{1,100}", re.ASCII)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
@@ -737,6 +738,18 @@ def build_identity(config: IdentityConfig) -> IdentityResolver:
             "a trusted header needs trusted_sources: it is only believed from those addresses",
             field="identity.trusted_header.trusted_sources",
         )
+    names: set[str] = {"proxy-authorization"}
+    for key, name in (("name", header.name), ("groups_name", header.groups_name)):
+        if name is None:
+            continue
+        spelt = name.lower().replace("_", "-")
+        if not _TOKEN.fullmatch(name) or spelt in names:
+            raise ConfigError(
+                "expected an HTTP header name (letters, digits, '-') distinct from Proxy-Authorization and "
+                "from the other trusted header",
+                field=f"identity.trusted_header.{key}",
+            )
+        names.add(spelt)
     settings = IdentitySettings(
         directory=directory,
         default_group=config.default_group,

@@ -233,6 +233,11 @@ VARIANTS = [
     b"x-authenticated_groups: hr",
     b"Proxy_Authorization: " + GOOD.split(b": ", 1)[1],
 ]
+# Those not merely the exact name in another case (HTTP names are case-insensitive: that one *is*
+# the header, believed from the trusted address and counted as a second copy next to another).
+LOOK_ALIKES = [
+    v for v in VARIANTS if v.split(b":")[0].lower() not in (HEADER.lower().encode(), GROUPS.lower().encode())
+]
 CONTROL = b"X-Harmless_Probe: 1"  # an unrelated underscore header: upstream does see it
 
 
@@ -259,18 +264,16 @@ def test_identity_header_variants_never_reach_upstream_from_the_trusted_address(
     assert "x-harmless_probe" in seen["headers"] and _identity_like(seen["headers"]) == set()
     marker = _marker()
     exact = [f"{HEADER}: hannah@example.com".encode(), f"{GROUPS}: hr".encode()]
-    status, response = _absolute(dep, _probe(marker, [*exact, *VARIANTS], absolute=True), source="127.0.0.2")
+    status, response = _absolute(dep, _probe(marker, [*exact, *LOOK_ALIKES], absolute=True), source="127.0.0.2")
     assert status == 200, response[:300]
     (seen,) = _upstream(dep, marker)
     assert _identity_like(seen["headers"]) == set()
 
 
-@pytest.mark.parametrize("variant", [v for v in VARIANTS if b"USER" in v.upper()])
+@pytest.mark.parametrize("variant", [v for v in LOOK_ALIKES if b"USER" in v.upper()])
 def test_a_variant_is_never_believed_as_identity_even_from_the_trusted_address(
     dep: ProxyDeployment, variant: bytes
 ) -> None:
-    if variant.lower().startswith(HEADER.lower().encode() + b":"):
-        pytest.skip("the exact name in another case is the header itself")
     sock, status, response = _connect(dep, [variant], source="127.0.0.2")
     sock.close()
     assert status == 407, response[:300]

@@ -543,3 +543,18 @@ def test_check_users_names_the_bad_line(
     users.write_text(f"alice:{STRONG}\nbob:{_forged(2**20)}\n")
     assert _cli(monkeypatch, "", "identity", "check-users", "--config", str(config)) == 2
     assert f"{users}:2: bob: password hash rejected" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("name", "groups_name"),
+    [("X User", None), ("X-User", "x_user"), ("Proxy_Authorization", None), ("X-\u00fcser", None)],
+)
+def test_trusted_header_names_must_be_distinct_header_names(name: str, groups_name: str | None) -> None:
+    from promptfence.config import IdentityConfig, TrustedHeaderConfig
+    from proxy.identity import build_identity
+
+    config = IdentityConfig(
+        trusted_header=TrustedHeaderConfig(name=name, groups_name=groups_name, trusted_sources=["10.0.0.0/8"])
+    )
+    with pytest.raises(ConfigError, match="HTTP header name"):
+        build_identity(config)
