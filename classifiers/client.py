@@ -100,13 +100,13 @@ class InspectorClient:
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
-    def for_config(cls, config: Config) -> InspectorClient:
-        """The client the proxy uses: the inspector's URL, the proxy's round-trip budget, and
-        the detectors the configuration says the inspector runs."""
+    def for_config(cls, config: Config, *, base_url: str | None = None) -> InspectorClient:
+        """The client the proxy uses: the inspector's URL (or ``base_url``), the proxy's
+        round-trip budget, and the detectors the configuration says the inspector runs."""
         from classifiers.registry import expected_detector_names
 
         return cls(
-            config.inspector.base_url,
+            base_url or config.inspector.base_url,
             timeout_s=config.proxy.inspect_timeout_s,
             expected_detectors=expected_detector_names(config.inspector, config.memory),
         )

@@ -287,6 +287,9 @@ def test_default_configuration_expects_every_embedded_detector() -> None:
     client = InspectorClient.for_config(Config())
     assert client.expected_detectors == DEFAULT_DETECTORS
     assert client.base_url == Config().inspector.base_url
+    assert InspectorClient.for_config(Config(), base_url="http://10.0.0.9:1/").base_url == "http://10.0.0.9:1"
+    lean = Config(inspector=InspectorConfig(intent_detector=False), memory=MemoryConfig(enabled=False))
+    assert InspectorClient.for_config(lean).expected_detectors == ("presidio", "code", "secrets")
 
 
 @dataclass
