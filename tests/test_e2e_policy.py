@@ -56,7 +56,7 @@ def dep(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProxyDeployment]:
     (root / "directory.yaml").write_text((EXAMPLES_DIR / "identity" / "directory.yaml").read_text())
     (root / "users").write_text(
         "".join(
-            f"{user}:{hash_password(f'{user}-pw', n=2**12)}\n" for user in ("alice@example.com", "hannah@example.com")
+            f"{user}:{hash_password(f'{user}-pw')}\n" for user in ("alice@example.com", "hannah@example.com")
         )
     )
     deployment = start_proxy(
