@@ -155,7 +155,7 @@ def test_decoding_stays_bounded_on_a_huge_prompt() -> None:
     """Every layer is at most as long as its source and the layers are capped, so the analysis
     text is at most (sections + 1) times the prompt, however the prompt is built."""
     unit = b64(SECRET, 3) + " " + percent("x y") + " s s n " + SECRET.encode().hex() + " "
-    prompt = unit * 20_000  # ~2.6 MB
+    prompt = unit * 5_000  # ~650 kB
     analysis = analyse(prompt)
     sections = analysis.text.split(SECTION_BREAK)
     assert len(sections) <= MAX_DECODED_SECTIONS + 1
