@@ -45,6 +45,8 @@ class RecordRow(Base):
     prompt_chars: Mapped[int] = mapped_column(Integer)
     response_chars: Mapped[int | None] = mapped_column(Integer, nullable=True)
     response_bytes: Mapped[int] = mapped_column(BigInteger)
+    # "pending" until the answer is recorded, then "complete" / "upstream_error"; "none": not forwarded.
+    answer_status: Mapped[str] = mapped_column(String(16), index=True, server_default="complete")
     meta: Mapped[str] = mapped_column(Text)  # the complete clear metadata, JSON
     stored_at: Mapped[float] = mapped_column(Float)
 

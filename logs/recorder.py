@@ -1,40 +1,143 @@
 """The proxy's ``RecordPort``: seal, then store, or spool while the database is down.
 
+A record is written twice: at decision time (``record()``, before the prompt is forwarded;
+``answer_status`` "pending", or "none" when nothing is forwarded) and when the answer ends
+(``complete()``, the same ``record_id`` with the answer sealed in). The store's upsert lets the
+completion replace the pending version whatever order the two arrive in, so a proxy killed
+mid-answer leaves a pending record, never no record.
+
 Everything that touches the database or the disk runs on one writer thread, so the proxy's event
 loop never waits on I/O, and records reach the store in the order they were recorded:
 
 - while the spool holds anything, a new record goes behind it (order is kept);
 - a failed write marks the database down for ``retry_interval_s``: records go straight to the
   spool (a fsynced append, about a millisecond) instead of each waiting on a dead connection;
+- every database call is bounded by ``db_timeout_s`` (a fourth thread makes the call; the writer
+  stops waiting at the deadline and the stuck socket is broken), so a database that stops
+  answering is a database that is down: the record is spooled within the bound, and its
+  metadata says so (``spooled: {reason, at}``);
 - every ``retry_interval_s`` the thread replays the spool, oldest first, idempotently.
 
-``record()`` returns once the record is durable (in the database or fsynced in the spool), so a
-``kill -9`` after a flow completed never loses its record.
+``record()`` returns once the record is durable (in the database or fsynced in the spool). When
+it can be neither (database down and the spool's disk full or read-only), ``on_unrecordable``
+decides: ``block`` raises :class:`~promptfence.errors.RecordNotDurable` (the proxy then does not
+forward the prompt), ``allow`` lets it through unrecorded. Either way the log says so loudly (the
+errno, never content) and :attr:`SpoolingWriter.degraded` / :meth:`SpoolingWriter.health` (and
+the optional health file) report it until a record is durable again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
+import errno
+import json
 import logging
+import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from enum import StrEnum
+from pathlib import Path
+from typing import Any, TypeVar
 
 from logs.spool import Spool
-from logs.store import LogStore, SealedRecord, StoreUnavailable, seal_record
+from logs.store import LogStore, SealedRecord, StoreUnavailable
 from promptfence.core import LogRecord
+from promptfence.errors import RecordNotDurable
 
 log = logging.getLogger("promptfence.logs")
 
 RETENTION_CHECK_S = 6 * 3600.0
+ON_UNRECORDABLE = ("block", "allow")
+DEFAULT_DB_TIMEOUT_S = 1.5
+# How long a slow call (a migration on a large database, retention) may run before its socket is
+# broken; the writer itself stops waiting for it after db_timeout_s either way.
+SLOW_CALL_HARD_TIMEOUT_S = 120.0
+
+T = TypeVar("T")
 
 
 class Outcome(StrEnum):
     STORED = "stored"
     SPOOLED = "spooled"
+    # Neither stored nor spooled, and let through (logs.on_unrecordable: allow).
+    LOST = "lost"
+
+
+def errno_text(exc: BaseException) -> str:
+    """``ENOSPC (No space left on device)``: what a log line may say about an OSError."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        name = errno.errorcode.get(exc.errno, f"errno {exc.errno}")
+        return f"{name} ({os.strerror(exc.errno)})"
+    return type(exc).__name__
+
+
+class BoundedCalls:
+    """Makes blocking calls on one daemon thread and waits for each at most ``timeout_s``.
+
+    Past the deadline the caller gets :class:`StoreUnavailable` and ``interrupt`` is called (at
+    once, or after ``hard_timeout_s`` for a call allowed to run long) so the stuck call fails and
+    frees the thread. While an abandoned call still runs, new calls fail at once rather than
+    queue behind it. ``timeout_s`` <= 0: calls run on the caller's thread, unbounded.
+    """
+
+    def __init__(self, timeout_s: float, interrupt: Callable[[], object]) -> None:
+        self.timeout_s = timeout_s
+        self._interrupt = interrupt
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._busy: concurrent.futures.Future[Any] | None = None
+        self._thread: threading.Thread | None = None
+
+    def __call__(self, fn: Callable[[], T], *, hard_timeout_s: float | None = None) -> T:
+        if self.timeout_s <= 0:
+            return fn()
+        if self._busy is not None and not self._busy.done():
+            raise StoreUnavailable("the previous log database call has not returned yet")
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="log-db", daemon=True)
+            self._thread.start()
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._busy = future
+        self._jobs.put((fn, future))
+        try:
+            return future.result(timeout=self.timeout_s)
+        except concurrent.futures.TimeoutError:
+            hard = max(hard_timeout_s or self.timeout_s, self.timeout_s)
+            if hard <= self.timeout_s:
+                self._interrupt()
+            else:
+                timer = threading.Timer(hard - self.timeout_s, self._interrupt_if_running, (future,))
+                timer.daemon = True
+                timer.start()
+            raise StoreUnavailable(f"log database did not answer within {self.timeout_s:g}s") from None
+
+    def _interrupt_if_running(self, future: concurrent.futures.Future[Any]) -> None:
+        if not future.done():
+            self._interrupt()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            fn, future = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn())
+                except BaseException as exc:
+                    future.set_exception(exc)
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+            if self._busy is None or self._busy.done():
+                self._thread.join(timeout=5)
 
 
 class SpoolingWriter:
@@ -46,65 +149,188 @@ class SpoolingWriter:
         spool: Spool,
         *,
         retry_interval_s: float = 5.0,
+        on_unrecordable: str = "block",
+        db_timeout_s: float = DEFAULT_DB_TIMEOUT_S,
+        health_path: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if on_unrecordable not in ON_UNRECORDABLE:
+            raise ValueError(f"logs.on_unrecordable must be block or allow, not {on_unrecordable!r}")
         self.store = store
         self.spool = spool
         self.retry_interval_s = retry_interval_s
+        self.on_unrecordable = on_unrecordable
+        self.health_path = health_path
         self._clock = clock
         self._down_until = 0.0
+        self._down_reason: str | None = None
+        self._spool_error: str | None = None
+        self._db = BoundedCalls(db_timeout_s, store.interrupt)
+        self.counts: Counter[str] = Counter()
+        self._last_health: dict[str, Any] | None = None
 
+    # -- health -----------------------------------------------------------------------------
     @property
     def database_down(self) -> bool:
         return self._clock() < self._down_until
 
+    @property
+    def degraded(self) -> bool:
+        """The log is not working as it should: the database is down or the spool cannot be written."""
+        return self.database_down or self._spool_error is not None
+
+    def health(self) -> dict[str, Any]:
+        """What a health endpoint or metrics exporter may show (no content, no record ids)."""
+        return {
+            "degraded": self.degraded,
+            "database": "down" if self.database_down else "up",
+            "database_error": self._down_reason if self.database_down else None,
+            "spool": "failing" if self._spool_error else "ok",
+            "spool_error": self._spool_error,
+            "spool_pending": self.spool.pending(),
+            "on_unrecordable": self.on_unrecordable,
+            "records": dict(sorted(self.counts.items())),
+        }
+
+    def _publish_health(self) -> None:
+        """Write the health file (atomically, 0600) when the state changed; never raises."""
+        if self.health_path is None:
+            return
+        state = self.health()
+        comparable = {k: v for k, v in state.items() if k != "records"}
+        if comparable == self._last_health:
+            return
+        self._last_health = comparable
+        tmp = self.health_path.with_name(f".{self.health_path.name}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, json.dumps({**state, "at": time.time()}, sort_keys=True).encode() + b"\n")
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.health_path)
+        except OSError as exc:
+            self._last_health = None  # try again at the next change
+            log.debug("health file %s not written: %s", self.health_path, errno_text(exc))
+
+    # -- writing ----------------------------------------------------------------------------
     def write(self, record: LogRecord) -> Outcome:
-        return self.write_sealed(seal_record(record, self.store.recipients))
+        return self.write_sealed(self.store.seal(record))
 
     def write_sealed(self, sealed: SealedRecord) -> Outcome:
-        if self.database_down or (self.spool.pending() and not self.flush()):
-            self.spool.append(sealed)
-            return Outcome.SPOOLED
         try:
-            self.store.insert(sealed)
-            return Outcome.STORED
-        except Exception as exc:  # any failure to store becomes a spooled record, never a lost one
-            self._mark_down(exc)
-            self.spool.append(sealed)
+            return self._write_sealed(sealed)
+        finally:
+            self._publish_health()
+
+    def _write_sealed(self, sealed: SealedRecord) -> Outcome:
+        tried_db = False
+        if not self.database_down and (not self.spool.pending() or self.flush()):
+            tried_db = True
+            try:
+                self._db(lambda: self.store.insert(sealed))
+                self.counts[Outcome.STORED.value] += 1
+                return Outcome.STORED
+            except Exception as exc:  # any failure to store becomes a spooled record, never a lost one
+                self._mark_down(exc)
+        reason = self._down_reason or "behind spooled records"
+        try:
+            self.spool.append(_marked_spooled(sealed, reason))
+        except OSError as exc:
+            spool_error = errno_text(exc)
+        else:
+            if self._spool_error is not None:
+                log.warning("log spool %s writable again; records are durable again", self.spool.path)
+                self._spool_error = None
+            self.counts[Outcome.SPOOLED.value] += 1
             return Outcome.SPOOLED
+        if not self._spool_error:
+            log.error("LOG DEGRADED: spool %s cannot be written: %s", self.spool.path, spool_error)
+        self._spool_error = spool_error
+        if not tried_db:  # last resort: the database may be back before its retry time
+            try:
+                self._db(lambda: self.store.insert(sealed))
+                self._down_until = 0.0
+                self.counts[Outcome.STORED.value] += 1
+                return Outcome.STORED
+            except Exception as exc:
+                self._mark_down(exc)
+        return self._unrecordable(sealed, spool_error)
+
+    def _unrecordable(self, sealed: SealedRecord, spool_error: str) -> Outcome:
+        self.counts["unrecordable"] += 1
+        what = (
+            "the prompt is not forwarded (logs.on_unrecordable: block)"
+            if self.on_unrecordable == "block"
+            else "forwarded unrecorded (logs.on_unrecordable: allow)"
+        )
+        message = (
+            f"log record {sealed.record_id} could not be made durable: database unavailable "
+            f"({self._down_reason}) and spool {self.spool.path} not writable ({spool_error})"
+        )
+        log.error("LOG DEGRADED: %s; %s", message, what)
+        if self.on_unrecordable == "block":
+            raise RecordNotDurable(message)
+        self.counts[Outcome.LOST.value] += 1
+        return Outcome.LOST
 
     def flush(self) -> bool:
         """Replay the spool into the store; True when it is empty afterwards."""
         if not self.spool.pending():
             return True
         try:
-            self.spool.drain(self.store.insert_many)
+            self.spool.drain(self._insert_batch)
         except Exception as exc:
             self._mark_down(exc)
+            self._publish_health()
             return False
         self._down_until = 0.0
+        self._publish_health()
         return True
 
+    def _insert_batch(self, batch: Sequence[SealedRecord]) -> int:
+        return self._db(lambda: self.store.insert_many(batch))
+
     def _mark_down(self, exc: Exception) -> None:
+        reason = str(exc) if isinstance(exc, StoreUnavailable) else type(exc).__name__
         if not self.database_down:
-            reason = str(exc) if isinstance(exc, StoreUnavailable) else type(exc).__name__
             log.warning(
                 "log database unavailable (%s); spooling records to %s, retrying every %gs",
                 reason,
                 self.spool.path,
                 self.retry_interval_s,
             )
+        self._down_reason = reason
         self._down_until = self._clock() + self.retry_interval_s
 
     def startup(self, retention_days: float | None) -> None:
         """Migrate, enforce retention and replay what a previous run spooled; never raises."""
         try:
-            self.store.migrate()
-            self.store.enforce_retention(retention_days)
+            self._db(self.store.migrate, hard_timeout_s=SLOW_CALL_HARD_TIMEOUT_S)
+            self._db(lambda: self.store.enforce_retention(retention_days), hard_timeout_s=SLOW_CALL_HARD_TIMEOUT_S)
         except Exception as exc:
             self._mark_down(exc)
+            self._publish_health()
             return
         self.flush()
+        self._publish_health()
+
+    def enforce_retention(self, retention_days: float | None) -> None:
+        try:
+            self._db(lambda: self.store.enforce_retention(retention_days), hard_timeout_s=SLOW_CALL_HARD_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("retention not enforced this time: %s", str(exc) or type(exc).__name__)
+
+    def close(self) -> None:
+        self._db.close()
+        self.store.close()
+
+
+def _marked_spooled(sealed: SealedRecord, reason: str) -> SealedRecord:
+    """The record with clear metadata saying it went through the spool, and why."""
+    return dataclasses.replace(
+        sealed, metadata={**sealed.metadata, "spooled": {"reason": reason, "at": round(time.time(), 3)}}
+    )
 
 
 _Item = tuple[LogRecord, "concurrent.futures.Future[Outcome]"]
@@ -126,15 +352,47 @@ class AsyncRecorder:
     def store(self) -> LogStore:
         return self.writer.store
 
-    async def record(self, record: LogRecord) -> None:
+    @property
+    def degraded(self) -> bool:
+        return self.writer.degraded
+
+    def health(self) -> dict[str, Any]:
+        return self.writer.health()
+
+    async def _submit(self, record: LogRecord) -> Outcome:
         if self._closed:
             raise RuntimeError("recorder is closed")
         future: concurrent.futures.Future[Outcome] = concurrent.futures.Future()
         self._queue.put((record, future))
-        outcome = await asyncio.wrap_future(future)
-        log.info(
-            "record %s %s (%s, %s)",
+        return await asyncio.wrap_future(future)
+
+    async def record(self, record: LogRecord) -> None:
+        """Write a record at decision time; returns once it is durable (see the module docstring).
+
+        Raises :class:`RecordNotDurable` when it cannot be made durable under ``block``.
+        """
+        outcome = await self._submit(record)
+        self._log(record, outcome)
+
+    async def complete(self, record: LogRecord) -> None:
+        """Write the completed version of a recorded record; never raises (the prompt already went out)."""
+        try:
+            outcome = await self._submit(record)
+        except RecordNotDurable:
+            return  # the writer logged it loudly; the pending version is what the log keeps
+        except Exception as exc:
+            log.error("LOG DEGRADED: completion of record %s not written: %s", record.record_id, type(exc).__name__)
+            return
+        self._log(record, outcome)
+
+    @staticmethod
+    def _log(record: LogRecord, outcome: Outcome) -> None:
+        level = logging.WARNING if outcome is Outcome.LOST else logging.INFO
+        log.log(
+            level,
+            "record %s %s %s (%s, %s)",
             record.record_id,
+            record.answer_status,
             outcome.value,
             record.operation.operation_id,
             record.decision.action.value,
@@ -165,10 +423,7 @@ class AsyncRecorder:
             self.writer.flush()
         if time.monotonic() >= self._next_retention:
             self._next_retention = time.monotonic() + RETENTION_CHECK_S
-            try:
-                self.writer.store.enforce_retention(self.retention_days)
-            except Exception as exc:
-                log.warning("retention not enforced this time: %s", type(exc).__name__)
+            self.writer.enforce_retention(self.retention_days)
 
     def close(self) -> None:
         """Finish queued records (stored or spooled), then stop the thread and the engine."""
@@ -176,4 +431,4 @@ class AsyncRecorder:
             self._closed = True
             self._queue.put(None)
             self._thread.join()
-            self.writer.store.close()
+            self.writer.close()

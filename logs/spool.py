@@ -1,7 +1,8 @@
 """The spool: where sealed records wait, on local disk, while the log database is down.
 
 One JSON line per :class:`~logs.store.SealedRecord` (clear metadata plus sealed blobs, never
-plaintext), appended with ``O_APPEND`` and fsynced before :meth:`Spool.append` returns, so a
+plaintext; a decision-time "pending" version or a completion, replayed through the store's
+upsert so the completion wins in any order), appended with ``O_APPEND`` and fsynced before :meth:`Spool.append` returns, so a
 record the proxy has acknowledged survives ``kill -9`` and power loss. :meth:`Spool.drain` hands
 the records to the store in order and only then empties the file; the store's inserts are
 idempotent on ``record_id``, so a crash between the two replays a record at most twice and
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from logs.store import SealedRecord
+from promptfence.config import ensure_private_dir
 
 log = logging.getLogger("promptfence.logs.spool")
 
@@ -34,7 +36,7 @@ class Spool:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(self.path.parent)
         fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -49,16 +51,29 @@ class Spool:
             return False
 
     def append(self, record: SealedRecord) -> None:
-        """Append one record durably (written and fsynced before returning)."""
+        """Append one record durably (written and fsynced before returning).
+
+        Raises :class:`OSError` (ENOSPC, EROFS, EACCES, EIO, ...) when it cannot; the spool is
+        then exactly as it was: a short or unsynced write is cut back to the previous size, so a
+        full disk never leaves a torn line in front of the next record.
+        """
         line = (record.to_json() + "\n").encode("utf-8")
         with self._locked():
             new = not self.path.exists()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:
-                view = memoryview(line)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
+                size = os.fstat(fd).st_size  # appends are serialised by the lock
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    # A torn line a failed cut-back left behind: keep it its own (bad) line.
+                    line = b"\n" + line
+                try:
+                    view = memoryview(line)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                    os.fsync(fd)
+                except OSError:
+                    _truncate_back(fd, size, self.path)
+                    raise
             finally:
                 os.close(fd)
             if new:
@@ -119,6 +134,14 @@ class Spool:
         if records:
             log.info("spool %s: replayed %d record(s), %d new", self.path, len(records), added)
         return len(records), added
+
+
+def _truncate_back(fd: int, size: int, path: Path) -> None:
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError as exc:  # the line stays torn; read() skips a torn last line, and says so
+        log.error("spool %s: could not cut a failed append back to %d bytes (errno %s)", path, size, exc.errno)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,17 +1,27 @@
 """The prompt-log store: clear metadata in columns, the payload sealed to every recipient key.
 
 A :class:`LogRecord` is sealed first (:func:`seal_record`) into a :class:`SealedRecord`, which
-holds no plaintext; that is what the database, the spool and the replay ever see. Inserts are
-idempotent on ``record_id``, so replaying a spool twice, or a spool whose last records had already
-reached the database, never duplicates a record.
+holds no plaintext; that is what the database, the spool and the replay ever see. Writes are
+upserts on ``record_id`` with one rule: a record written at decision time (``answer_status``
+"pending") is replaced by its completion (the answer sealed in too), never the other way round,
+and an identical write changes nothing. So replaying a spool twice, out of order, or a spool
+whose records had already reached the database, never duplicates a record nor loses an answer.
+
+Clear metadata never carries a plain digest of the prompt (an unsalted hash lets anyone holding
+the database confirm a guessed short prompt): :func:`seal_record` puts ``prompt_hmac`` there
+instead, an HMAC-SHA256 under a key only the logger holds (:func:`load_or_create_digest_key`).
 
 The schema is created and upgraded by the Alembic migrations shipped in ``logs/migrations``.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
+import os
+import secrets
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -19,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Select, delete, func, inspect, select
+from sqlalchemy import Select, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -28,7 +38,7 @@ from logs.models import FeedbackRow, GroupRow, RecordRow, SealRow, TopicRow
 from logs.sealing import SealingError, key_id, load_private_key, load_public_key, open_sealed, seal
 from promptfence.core import Action, Confidence, LogRecord, Payload, Topic
 from promptfence.errors import KeyMaterialError, PromptFenceError
-from vectors.database import create_store_engine, error_reason, run_migrations
+from vectors.database import create_store_engine, error_reason, interrupt_active, run_migrations
 
 log = logging.getLogger("promptfence.logs")
 
@@ -36,6 +46,9 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SKELETON_REVISION = "0001"
 VERDICTS = ("false_positive", "true_positive")
 SQLITE_BUSY_TIMEOUT_S = 2.0
+# A record's answer is still to come; any other status is final (see LogRecord.answer_status).
+PENDING = "pending"
+DIGEST_KEY_BYTES = 32
 
 
 class StoreUnavailable(PromptFenceError):
@@ -70,13 +83,85 @@ class SealedRecord:
         return cls(str(doc["record_id"]), dict(doc["metadata"]), {str(k): str(v) for k, v in doc["seals"].items()})
 
 
-def seal_record(record: LogRecord, recipients: Sequence[Recipient]) -> SealedRecord:
-    """Seal the payload to every recipient; refuses (never stores plaintext) with no recipient."""
+def seal_record(record: LogRecord, recipients: Sequence[Recipient], digest_key: bytes | None = None) -> SealedRecord:
+    """Seal the payload to every recipient; refuses (never stores plaintext) with no recipient.
+
+    The clear metadata loses ``prompt_digest`` (an unkeyed hash) and, with ``digest_key``, gains
+    ``prompt_hmac``: equal prompts still have equal values, for de-duplication and correlation,
+    but only the key's holder can test a guess.
+    """
     if not recipients:
         raise KeyMaterialError("no recipient public key configured: refusing to store an unsealed payload")
     plaintext = json.dumps(record.payload.to_dict(), ensure_ascii=False).encode("utf-8")
     seals = {r.key_id: seal(r.public_key, plaintext) for r in recipients}
-    return SealedRecord(record.record_id, record.metadata(), seals)
+    metadata = record.metadata()
+    metadata.pop("prompt_digest", None)
+    if digest_key is not None:
+        metadata["prompt_hmac"] = prompt_hmac(digest_key, record.payload.prompt)
+    return SealedRecord(record.record_id, metadata, seals)
+
+
+def prompt_hmac(key: bytes, text: str) -> str:
+    """HMAC-SHA256 of a text under the logger's key, as the first 32 hex digits (128 bits)."""
+    return hmac.new(key, text.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+
+
+def load_or_create_digest_key(path: Path) -> bytes:
+    """The logger's HMAC key: read it, or on first start create it (random, mode 0600, its folder 0700).
+
+    Made in a temporary file and linked into place, so a crash never leaves a short key and two
+    processes starting together agree on one key.
+    """
+    try:
+        return _read_digest_key(path)
+    except FileNotFoundError:
+        pass
+    from promptfence.config import ensure_private_dir
+
+    ensure_private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, secrets.token_bytes(DIGEST_KEY_BYTES).hex().encode() + b"\n")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+        log.info("created the log digest key %s", path)
+    except FileExistsError:
+        pass  # another process made it first: use theirs
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _read_digest_key(path)
+
+
+def _read_digest_key(path: Path) -> bytes:
+    text = path.read_text(encoding="ascii").strip()
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        raise KeyMaterialError(f"{path} is not a log digest key (expected {DIGEST_KEY_BYTES * 2} hex digits)") from None
+    if len(key) < 16:
+        raise KeyMaterialError(f"{path} is not a log digest key (expected {DIGEST_KEY_BYTES * 2} hex digits)")
+    return key
+
+
+def answer_status(metadata: dict[str, Any]) -> str:
+    """A record's answer status; records from before the field existed were written complete."""
+    status = metadata.get("answer_status")
+    if status:
+        return str(status)
+    return "none" if (metadata.get("decision") or {}).get("action") == "block" else "complete"
+
+
+def supersedes(new: dict[str, Any], stored_status: str) -> bool:
+    """Whether a write with metadata ``new`` replaces a stored version whose status is ``stored_status``.
+
+    Only a completion replaces a pending record; a final version is never replaced (replaying a
+    stale pending line, or a completion twice, changes nothing).
+    """
+    return stored_status == PENDING and answer_status(new) != PENDING
 
 
 @dataclass(frozen=True)
@@ -176,10 +261,22 @@ class LogStore:
     is down at construction time is not an error, so the proxy can start and spool.
     """
 
-    def __init__(self, database_url: str, recipients: Sequence[Recipient] = ()) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        recipients: Sequence[Recipient] = (),
+        *,
+        digest_key: bytes | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        """``timeout_s`` bounds connecting, each statement and the pool wait (PostgreSQL); None: defaults."""
         self.url = database_url
         self.recipients = tuple(recipients)
-        self.engine: Engine = create_store_engine(database_url, sqlite_busy_timeout_s=SQLITE_BUSY_TIMEOUT_S)
+        self.digest_key = digest_key
+        bounds: dict[str, float] = {}
+        if timeout_s is not None:
+            bounds = {"connect_timeout_s": timeout_s, "statement_timeout_s": timeout_s, "pool_timeout_s": timeout_s}
+        self.engine: Engine = create_store_engine(database_url, sqlite_busy_timeout_s=SQLITE_BUSY_TIMEOUT_S, **bounds)
         self._migrated = False
 
     # -- schema -----------------------------------------------------------------------------
@@ -211,32 +308,60 @@ class LogStore:
             raise StoreUnavailable(f"log database error ({error_reason(exc)})") from None
 
     # -- writing ----------------------------------------------------------------------------
+    def seal(self, record: LogRecord) -> SealedRecord:
+        return seal_record(record, self.recipients, self.digest_key)
+
     def write(self, record: LogRecord) -> None:
         """Seal and store one record (synchronously; the proxy goes through the recorder)."""
-        self.insert(seal_record(record, self.recipients))
+        self.insert(self.seal(record))
 
     def insert(self, sealed: SealedRecord) -> bool:
-        """Store a sealed record; False if ``record_id`` is already stored (nothing changes)."""
+        """Store (or complete) a sealed record; False if nothing changed (see :func:`supersedes`)."""
         return self.insert_many([sealed]) == 1
 
     def insert_many(self, records: Sequence[SealedRecord]) -> int:
-        """Store records in order in one transaction, skipping ids already present; returns how many were new."""
+        """Upsert records in order in one transaction; returns how many were new or completed.
+
+        A new ``record_id`` is inserted (insertion order == id order). A stored pending record is
+        replaced by its completion: metadata, columns, seals, topics and groups (its position,
+        ``stored_at`` and feedback stay). Anything else already stored is left as it is.
+        """
         if not records:
             return 0
         with self._session() as session, session.begin():
-            ids = [r.record_id for r in records]
-            present = set(session.scalars(select(RecordRow.record_id).where(RecordRow.record_id.in_(ids))))
+            ids = list(dict.fromkeys(r.record_id for r in records))
+            stored: dict[str, str] = {}
+            for start in range(0, len(ids), 500):
+                query = select(RecordRow.record_id, RecordRow.answer_status).where(
+                    RecordRow.record_id.in_(ids[start : start + 500])
+                )
+                stored.update({rid: status for rid, status in session.execute(query)})
             now = time.time()
-            added = 0
+            changed = 0
             for sealed in records:
-                if sealed.record_id in present:
+                rid = sealed.record_id
+                status = answer_status(sealed.metadata)
+                if rid not in stored:
+                    session.execute(insert(RecordRow).values(**_record_columns(sealed), stored_at=now))
+                elif supersedes(sealed.metadata, stored[rid]):
+                    session.execute(
+                        update(RecordRow).where(RecordRow.record_id == rid).values(**_record_columns(sealed))
+                    )
+                    for child in (SealRow, TopicRow, GroupRow):
+                        session.execute(delete(child).where(child.record_id == rid))
+                else:
                     continue
-                present.add(sealed.record_id)
-                session.add(_record_row(sealed, now))
-                session.flush()  # parent before children, and insertion order == id order
-                session.add_all(_child_rows(sealed))
-                added += 1
-        return added
+                for table, rows in _child_rows(sealed):
+                    if rows:
+                        session.execute(insert(table), rows)
+                stored[rid] = status
+                changed += 1
+        return changed
+
+    def interrupt(self) -> int:
+        """Break the connections of a call stuck on an unanswering network (PostgreSQL); see
+        :func:`vectors.database.interrupt_active`."""
+        return interrupt_active(self.engine)
 
     # -- reading ----------------------------------------------------------------------------
     def find(self, flt: LogFilter | None = None, *, limit: int = 50, offset: int = 0) -> list[StoredRecord]:
@@ -443,10 +568,10 @@ def _min_score(level: Confidence) -> float:
     return 0.0 if level is Confidence.NONE else CONFIDENCE_THRESHOLDS[level]
 
 
-def _record_row(sealed: SealedRecord, now: float) -> RecordRow:
+def _record_columns(sealed: SealedRecord) -> dict[str, Any]:
     meta = sealed.metadata
     decision = meta.get("decision") or {}
-    return RecordRow(
+    return dict(
         record_id=sealed.record_id,
         timestamp=float(meta["timestamp"]),
         user=str(meta["user"])[:320],
@@ -466,21 +591,22 @@ def _record_row(sealed: SealedRecord, now: float) -> RecordRow:
         prompt_chars=int(meta.get("prompt_chars") or 0),
         response_chars=None if meta.get("response_chars") is None else int(meta["response_chars"]),
         response_bytes=int(meta.get("response_bytes") or 0),
+        answer_status=answer_status(meta)[:16],
         meta=json.dumps(meta, sort_keys=True),
-        stored_at=now,
     )
 
 
-def _child_rows(sealed: SealedRecord) -> list[Any]:
+def _child_rows(sealed: SealedRecord) -> list[tuple[type[Any], list[dict[str, Any]]]]:
     rid = sealed.record_id
-    rows: list[Any] = [SealRow(record_id=rid, key_id=kid, blob=blob) for kid, blob in sorted(sealed.seals.items())]
-    for name, value in (sealed.metadata.get("topics") or {}).items():
-        rows.append(
-            TopicRow(record_id=rid, topic=str(name), score=float(value["score"]), confidence=str(value["confidence"]))
-        )
-    for group in dict.fromkeys(sealed.metadata.get("groups") or []):
-        rows.append(GroupRow(record_id=rid, group_name=str(group)[:128]))
-    return rows
+    seals = [{"record_id": rid, "key_id": kid, "blob": blob} for kid, blob in sorted(sealed.seals.items())]
+    topics = [
+        {"record_id": rid, "topic": str(name), "score": float(value["score"]), "confidence": str(value["confidence"])}
+        for name, value in (sealed.metadata.get("topics") or {}).items()
+    ]
+    groups = [
+        {"record_id": rid, "group_name": str(g)[:128]} for g in dict.fromkeys(sealed.metadata.get("groups") or [])
+    ]
+    return [(SealRow, seals), (TopicRow, topics), (GroupRow, groups)]
 
 
 def _report(row: FeedbackRow, record: StoredRecord | None) -> FeedbackReport:
@@ -498,6 +624,16 @@ def _report(row: FeedbackRow, record: StoredRecord | None) -> FeedbackReport:
 
 
 def _skeleton_revision(conn: Connection) -> str | None:
-    """The walking skeleton's revision if ``conn`` holds its create_all tables unversioned (adopt it)."""
+    """The skeleton's revision if ``conn`` holds ``prompt_log`` unversioned (adopt it).
+
+    Unversioned: no ``alembic_version`` (the walking skeleton's create_all), or an empty one (a
+    first migration killed by a version that ran DDL outside a transaction; 0002 moves the
+    rows over and drops the table, so a half-made 0001 is as good as a whole one).
+    """
     tables = set(inspect(conn).get_table_names())
-    return SKELETON_REVISION if "prompt_log" in tables and "alembic_version" not in tables else None
+    if "prompt_log" not in tables or "log_record" in tables:
+        return None
+    if "alembic_version" not in tables:
+        return SKELETON_REVISION
+    stamped = conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar()
+    return SKELETON_REVISION if not stamped else None

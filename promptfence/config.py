@@ -175,6 +175,18 @@ class LogConfig:
     spool_path: Path | None = None
     # How long the database counts as down after a failed write before the spool is replayed.
     retry_interval_s: float = 5.0
+    # A record that can be made durable neither in the database nor in the spool (database down
+    # and the spool's disk full or read-only): "block" does not forward the prompt, "allow" does.
+    on_unrecordable: str = "block"
+    # Every database call of the proxy's recorder is given up after this (the record is spooled),
+    # and PostgreSQL connects, statements and pool waits are bounded by it too; 0: unbounded.
+    db_timeout_s: float = 1.5
+    # The HMAC key behind records' prompt_hmac (created 0600 on first start); default
+    # <data_dir>/keys/log-digest.key. Keep it with the proxy; never publish it.
+    digest_key: Path | None = None
+    # Where the recorder writes its health (degraded, database up/down, spool errors) on every
+    # change, as JSON; default <data_dir>/logs-health.json.
+    health_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -258,6 +270,14 @@ class Config:
         return self.logs.spool_path or self.data_dir / "spool" / "logs.spool"
 
     @property
+    def digest_key_path(self) -> Path:
+        return self.logs.digest_key or self.data_dir / "keys" / "log-digest.key"
+
+    @property
+    def logs_health_path(self) -> Path:
+        return self.logs.health_path or self.data_dir / "logs-health.json"
+
+    @property
     def default_private_key(self) -> Path:
         return self.data_dir / "keys" / "admin.key"
 
@@ -268,6 +288,33 @@ class Config:
     @property
     def recipient_keys(self) -> list[Path]:
         return list(self.logs.recipients) or [self.default_public_key]
+
+    def ensure_data_dir(self) -> Path:
+        """Create the data directory 0700 if it is missing (it holds the log, keys and spool)."""
+        return ensure_private_dir(self.data_dir)
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Make ``path`` (and every missing parent) mode 0700; an existing folder is left as it is.
+
+    ``Path.mkdir(parents=True, mode=...)`` gives the parents the default mode (0755 under the
+    usual umask): the data directory holds users, topics and conversation ids, so each folder
+    made here is chmod-ed 0700 explicitly (umask cannot widen that).
+    """
+    missing: list[Path] = []
+    probe = path
+    while not probe.exists():
+        missing.append(probe)
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made by another process meanwhile: its mode is its maker's business
+        os.chmod(folder, 0o700)
+    return path
 
 
 def default_data_dir() -> Path:

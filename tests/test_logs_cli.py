@@ -132,7 +132,7 @@ def test_replay_and_migrate(env: Env) -> None:
     assert not spool.pending()
     assert env.store.get(spooled.record_id) is not None
     code, out, _ = env.run("logs", "migrate")
-    assert code == 0 and "revision 0002" in out
+    assert code == 0 and "revision 0003" in out
 
 
 def test_feedback_command(env: Env) -> None:

@@ -232,7 +232,7 @@ def test_feedback_reports_read_api(store: LogStore, tmp_path: Path) -> None:
 
 
 def test_schema_is_made_by_alembic_and_a_skeleton_database_is_upgraded(log_db: LogDB, tmp_path: Path) -> None:
-    """A database at the walking skeleton's schema (revision 0001) keeps its records through 0002."""
+    """A database at the walking skeleton's schema (revision 0001) keeps its records through 0003."""
     priv, pub = _keys(tmp_path, "admin")
     engine = create_engine(log_db.url)
     cfg = AlembicConfig()
@@ -263,11 +263,11 @@ def test_schema_is_made_by_alembic_and_a_skeleton_database_is_upgraded(log_db: L
     engine.dispose()
     store = LogStore(log_db.url)
     store.migrate()
-    assert store.schema_revision() == "0002"
+    assert store.schema_revision() == "0003"
     [stored] = store.find(LogFilter(group="ops", topic=Topic.PII))
     assert stored.open(priv).prompt == "from the skeleton days"
     store.migrate()  # idempotent
     store.close()
     fresh = LogStore(log_db.url)  # a second process finds it at head
-    assert fresh.schema_revision() == "0002"
+    assert fresh.schema_revision() == "0003"
     fresh.close()

@@ -97,7 +97,7 @@ async function loadRecords() {
       el("td", {}, m.user),
       el("td", {}, m.app),
       el("td", {}, m.operation),
-      el("td", { class: `action action-${action}` }, action),
+      el("td", { class: `action action-${action}` }, m.answer_status === "pending" ? `${action} (answer pending)` : action),
       el("td", {}, topicsText(m)),
       el("td", {}, m.conversation_id || "-"));
     row.addEventListener("click", () => openConversation(m.conversation_id, rec.record_id));
@@ -221,7 +221,10 @@ async function renderTurn(rec) {
       } else if (payload.response !== null && payload.response !== undefined) {
         item.append(el("div", { class: "msg msg-assistant" }, el("span", { class: "who" }, "assistant"), payload.response));
       } else {
-        item.append(el("div", { class: "msg msg-assistant" }, el("span", { class: "who" }, "assistant"), "(answer not captured)"));
+        const missing = m.answer_status === "pending"
+          ? "(answer pending: recorded when the prompt was sent; no answer recorded yet)"
+          : m.answer_status === "upstream_error" ? "(the app answered with an error)" : "(answer not captured)";
+        item.append(el("div", { class: "msg msg-assistant" }, el("span", { class: "who" }, "assistant"), missing));
       }
     } catch (err) {
       const message = err instanceof OpenError ? err.message : `Could not open this record: ${err.message}`;

@@ -7,12 +7,12 @@ from pathlib import Path
 
 from logs.sealing import KeyPair, key_id, write_key_pair
 from promptfence.cli import add_config_option
-from promptfence.config import Config, load_config
+from promptfence.config import Config, ensure_private_dir, load_config
 from promptfence.errors import KeyMaterialError
 
 
 def generate_key_pair(private_path: Path, public_path: Path) -> str:
-    private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(private_path.parent)
     public_path.parent.mkdir(parents=True, exist_ok=True)
     pair = KeyPair.generate()
     try:

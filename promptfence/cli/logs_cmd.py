@@ -147,6 +147,14 @@ def _topics(meta: dict[str, Any]) -> str:
     return ",".join(f"{name}:{value['confidence']}" for name, value in topics.items()) or "-"
 
 
+def _answer(meta: dict[str, Any]) -> str:
+    """A record's answer status; records from before the field existed were written complete."""
+    status = meta.get("answer_status")
+    if status:
+        return str(status)
+    return "none" if meta["decision"]["action"] == "block" else "complete"
+
+
 def _row(record: StoredRecord) -> list[str]:
     meta = record.metadata
     return [
@@ -156,13 +164,14 @@ def _row(record: StoredRecord) -> list[str]:
         str(meta["app"]),
         str(meta["operation"]),
         str(meta["decision"]["action"]),
+        _answer(meta),
         _topics(meta),
         str(meta.get("conversation_id") or "-"),
     ]
 
 
 def _print_table(records: list[StoredRecord]) -> None:
-    header = ["ID", "TIME", "USER", "APP", "OPERATION", "ACTION", "TOPICS", "CONVERSATION"]
+    header = ["ID", "TIME", "USER", "APP", "OPERATION", "ACTION", "ANSWER", "TOPICS", "CONVERSATION"]
     rows = [header] + [_row(r) for r in records]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
@@ -185,13 +194,25 @@ def _print_record(record: StoredRecord, payload: Payload) -> None:
     print(f"decision:     {decision['action']}  rules: {','.join(decision['rule_ids']) or '-'}  ({decision['reason']})")
     if meta.get("detectors_failed"):
         print(f"failed:       {','.join(meta['detectors_failed'])}")
+    print(f"answer:       {_answer(meta)}")
+    if meta.get("spooled"):
+        print(f"spooled:      {meta['spooled'].get('reason', '-')}")
     print("--- prompt ---")
     print(payload.prompt)
     if payload.attachments:
         print("--- attachments ---")
         print("\n".join(payload.attachments))
     print("--- response ---")
-    print(payload.response if payload.response is not None else "(not captured)")
+    print(payload.response if payload.response is not None else _missing_answer(meta))
+
+
+def _missing_answer(meta: dict[str, Any]) -> str:
+    status = _answer(meta)
+    if status == "pending":
+        return "(pending: recorded when the prompt was sent; the answer was never recorded)"
+    if status == "upstream_error":
+        return "(the app answered with an error)"
+    return "(not captured)"
 
 
 def _print_conversation(conversation_id: str, opened: list[tuple[StoredRecord, Payload]]) -> None:
@@ -216,7 +237,7 @@ def _print_conversation(conversation_id: str, opened: list[tuple[StoredRecord, P
             print("assistant:")
             print(_indent(payload.response))
         else:
-            print("assistant: (answer not captured)")
+            print(f"assistant: {_missing_answer(meta)}")
 
 
 def _indent(text: str) -> str:

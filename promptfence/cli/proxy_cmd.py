@@ -13,12 +13,13 @@ import signal
 from typing import TYPE_CHECKING, Any
 
 from promptfence.cli import add_config_option
-from promptfence.config import Config, load_config
+from promptfence.config import Config, ensure_private_dir, load_config
 from promptfence.errors import ConfigError
 
 if TYPE_CHECKING:
     from classifiers.client import InspectorClient
-    from logs.recorder import AsyncRecorder
+    from logs.recorder import AsyncRecorder, SpoolingWriter
+    from logs.store import Recipient
 
 log = logging.getLogger("promptfence.proxy")
 
@@ -26,9 +27,8 @@ log = logging.getLogger("promptfence.proxy")
 def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     """Everything the proxy needs, wired; configuration errors surface here, before listening."""
     from classifiers.client import InspectorClient
-    from logs.recorder import AsyncRecorder, SpoolingWriter
-    from logs.spool import Spool
-    from logs.store import LogStore, Recipient
+    from logs.recorder import AsyncRecorder
+    from logs.store import Recipient
     from policies.reload import ReloadingPolicySet
     from proxy.addon import PromptFenceAddon
     from proxy.catalogue import load_catalogue
@@ -44,16 +44,12 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
             recipients.append(Recipient.from_file(path))
         except ValueError as exc:  # KeyFileError names the file and the problem
             raise ConfigError(str(exc), field="logs.recipients") from None
-    writer = SpoolingWriter(
-        LogStore(config.database_url, recipients),
-        Spool(config.spool_path),
-        retry_interval_s=config.logs.retry_interval_s,
-    )
+    writer = build_writer(config, recipients)
     # Its thread migrates the schema, applies retention and replays the spool: a database that
     # is down at start only means records are spooled until it is back.
     recorder = AsyncRecorder(writer, retention_days=config.logs.retention_days)
     client = InspectorClient.for_config(config)
-    config.mitmproxy_confdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    ensure_private_dir(config.mitmproxy_confdir)
     settings: dict[str, object] = {
         "promptfence_inspect_timeout": config.proxy.inspect_timeout_s,
         "promptfence_max_body": config.proxy.max_body_bytes,
@@ -70,6 +66,36 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
         settings=settings,
     )
     return master, recorder, client
+
+
+def build_writer(config: Config, recipients: list[Recipient]) -> SpoolingWriter:
+    """The recorder's writer as the proxy runs it (also used by ``promptfence bench logs``)."""
+    from logs.recorder import ON_UNRECORDABLE, SpoolingWriter
+    from logs.spool import Spool
+    from logs.store import LogStore, load_or_create_digest_key
+
+    if config.logs.on_unrecordable not in ON_UNRECORDABLE:
+        raise ConfigError(
+            f"expected block or allow, not {config.logs.on_unrecordable!r}",
+            source=config.source,
+            field="logs.on_unrecordable",
+        )
+    config.ensure_data_dir()
+    timeout = config.logs.db_timeout_s
+    store = LogStore(
+        config.database_url,
+        recipients,
+        digest_key=load_or_create_digest_key(config.digest_key_path),
+        timeout_s=timeout if timeout > 0 else None,
+    )
+    return SpoolingWriter(
+        store,
+        Spool(config.spool_path),
+        retry_interval_s=config.logs.retry_interval_s,
+        on_unrecordable=config.logs.on_unrecordable,
+        db_timeout_s=timeout,
+        health_path=config.logs_health_path,
+    )
 
 
 async def run_master(

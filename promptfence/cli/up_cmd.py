@@ -121,7 +121,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     config_path = args.config or config.source
-    config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    config.ensure_data_dir()
     new_key = ensure_default_recipient(config)
     children: list[subprocess.Popen[bytes]] = []
 
