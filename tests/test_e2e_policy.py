@@ -191,7 +191,7 @@ def test_the_identity_header_from_an_untrusted_address_changes_nothing(dep: Prox
     record = _record_with(
         dep,
         lambda r: (
-            r.get("prompt_digest")
+            r.get("prompt_hmac")
             and r["user"] == "alice@example.com"
             and r["decision"]["action"] == "block"
             and r["identity_source"] == "proxy_auth"

@@ -133,9 +133,14 @@ def test_genai_answer_streams_undelayed_and_its_text_reaches_the_log(deployment:
     )
     assert b"Stand-in answer" in body and body.rstrip().endswith(b"data: [DONE]")
     assert total >= 2 and first_at < 1.5
-    digest = text_digest(SLOW_PROMPT)
-    wait_for(lambda: any(r["prompt_digest"] == digest for r in _records(deployment)), 30, "the log record")
-    record = next(r for r in _records(deployment) if r["prompt_digest"] == digest)
+    # Records carry a keyed HMAC of the prompt (the key stays with the proxy), never a plain digest.
+    from logs.store import load_or_create_digest_key, prompt_hmac
+
+    wait_for(lambda: (deployment.home / "keys" / "log-digest.key").is_file(), 30, "the log digest key")
+    digest = prompt_hmac(load_or_create_digest_key(deployment.home / "keys" / "log-digest.key"), SLOW_PROMPT)
+    wait_for(lambda: any(r.get("prompt_hmac") == digest for r in _records(deployment)), 30, "the log record")
+    record = next(r for r in _records(deployment) if r.get("prompt_hmac") == digest)
+    assert "prompt_digest" not in record and text_digest(SLOW_PROMPT) not in json.dumps(record)
     assert record["response_chars"] == len("Stand-in answer from upstream.")
     assert record["response_decode_error"] is None
     assert record["conversation_id"] == "c-standin"  # the request had none: taken from the stream
