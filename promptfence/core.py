@@ -330,6 +330,14 @@ class NeighbourRef:
         )
 
 
+# De-obfuscation that had to stop before the innermost text (classifiers/normalize.py): what was
+# hidden past the bound was never inspected, and the sender chose to hide it that way.
+UNINSPECTABLE_TRANSFORMS: Mapping[str, str] = {
+    "decode_depth_exceeded": "encodings nested deeper than the decoder follows",
+    "decode_sections_exceeded": "more encoded sections than the decoder opens",
+}
+
+
 @dataclass(frozen=True)
 class Inspection:
     """What the classifiers found in one prompt; what policies read and logs record."""
@@ -360,19 +368,21 @@ class Inspection:
     @property
     def errored_detectors(self) -> tuple[str, ...]:
         """Detectors that failed for reasons the sender does not control: on_error's business."""
-        return tuple(
-            run.detector for run in self.runs if run.failed and run.status is not DetectorStatus.UNINSPECTABLE
-        )
+        return tuple(run.detector for run in self.runs if run.failed and run.status is not DetectorStatus.UNINSPECTABLE)
 
     @property
     def uninspectable_reasons(self) -> tuple[str, ...]:
         """Why the request could not be inspected at all (oversize, undecodable, too deep):
         the sender's doing, so on_uninspectable decides, never on_error."""
-        return tuple(
+        reasons = [
             f"uninspectable: {run.error or run.detector}"
             for run in self.runs
             if run.status is DetectorStatus.UNINSPECTABLE
-        )
+        ]
+        reasons += [
+            f"uninspectable: {UNINSPECTABLE_TRANSFORMS[t]}" for t in self.transforms if t in UNINSPECTABLE_TRANSFORMS
+        ]
+        return tuple(reasons)
 
     @property
     def detectors_run(self) -> tuple[str, ...]:

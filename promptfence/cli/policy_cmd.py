@@ -122,7 +122,7 @@ def _inspector(config: Config, url: str | None) -> Callable[[str], Inspection]:
 
         def remote(prompt: str) -> Inspection:
             async def go() -> Inspection:
-                client = InspectorClient(url, timeout_s=config.proxy.inspect_timeout_s)
+                client = InspectorClient.for_config(config, base_url=url)
                 try:
                     op = Operation(
                         "cli", "genai_chat", "cli.explain", OperationKind.SEND_PROMPT, Identity("cli"), prompt
