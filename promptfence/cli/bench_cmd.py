@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import socket
 import sys
 import tempfile
@@ -56,6 +57,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     vectors.add_argument("--no-embed", action="store_true", help="skip the embedding throughput phase")
     vectors.add_argument("--json", action="store_true")
     add_config_option(vectors)
+    logs = sub.add_parser(
+        "logs", help="the recorder under kill -9 and database outages: acknowledged vs recorded vs duplicated"
+    )
+    logs.add_argument("--backends", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql")
+    logs.add_argument(
+        "--pg-url",
+        default=os.environ.get("PROMPTFENCE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+        help="a PostgreSQL database the bench may create a scratch schema in",
+    )
+    logs.add_argument("--cycles", type=int, default=100, help="kill -9 cycles per backend")
+    logs.add_argument("--flows", type=int, default=8, help="concurrent flows in each recorder child")
+    logs.add_argument("--outage-share", type=float, default=0.3, help="share of cycles with a database outage")
+    logs.add_argument("--min-run", type=float, default=0.3, help="shortest child lifetime before kill -9 (s)")
+    logs.add_argument("--max-run", type=float, default=1.5, help="longest child lifetime before kill -9 (s)")
+    logs.add_argument("--db-timeout", type=float, default=1.5, help="logs.db_timeout_s for the children")
+    logs.add_argument("--seed", type=int, default=12)
+    logs.add_argument("--json", action="store_true")
 
 
 def _prompts(dataset: Path | None) -> list[str]:
@@ -191,7 +209,47 @@ def _bench_vectors(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_logs(args: argparse.Namespace) -> int:
+    from logs.bench import run_bench
+
+    backends = [b for b in args.backends.split(",") if b]
+    results = run_bench(
+        backends,
+        pg_url=args.pg_url,
+        cycles=args.cycles,
+        flows=args.flows,
+        outage_share=args.outage_share,
+        min_run_s=args.min_run,
+        max_run_s=args.max_run,
+        db_timeout_s=args.db_timeout,
+        seed=args.seed,
+        progress=None if args.json else (lambda line: print(f"  {line}", file=sys.stderr)),
+    )
+    if args.json:
+        json.dump({"bench": "logs", "results": results}, sys.stdout)
+        print()
+    else:
+        print(
+            f"{'BACKEND':<11} {'CYCLES':>6} {'OUTAGES':>8} {'ACKED':>7} {'RECORDED':>8} {'LOST':>5} {'DUPS':>5}"
+            f" {'ANS LOST':>8} {'PENDING':>7} {'P50 ms':>7} {'P99 ms':>7} {'MAX ms':>7} {'TIME s':>7}"
+        )
+        for r in results:
+            if "skipped" in r:
+                print(f"{r['backend']:<11} skipped: {r['skipped']}")
+                continue
+            q = r["record_ms"]
+            print(
+                f"{r['backend']:<11} {r['kill_cycles']:>6} {sum(r['outages'].values()):>8} {r['acknowledged']:>7}"
+                f" {r['recorded']:>8} {r['lost']:>5} {r['duplicated']:>5} {r['answers_lost']:>8}"
+                f" {r['pending_left']:>7} {q['p50']:>7.1f} {q['p99']:>7.1f} {q['max']:>7.1f} {r['elapsed_s']:>7.1f}"
+            )
+    bad = any(r.get("lost") or r.get("duplicated") or r.get("answers_lost") for r in results)
+    return 1 if bad else 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.bench == "logs":
+        return _bench_logs(args)
     if args.bench == "vectors":
         return _bench_vectors(args)
     report = asyncio.run(_bench_inspect(args))
