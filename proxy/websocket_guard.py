@@ -30,10 +30,12 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Protocol
 
 import wsproto.events
@@ -105,6 +107,19 @@ def _leaves(value: object) -> Iterator[str]:
             yield node  # numbers arrive as their source text too (parse_int/parse_float=str)
 
 
+# A string, or an unterminated one to the end: every quote starts a match, so this stays linear.
+_JSON_STRING = re.compile(r'"(?:[^"\\]++|\\.)*+\\?(?:"|\Z)', re.DOTALL)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]++")
+_BRACKET_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _json_depth(text: str) -> int:
+    """How deep brackets nest outside strings, measured before parsing: a parser that hits
+    Python's recursion limit leaves CPython 3.11's recursion accounting off (SystemError later)."""
+    brackets = _NOT_BRACKET.sub("", _JSON_STRING.sub("", text))
+    return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
+
+
 def _sanitise(text: str) -> str:
     """Lone surrogates (``"\\ud800"`` in JSON) cannot be encoded: replace them, keep the rest."""
     return text.encode("utf-8", "replace").decode("utf-8")
@@ -120,6 +135,8 @@ def message_text(content: bytes, *, max_bytes: int) -> MessageText:
         return MessageText(error="message is not UTF-8")
     if text.lstrip()[:1] not in ("{", "[", '"'):
         return MessageText(text)
+    if _json_depth(text) > MAX_JSON_DEPTH:
+        return MessageText(error=f"JSON nested deeper than {MAX_JSON_DEPTH}")
     try:
         value = json.loads(text, parse_int=str, parse_float=str, parse_constant=str)
     except RecursionError:

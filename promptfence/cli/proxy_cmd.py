@@ -34,6 +34,7 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     from proxy.catalogue import load_catalogue
     from proxy.identity import build_identity
     from proxy.master import build_dump_master
+    from proxy.websocket_guard import WebSocketGuard
 
     catalogue = load_catalogue()
     policies = ReloadingPolicySet(config.policies.files)  # follows edits; keeps the last good set
@@ -64,6 +65,8 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
         listen_port=config.proxy.listen_port,
         confdir=config.mitmproxy_confdir,
         settings=settings,
+        # Client WebSocket messages to catalogue hosts: inspected, decided and recorded alike.
+        extra_addons=[WebSocketGuard(catalogue, client, policies, recorder, identity)],
     )
     return master, recorder, client
 
