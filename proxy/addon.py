@@ -73,6 +73,21 @@ REDACTION_FAILED_MESSAGE = (
 )
 
 
+OTHER_FIELDS_SEPARATOR = "\n\n"
+
+
+def _relocate(inspection: Inspection, prompt_chars: int) -> Inspection:
+    """Findings past the prompt were in other request fields: no span, and they say so."""
+    findings = tuple(
+        f
+        if f.span is None or f.span.end <= prompt_chars
+        else dataclasses.replace(f, span=None, explanation=f"{f.explanation} (in other request fields)")
+        for f in inspection.findings
+    )
+    note = "other request fields inspected with the prompt"
+    return dataclasses.replace(inspection, findings=findings, notes=(*inspection.notes, note))
+
+
 class InspectionPort(Protocol):
     async def inspect(self, operation: Operation) -> Inspection: ...
 
@@ -104,6 +119,7 @@ class FlowState:
     record_id: str = ""
     timestamp: float = 0.0
     host: str | None = None  # the catalogue host the request was routed to
+    sealed_prompt: str = field(default="", repr=False)  # what the record seals, when more than the prompt
     response_bytes: int = 0
     recorded: bool = False  # True once nothing more is to be written for this flow
     notes: list[str] = field(default_factory=list)
@@ -225,14 +241,16 @@ class PromptFenceAddon:
             inspection = Inspection.failure("extractor", DetectorStatus.UNINSPECTABLE, uninspectable)
         elif unknown and not operation.has_prompt:
             return  # an unmapped request with no text in it (binary, empty JSON): passes unrecorded
-        elif operation.has_prompt:
-            inspection = await self._inspect(operation)
+        elif operation.has_prompt or extraction.other_text.strip():
+            inspection = await self._inspect(operation, scrub(extraction.other_text))
         else:
             inspection = Inspection(findings=(), topics={}, runs=())
         if has_invalid_code_points(extraction.prompt):
             inspection = dataclasses.replace(inspection, notes=(*inspection.notes, INVALID_UNICODE_NOTE))
         decision = self._enforce(flow, match, operation, self.policy.decide(operation, inspection))
         state = FlowState(operation, inspection, decision, started, str(uuid.uuid4()), time.time(), host)
+        if extraction.other_text.strip():
+            state.sealed_prompt = operation.prompt + OTHER_FIELDS_SEPARATOR + scrub(extraction.other_text)
         flow.metadata[METADATA_KEY] = state
         log.info(
             "flow=%s op=%s prompt_chars=%d topics=%s failed=%s action=%s rules=%s outcome=%s",
@@ -327,13 +345,20 @@ class PromptFenceAddon:
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)
 
-    async def _inspect(self, operation: Operation) -> Inspection:
-        """The inspector's answer, or a failure that says which kind and how long it took."""
+    async def _inspect(self, operation: Operation, other_text: str = "") -> Inspection:
+        """The inspector's answer, or a failure that says which kind and how long it took.
+
+        ``other_text`` (body fields the app's extractor did not take as the prompt) is inspected
+        after the prompt; evidence found there keeps no span (it cannot be redacted in place)."""
         timeout = ctx.options.promptfence_inspect_timeout
         started = time.monotonic()
         status, error = DetectorStatus.FAILED, ""
+        inspected = operation
+        if other_text:
+            inspected = dataclasses.replace(operation, prompt=operation.prompt + OTHER_FIELDS_SEPARATOR + other_text)
         try:
-            return await asyncio.wait_for(self.inspector.inspect(operation), timeout)
+            inspection = await asyncio.wait_for(self.inspector.inspect(inspected), timeout)
+            return _relocate(inspection, len(operation.prompt)) if other_text else inspection
         except TimeoutError:
             status, error = DetectorStatus.TIMEOUT, f"inspector: no answer within {timeout:g}s"
         except InspectorInvalidAnswer as exc:
@@ -432,7 +457,7 @@ class PromptFenceAddon:
             inspection=state.inspection,
             decision=state.decision,
             payload=Payload(
-                prompt=state.operation.prompt,
+                prompt=state.sealed_prompt or state.operation.prompt,
                 response=None if answer is None or answer.text is None else scrub(answer.text),
                 attachments=state.operation.attachments,
             ),

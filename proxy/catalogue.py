@@ -49,6 +49,9 @@ class AppSpec:
     hosts: tuple[str, ...]
     operations: tuple[OperationSpec, ...]
     source: str
+    # Body fields (JSON keys, form names) holding the app's own tokens, e.g. Gemini's XSRF "at":
+    # not inspected as "other request fields" (they would read as credentials on every prompt).
+    opaque_fields: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -189,7 +192,7 @@ def _parse_operation(data: object, seq: YamlList, index: int, app_id: str) -> Op
 def parse_app(data: object, source: str) -> AppSpec:
     if not isinstance(data, YamlMap):
         raise ConfigError("an app file must be a mapping", source=source)
-    allowed = {"app", "name", "app_type", "hosts", "operations"}
+    allowed = {"app", "name", "app_type", "hosts", "operations", "opaque_fields"}
     for key in data:
         if key not in allowed:
             raise data.error(key, key, f"unknown key (expected: {', '.join(sorted(allowed))})")
@@ -203,6 +206,9 @@ def parse_app(data: object, source: str) -> AppSpec:
     if not isinstance(ops, YamlList) or not ops:
         raise data.error("operations" if "operations" in data else None, "operations", "a non-empty list")
     operations = tuple(_parse_operation(op, ops, i, app_id) for i, op in enumerate(ops))
+    opaque = data.get("opaque_fields", [])
+    if not isinstance(opaque, list) or not all(isinstance(f, str) and f for f in opaque):
+        raise data.error("opaque_fields", "opaque_fields", "a list of field names")
     return AppSpec(
         app=app_id,
         name=name,
@@ -210,6 +216,7 @@ def parse_app(data: object, source: str) -> AppSpec:
         hosts=tuple(h.lower() for h in hosts),
         operations=operations,
         source=source,
+        opaque_fields=frozenset(opaque),
     )
 
 

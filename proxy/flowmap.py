@@ -14,6 +14,7 @@ as somebody else's traffic.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -25,6 +26,10 @@ from proxy.catalogue import Catalogue, Match
 from proxy.registry import DECODERS, EXTRACTORS
 from proxy.request_body import Uninspectable, decoded_body
 from proxy.wire.base import AnswerDecoder, Extraction, ExtractionError, RequestData
+from proxy.wire.generic import other_fields_text
+
+# Extractors that already read every text of the body: nothing is left for other_fields_text.
+FULL_READ_EXTRACTORS = frozenset({"generic.text_leaves", "upload.raw"})
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 INVALID_UNICODE_NOTE = "prompt held invalid code points (lone surrogates); replaced with U+FFFD before inspection"
@@ -99,7 +104,11 @@ def extract(flow: http.HTTPFlow, match: Match, max_body: int) -> tuple[Extractio
         headers={k.decode("latin-1").lower(): v.decode("utf-8", "replace") for k, v in flow.request.headers.fields},
     )
     try:
-        return EXTRACTORS[name](data), None
+        extraction = EXTRACTORS[name](data)
+        if name not in FULL_READ_EXTRACTORS:
+            other = other_fields_text(data, extraction, match.app.opaque_fields)
+            extraction = dataclasses.replace(extraction, other_text=other)
+        return extraction, None
     except ExtractionError as exc:
         return Extraction(), f"could not decode request: {exc}"
     except RecursionError:

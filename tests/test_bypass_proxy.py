@@ -418,3 +418,26 @@ def test_fail_open_still_forwards_a_clean_prompt_after_inspection(fail_open: Pro
     record = _record_with(fail_open, nonce)
     assert record is not None and record.metadata["decision"]["action"] == "allow"
     assert record.metadata["decision"]["message"] == ""  # an allowed record says nothing about blocking
+
+
+@pytest.mark.parametrize(
+    "hide",
+    [
+        lambda text: {"messages": [{"author": {"role": "assistant"}, "content": {"parts": [text]}}]},
+        lambda text: {"messages": [{"author": {"role": "user"}, "content": {"parts": ["hi"]}}], "system_hints": [text]},
+        lambda text: {"messages": [], "metadata": {"custom_instructions": {"about_user": text}}},
+    ],
+    ids=["assistant-role", "unmodelled-list", "nested-metadata"],
+)
+def test_text_in_fields_the_extractor_does_not_model_is_inspected(deployment: ProxyDeployment, hide: object) -> None:
+    nonce = uuid.uuid4().hex[:12]
+    body = {"action": "next", "model": "auto", **hide(f"SSN {SSN_MARK} n{nonce}")}  # type: ignore[operator]
+    raw = http_request(
+        "POST",
+        "/backend-api/conversation",
+        "chatgpt.com",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    record = _assert_stopped_and_recorded(deployment, exchange(deployment, "chatgpt.com", raw), nonce)
+    assert "other request fields inspected with the prompt" in record.metadata["inspection_notes"]

@@ -82,14 +82,14 @@ class EmailInspector:
         return Inspection(tuple(findings), topics, (DetectorRun("t", DetectorStatus.OK, 1.0),))
 
 
-def _body(*parts: str) -> bytes:
+def _body(*parts: str, assistant: str = "Sure, here you go.") -> bytes:
     return json.dumps(
         {
             "action": "next",
             "conversation_id": "c-1",
             "messages": [
                 {"id": "m-1", "author": {"role": "user"}, "content": {"content_type": "text", "parts": list(parts)}},
-                {"id": "a-1", "author": {"role": "assistant"}, "content": {"content_type": "text", "parts": ["x@y.z"]}},
+                {"id": "a-1", "author": {"role": "assistant"}, "content": {"content_type": "text", "parts": [assistant]}},
             ],
         }
     ).encode()
@@ -108,7 +108,7 @@ async def test_redact_replaces_spans_with_typed_placeholders_before_forwarding()
         assert flow.response is None  # forwarded
         sent = json.loads(flow.request.content or b"")
         assert sent["messages"][0]["content"]["parts"] == ["Write to [EMAIL_ADDRESS] and", "cc [EMAIL_ADDRESS] please"]
-        assert sent["messages"][1]["content"]["parts"] == ["x@y.z"]  # assistant history untouched
+        assert sent["messages"][1]["content"]["parts"] == ["Sure, here you go."]  # assistant history untouched
         assert int(flow.request.headers["content-length"]) == len(flow.request.raw_content or b"")
         flow.response = tflow.tresp(content=b"data: [DONE]\n\n")
         addon.responseheaders(flow)
@@ -272,3 +272,15 @@ def test_prepare_drafts_are_redacted_too() -> None:
             "chatgpt.prepare", RequestData(body=body), "mail ann@x.io", (Redaction(5, 13, "EMAIL_ADDRESS"),)
         )
         assert b"ann@x.io" not in out and b"[EMAIL_ADDRESS]" in out
+
+
+async def test_an_email_hidden_in_an_assistant_message_cannot_be_redacted_so_it_blocks() -> None:
+    """Requests carry no assistant messages; one that does is inspected as other request fields,
+    and evidence there has no place in the prompt to redact, so the redact rule blocks."""
+    addon, recorder = _addon()
+    with taddons.context(addon):
+        flow = chatgpt_flow(_body("Write a poem", assistant="mail jane.roe@example.com"))
+        await addon.request(flow)
+    assert flow.response is not None and flow.response.headers["X-PromptFence"] == "blocked"
+    assert b"jane.roe" in (flow.request.content or b"")  # never forwarded, so nothing was rewritten
+    assert recorder.records[0].decision.action is Action.BLOCK

@@ -38,6 +38,9 @@ class Extraction:
     parent_message_id: str | None = None
     model: str | None = None
     attachments: tuple[str, ...] = field(default=(), repr=False)
+    # Text elsewhere in the body that the app's extractor did not take as the prompt (a field
+    # the app may read that we do not model): inspected with the prompt, never a hiding place.
+    other_text: str = field(default="", repr=False)
 
 
 Extractor = Callable[[RequestData], Extraction]

@@ -6,6 +6,7 @@ import codecs
 import email.parser
 import email.policy
 import json
+import re
 from collections.abc import Mapping
 from urllib.parse import parse_qsl
 
@@ -109,7 +110,7 @@ def _embedded_json(text: str) -> object | None:
         return None
 
 
-def _json_leaves(document: object) -> list[str]:
+def _json_leaves(document: object, *, keys: bool = True, skip: frozenset[str] = frozenset()) -> list[str]:
     """Every key and scalar of a JSON document in document order, walked without recursion
     (any depth is fine); a string that is itself JSON is opened up to :data:`MAX_EMBEDDED_JSON`
     levels deep."""
@@ -119,12 +120,14 @@ def _json_leaves(document: object) -> list[str]:
         node, level = stack.pop()
         if isinstance(node, dict):
             for key, value in reversed(list(node.items())):
+                if key in skip:
+                    continue
                 stack.append((value, level))
                 stack.append((_Key(key), level))
         elif isinstance(node, list):
             stack.extend((item, level) for item in reversed(node))
         elif isinstance(node, _Key):
-            if node:
+            if node and keys:
                 leaves.append(str(node))
         elif isinstance(node, str):
             inner = _embedded_json(node) if level < MAX_EMBEDDED_JSON else None
@@ -175,6 +178,77 @@ def text_leaves(request: RequestData) -> Extraction:
             return Extraction(prompt=text)  # not JSON after all: the text is what we inspect
         return Extraction(prompt="\n".join(_json_leaves(document)))
     return Extraction(prompt=text)
+
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.IGNORECASE)
+MAX_SUBSTRING_CHECKS = 1000
+MAX_SUBSTRING_PROMPT = 1 << 20
+
+
+_PLAIN_NUMBER = re.compile(r"^-?[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?$")
+
+
+def _worth_inspecting(leaf: str) -> bool:
+    """A value that can carry data: words, a long token (keys, blobs), digits with separators
+    (SSNs, phone numbers), a card-length number, an address. Enum-like values of the app's own
+    schema ("next", "auto", "v1"), ids, and sizes or timestamps are not."""
+    if _UUID.match(leaf):
+        return False
+    if _PLAIN_NUMBER.match(leaf):
+        return sum(c.isdigit() for c in leaf) >= 13
+    return (
+        len(leaf) >= 16
+        or "@" in leaf
+        or any(c.isspace() for c in leaf.strip())
+        or sum(c.isdigit() for c in leaf) >= 4
+    )
+
+
+def _value_leaves(request: RequestData, skip: frozenset[str]) -> list[str]:
+    """The values (not keys) of a JSON or form body, or the text fields of a multipart one."""
+    content_type = request.content_type.lower()
+    if content_type.startswith("multipart/"):
+        fields = multipart_files(RequestData(request.body, headers=request.headers), include_fields=True)
+        return fields.prompt.split("\n") if fields.prompt else []
+    if not _is_text(content_type, request.body):
+        return []
+    text = request.body.decode(_charset(content_type), "replace")
+    if content_type.startswith("application/x-www-form-urlencoded"):
+        try:
+            pairs = parse_qsl(text, keep_blank_values=True, max_num_fields=MAX_LEAVES)
+        except ValueError:
+            return [text]
+        return _json_leaves([value for name, value in pairs if name not in skip], keys=False, skip=skip)
+    try:
+        document = _parse_json(text.lstrip())
+    except (ValueError, ExtractionError):
+        return []
+    return _json_leaves(document, keys=False, skip=skip)
+
+
+def other_fields_text(request: RequestData, extraction: Extraction, opaque: frozenset[str] = frozenset()) -> str:
+    """What else the body says, besides the prompt the app's extractor found (see
+    :attr:`Extraction.other_text`). Over-inspecting costs detector time, never a bypass.
+    ``opaque`` names fields that hold the app's own tokens (Gemini's ``at``): not inspected."""
+    prompt = extraction.prompt
+    prompt_lines = set(prompt.split("\n"))
+    known = {
+        v for v in (extraction.conversation_id, extraction.message_id, extraction.parent_message_id, extraction.model)
+        if v
+    } | set(extraction.attachments)
+    out: list[str] = []
+    seen: set[str] = set()
+    checks = 0
+    for leaf in _value_leaves(request, opaque):
+        if leaf in seen or leaf in known or leaf in prompt_lines or not _worth_inspecting(leaf):
+            continue
+        if "\n" in leaf and checks < MAX_SUBSTRING_CHECKS and len(prompt) <= MAX_SUBSTRING_PROMPT:
+            checks += 1
+            if leaf in prompt:
+                continue
+        seen.add(leaf)
+        out.append(leaf)
+    return "\n".join(out)
 
 
 def json_detail_403(message: str, extraction: Extraction) -> BlockReply:
