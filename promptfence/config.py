@@ -39,8 +39,13 @@ class ProxyConfig:
     resolve: dict[str, str] = field(default_factory=dict)
     # Wall-clock budget for one inspection round trip; past it the policy's on_error decides.
     inspect_timeout_s: float = 10.0
-    # Largest prompt-carrying request body that is inspected; larger ones count as an error.
+    # Largest prompt-carrying request body that is inspected (before and after decoding);
+    # larger ones are uninspectable: the policy's on_uninspectable decides (default block).
     max_body_bytes: int = 8 * 1024 * 1024
+    # A prompt at least this long whose inspection (or a detector in it) times out counts as
+    # uninspectable, not as an inspector failure: size is the sender's lever to slow inspection,
+    # so on_error: allow must not turn it into a pass.
+    timeout_uninspectable_chars: int = 65536
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,21 @@ def _relocate(inspection: Inspection, prompt_chars: int) -> Inspection:
     return dataclasses.replace(inspection, findings=findings, notes=(*inspection.notes, note))
 
 
+def _timeouts_uninspectable(inspection: Inspection, prompt_chars: int) -> Inspection:
+    """A detector that timed out on a very long prompt was slowed by the sender's input."""
+    runs = tuple(
+        dataclasses.replace(
+            run,
+            status=DetectorStatus.UNINSPECTABLE,
+            error=f"{run.detector} did not finish on a {prompt_chars}-character prompt",
+        )
+        if run.status is DetectorStatus.TIMEOUT
+        else run
+        for run in inspection.runs
+    )
+    return dataclasses.replace(inspection, runs=runs)
+
+
 class InspectionPort(Protocol):
     async def inspect(self, operation: Operation) -> Inspection: ...
 
@@ -163,6 +178,13 @@ class PromptFenceAddon:
             int,
             8 * 1024 * 1024,
             "Largest prompt-carrying request body inspected; larger bodies count as an error.",
+        )
+        loader.add_option(
+            "promptfence_timeout_uninspectable_chars",
+            int,
+            65536,
+            "A prompt at least this long whose inspection times out is uninspectable (on_uninspectable "
+            "decides), not an inspector failure (on_error).",
         )
         loader.add_option(
             "promptfence_capture_bodies",
@@ -356,11 +378,17 @@ class PromptFenceAddon:
         inspected = operation
         if other_text:
             inspected = dataclasses.replace(operation, prompt=operation.prompt + OTHER_FIELDS_SEPARATOR + other_text)
+        big = len(inspected.prompt) >= ctx.options.promptfence_timeout_uninspectable_chars
         try:
             inspection = await asyncio.wait_for(self.inspector.inspect(inspected), timeout)
-            return _relocate(inspection, len(operation.prompt)) if other_text else inspection
+            if other_text:
+                inspection = _relocate(inspection, len(operation.prompt))
+            return _timeouts_uninspectable(inspection, len(inspected.prompt)) if big else inspection
         except TimeoutError:
             status, error = DetectorStatus.TIMEOUT, f"inspector: no answer within {timeout:g}s"
+            if big:
+                status = DetectorStatus.UNINSPECTABLE
+                error = f"a {len(inspected.prompt)}-character prompt was not inspected within {timeout:g}s"
         except InspectorInvalidAnswer as exc:
             status, error = DetectorStatus.INVALID_OUTPUT, f"inspector: {exc}"
         except InspectorUnavailable as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 from mitmproxy import connection
@@ -13,13 +14,16 @@ from mitmproxy.test import taddons, tflow
 from policies.policy import load_policies
 from promptfence.core import (
     Action,
+    Decision,
     DetectorRun,
     DetectorStatus,
     Finding,
     Inspection,
+    LogRecord,
     Operation,
     Topic,
 )
+from promptfence.errors import RecordNotDurable
 from proxy.addon import METADATA_KEY, PromptFenceAddon
 from proxy.catalogue import load_catalogue
 from tests.support.addon import ListRecorder, chatgpt_flow
@@ -125,7 +129,7 @@ async def test_inspector_failure_fails_closed_under_the_default_policy(
 
 
 @pytest.mark.parametrize("body", [b"", b"{not json", b"[1,2,3]", b'{"messages": 7}', b"\xff\xfe\x00"])
-async def test_undecodable_body_is_recorded_and_decided_by_on_error(body: bytes) -> None:
+async def test_undecodable_body_is_recorded_and_decided_by_on_uninspectable(body: bytes) -> None:
     inspector = FakeInspector(CLEAN_INSPECTION)
     addon, recorder = _addon(inspector)
     with taddons.context(addon):
@@ -133,7 +137,98 @@ async def test_undecodable_body_is_recorded_and_decided_by_on_error(body: bytes)
         await addon.request(flow)
     assert inspector.seen == []
     assert recorder.records[0].inspection.runs[0].detector == "extractor"
+    assert recorder.records[0].inspection.runs[0].status is DetectorStatus.UNINSPECTABLE
     assert recorder.records[0].decision.action is Action.BLOCK
+    assert recorder.records[0].decision.rule_ids == ("default:on_uninspectable",)
+
+
+FAIL_OPEN = """\
+policy: fail-open
+default: allow
+on_error: allow
+"""
+
+
+def _fail_open_addon(inspector: FakeInspector, tmp_path: Path) -> tuple[PromptFenceAddon, ListRecorder]:
+    (tmp_path / "fail-open.yaml").write_text(FAIL_OPEN)
+    recorder = ListRecorder()
+    policies = load_policies([tmp_path / "fail-open.yaml"])
+    return PromptFenceAddon(load_catalogue(), inspector, policies, recorder), recorder
+
+
+async def test_a_long_prompt_that_times_out_is_uninspectable_not_fail_open(tmp_path: Path) -> None:
+    slow = Inspection(
+        findings=(), topics={}, runs=(DetectorRun("presidio", DetectorStatus.TIMEOUT, 5000.0, "deadline"),)
+    )
+    addon, recorder = _fail_open_addon(FakeInspector(slow), tmp_path)
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, promptfence_timeout_uninspectable_chars=1000)
+        short = chatgpt_flow(_prompt_body("short prompt"))
+        await addon.request(short)
+        assert short.response is None  # a slow model on a short prompt: on_error (allow) decides
+        long = chatgpt_flow(_prompt_body("x " * 1000))
+        await addon.request(long)
+    assert long.response is not None and long.response.headers["X-PromptFence"] == "blocked"
+    assert recorder.records[-1].inspection.runs[0].status is DetectorStatus.UNINSPECTABLE
+    assert recorder.records[-1].decision.rule_ids == ("fail-open:on_uninspectable",)
+
+
+async def test_a_long_prompt_whose_whole_inspection_times_out_is_uninspectable(tmp_path: Path) -> None:
+    addon, recorder = _fail_open_addon(FakeInspector(CLEAN_INSPECTION, delay=2.0), tmp_path)
+    with taddons.context(addon) as tctx:
+        tctx.configure(addon, promptfence_inspect_timeout=0.1, promptfence_timeout_uninspectable_chars=1000)
+        flow = chatgpt_flow(_prompt_body("y " * 1000))
+        await addon.request(flow)
+    assert flow.response is not None and flow.response.headers["X-PromptFence"] == "blocked"
+    run = recorder.records[0].inspection.runs[0]
+    assert run.status is DetectorStatus.UNINSPECTABLE and run.elapsed_ms >= 100
+
+
+class _BrokenPolicy:
+    def decide(self, operation: Operation, inspection: Inspection) -> Decision:
+        raise RuntimeError("policy bug")
+
+
+async def test_a_hook_that_fails_answers_the_request_itself() -> None:
+    addon = PromptFenceAddon(load_catalogue(), FakeInspector(CLEAN_INSPECTION), _BrokenPolicy(), ListRecorder())
+    with taddons.context(addon):
+        flow = chatgpt_flow(_prompt_body("hello"))
+        await addon.request(flow)
+    assert flow.response is not None and flow.response.status_code == 503  # never forwarded
+
+
+class _FullDiskRecorder(ListRecorder):
+    async def record(self, record: LogRecord) -> None:
+        raise RecordNotDurable("spool not writable: ENOSPC")
+
+
+async def test_a_prompt_whose_record_is_not_durable_is_not_forwarded() -> None:
+    recorder = _FullDiskRecorder()
+    addon = PromptFenceAddon(load_catalogue(), FakeInspector(CLEAN_INSPECTION), load_policies([]), recorder)
+    with taddons.context(addon):
+        flow = chatgpt_flow(_prompt_body("a clean prompt"))
+        await addon.request(flow)
+    assert flow.response is not None and flow.response.headers["X-PromptFence"] == "blocked"
+    assert b"audit log" in (flow.response.content or b"")
+
+
+async def test_a_host_header_that_contradicts_the_tunnel_is_misdirected() -> None:
+    inspector = FakeInspector(CLEAN_INSPECTION)
+    addon, _ = _addon(inspector)
+    with taddons.context(addon):
+        connect = tflow.tflow()
+        connect.request.method = "CONNECT"
+        connect.request.host = "chatgpt.com"
+        flow = chatgpt_flow(_prompt_body("hello"))
+        flow.client_conn = connect.client_conn
+        flow.client_conn.sni = "chatgpt.com"
+        await addon.http_connect(connect)
+        flow.request.headers["Host"] = "other.example"
+        addon.requestheaders(flow)
+        assert not flow.request.stream  # buffered: it names a catalogue host
+        await addon.request(flow)
+    assert flow.response is not None and flow.response.status_code == 421
+    assert inspector.seen == []
 
 
 async def test_other_hosts_are_not_touched() -> None:

@@ -54,6 +54,7 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     settings: dict[str, object] = {
         "promptfence_inspect_timeout": config.proxy.inspect_timeout_s,
         "promptfence_max_body": config.proxy.max_body_bytes,
+        "promptfence_timeout_uninspectable_chars": config.proxy.timeout_uninspectable_chars,
         "promptfence_resolve": ",".join(f"{h}={t}" for h, t in config.proxy.resolve.items()),
         "promptfence_warn_window": config.policies.warn_resend_window_s,
     }
