@@ -325,7 +325,8 @@ def _replay(config: Config) -> int:
     finally:
         store.close()
     print(
-        f"replayed {replayed} spooled record(s) from {config.spool_path}: {added} new, {replayed - added} already stored"
+        f"replayed {replayed} spooled record(s) from {config.spool_path}: {added} new or completed,"
+        f" {replayed - added} already stored"
     )
     return 0
 
