@@ -308,6 +308,11 @@ def explain(policies: Sequence[Policy], operation: Operation, inspection: Inspec
     candidates: list[Candidate] = []
     failed = inspection.errored_detectors
     uninspectable = inspection.uninspectable_reasons
+    errors = {
+        run.detector: f"{run.detector}: {run.error}" if run.error else f"{run.detector} failed ({run.status.value})"
+        for run in inspection.runs
+        if run.failed
+    }
     for policy in policies:
         results = tuple(rule.check(operation, inspection) for rule in policy.rules)
         matched = [r for r in results if r.matched]
@@ -326,7 +331,8 @@ def explain(policies: Sequence[Policy], operation: Operation, inspection: Inspec
                 )
             )
         if uncovered:
-            reason = f"inspection incomplete ({', '.join(uncovered)} failed): on_error {policy.on_error.value}"
+            why = "; ".join(errors.get(d) or f"{d} failed" for d in uncovered)
+            reason = f"inspection incomplete ({why}): on_error {policy.on_error.value}"
             candidates.append(
                 Candidate(policy.on_error, f"{policy.name}:on_error", policy.name, ON_ERROR_MESSAGE, reason)
             )

@@ -707,6 +707,12 @@ class LogRecord:
             "detectors_run": list(self.inspection.detectors_run),
             "detectors_failed": list(self.inspection.failed_detectors),
             "detector_ms": {run.detector: round(run.elapsed_ms, 2) for run in self.inspection.runs},
+            # Why each failed detector failed: the kind and a message that never quotes the prompt.
+            "detector_errors": {
+                run.detector: {"status": run.status.value, "error": run.error}
+                for run in self.inspection.runs
+                if run.failed
+            },
             "findings": [f.to_dict() for f in self.inspection.findings],
             "neighbours": [n.to_dict() for n in self.inspection.neighbours],
             "inspection_notes": list(self.inspection.notes),

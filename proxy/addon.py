@@ -385,18 +385,18 @@ class PromptFenceAddon:
                 inspection = _relocate(inspection, len(operation.prompt))
             return _timeouts_uninspectable(inspection, len(inspected.prompt)) if big else inspection
         except TimeoutError:
-            status, error = DetectorStatus.TIMEOUT, f"inspector: no answer within {timeout:g}s"
+            status, error = DetectorStatus.TIMEOUT, f"no answer within {timeout:g}s"
             if big:
                 status = DetectorStatus.UNINSPECTABLE
                 error = f"a {len(inspected.prompt)}-character prompt was not inspected within {timeout:g}s"
         except InspectorInvalidAnswer as exc:
-            status, error = DetectorStatus.INVALID_OUTPUT, f"inspector: {exc}"
+            status, error = DetectorStatus.INVALID_OUTPUT, str(exc)
         except InspectorUnavailable as exc:
-            status, error = DetectorStatus.UNAVAILABLE, f"inspector: {exc}"
+            status, error = DetectorStatus.UNAVAILABLE, str(exc)
         except OSError as exc:
-            status, error = DetectorStatus.UNAVAILABLE, f"inspector unreachable: {type(exc).__name__}"
+            status, error = DetectorStatus.UNAVAILABLE, f"unreachable: {type(exc).__name__}"
         except Exception as exc:  # any failure of the port is a recorded error, not a crash
-            status, error = DetectorStatus.FAILED, f"inspector: {type(exc).__name__}"
+            status, error = DetectorStatus.FAILED, f"failed: {type(exc).__name__}"
         elapsed_ms = (time.monotonic() - started) * 1000.0
         return Inspection.failure("inspector", status, error, elapsed_ms)
 

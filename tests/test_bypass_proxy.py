@@ -325,8 +325,17 @@ def test_host_spelling_variants_still_route_to_the_app(deployment: ProxyDeployme
         assert not _upstream_saw(deployment, nonce)
 
 
-@pytest.mark.parametrize("marker", ["empty", "noruns", "http500", "notjson", "badscore"])
-def test_a_broken_inspector_answer_never_opens_the_gate(deployment: ProxyDeployment, marker: str) -> None:
+@pytest.mark.parametrize(
+    ("marker", "why"),
+    [
+        ("empty", "inspector: answer missing field topics"),
+        ("noruns", "inspector: answer missing runs for presidio, code, secrets, intent, neighbours"),
+        ("http500", "inspector: inspector answered HTTP 500"),
+        ("notjson", "inspector: answer is not JSON"),
+        ("badscore", "inspector: answer field topics.PII.score is not a number"),
+    ],
+)
+def test_a_broken_inspector_answer_never_opens_the_gate(deployment: ProxyDeployment, marker: str, why: str) -> None:
     nonce = uuid.uuid4().hex[:12]
     raw = http_request(
         "POST",
@@ -337,9 +346,11 @@ def test_a_broken_inspector_answer_never_opens_the_gate(deployment: ProxyDeploym
     )
     record = _assert_stopped_and_recorded(deployment, exchange(deployment, "chatgpt.com", raw), nonce)
     assert record.metadata["detectors_failed"] == ["inspector"]
-    run_error = json.dumps(record.metadata)
-    assert "inspector" in record.metadata["decision"]["reason"] or "on_error" in run_error
-    assert SSN_MARK not in run_error and nonce not in run_error  # says what was wrong, never the prompt
+    assert record.metadata["decision"]["rule_ids"] == ["default:on_error"]
+    assert why in record.metadata["decision"]["reason"], record.metadata["decision"]["reason"]
+    assert record.metadata["detector_errors"]["inspector"]["status"] in ("invalid_output", "unavailable")
+    metadata = json.dumps(record.metadata)
+    assert SSN_MARK not in metadata and nonce not in metadata  # says what was wrong, never the prompt
 
 
 def test_invalid_unicode_is_inspected_and_recorded(deployment: ProxyDeployment) -> None:
