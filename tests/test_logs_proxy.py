@@ -89,6 +89,7 @@ class Proxy:
         )
         self.proc: subprocess.Popen[bytes] | None = None
         self.outputs: list[Path] = []
+        self._sent: list[str] = []
 
     def start(self) -> None:
         out = self.root / f"proxy-{len(self.outputs)}.out"
@@ -104,6 +105,33 @@ class Proxy:
         wait_for(lambda: port_open(self.port) and ca.is_file(), 60, "proxy", self.proc)
 
     def send(self, conversation: str) -> None:
+        result = curl(
+            self.port,
+            self.home / "mitmproxy" / "mitmproxy-ca-cert.pem",
+            self.upstream.env,
+            "https://chatgpt.com/backend-api/f/conversation",
+            data=self._body(conversation),
+            headers={"Content-Type": "application/json"},
+            max_time=30,
+        )
+        assert "Stand-in answer" in result.body  # the user got the answer, database or not
+
+    def send_slow(self, conversation: str, delay_s: int) -> subprocess.Popen[bytes]:
+        """Start a prompt whose answer streams for ``delay_s`` seconds; curl runs in the background."""
+        argv = ["curl", "--silent", "--max-time", str(delay_s + 30), "--proxy", f"http://127.0.0.1:{self.port}"]
+        argv += ["--cacert", str(self.home / "mitmproxy" / "mitmproxy-ca-cert.pem")]
+        argv += ["-H", "Content-Type: application/json", "-H", f"X-Standin-Delay: {delay_s}", "--data-binary", "@-"]
+        argv.append("https://chatgpt.com/backend-api/f/conversation")
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=self.upstream.env
+        )
+        assert proc.stdin is not None
+        proc.stdin.write(self._body(conversation).encode())
+        proc.stdin.close()
+        return proc
+
+    def _body(self, conversation: str) -> str:
+        self._sent.append(conversation)
         body = {
             "action": "next",
             "messages": [
@@ -118,22 +146,26 @@ class Proxy:
             "parent_message_id": "client-created-root",
             "model": "auto",
         }
-        result = curl(
-            self.port,
-            self.home / "mitmproxy" / "mitmproxy-ca-cert.pem",
-            self.upstream.env,
-            "https://chatgpt.com/backend-api/f/conversation",
-            data=json.dumps(body),
-            headers={"Content-Type": "application/json"},
-            max_time=30,
-        )
-        assert "Stand-in answer" in result.body  # the user got the answer, database or not
+        return json.dumps(body)
+
+    def forwarded(self) -> set[str]:
+        """Conversation ids of the prompts that reached the stand-in app."""
+        received = self.upstream.root / "received.jsonl"
+        text = received.read_text(errors="replace") if received.is_file() else ""
+        return {c for c in self._sent if c in text}
 
     def stored(self) -> list[str]:
         """Conversation ids of the stored records, in insertion order."""
         store = LogStore(self.db.url)
         try:
             return [r.metadata["conversation_id"] for r in reversed(store.find(limit=1000))]
+        finally:
+            store.close()
+
+    def answer_status(self) -> dict[str, str]:
+        store = LogStore(self.db.url)
+        try:
+            return {r.metadata["conversation_id"]: r.metadata["answer_status"] for r in store.find(limit=1000)}
         finally:
             store.close()
 
@@ -167,6 +199,13 @@ def proxy(request: pytest.FixtureRequest, upstream: Upstream, tmp_path: Path) ->
             p.stop()
 
 
+def _spooled(spool: Path) -> int:
+    """Distinct records in the spool (a flow spools its decision-time record and its completion)."""
+    from logs.spool import Spool
+
+    return len({r.record_id for r in Spool(spool).read()})
+
+
 def _conversations(tag: str, n: int) -> list[str]:
     return [f"{tag}-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
 
@@ -180,7 +219,7 @@ def test_database_outage_while_prompts_flow_loses_and_duplicates_nothing(proxy: 
     with proxy.db.outage():
         for c in during:
             proxy.send(c)
-        wait_for(lambda: spool_size(proxy.spool) == 4, 30, "four spooled records")
+        wait_for(lambda: _spooled(proxy.spool) == 4, 30, "four spooled records")
         assert CANARY.encode() not in proxy.spool.read_bytes()
     for c in after:
         proxy.send(c)
@@ -199,11 +238,36 @@ def test_kill_9_while_records_are_spooled_loses_none(proxy: Proxy) -> None:
     with proxy.db.outage():
         for c in spooled:
             proxy.send(c)
-        wait_for(lambda: spool_size(proxy.spool) == 3, 30, "three spooled records")
+        wait_for(lambda: _spooled(proxy.spool) == 3, 30, "three spooled records")
         proxy.kill9()
-    assert spool_size(proxy.spool) == 3
+    assert _spooled(proxy.spool) == 3
     proxy.start()  # the new proxy replays the spool at start
     wait_for(lambda: len(proxy.stored()) == 4 and spool_size(proxy.spool) == 0, 30, "spooled records replayed")
     time.sleep(0.5)
     assert proxy.stored() == first + spooled
+    proxy.assert_no_canary_anywhere()
+
+
+def test_kill_9_mid_answer_leaves_a_record_of_every_forwarded_prompt(proxy: Proxy) -> None:
+    """Issue 12: the record is written at decision time, so a proxy killed while answers stream
+    leaves every prompt that reached the app recorded (pending: the answer never ended)."""
+    proxy.start()
+    done = _conversations("done", 1)
+    proxy.send(done[0])
+    streaming = _conversations("midstream", 4)
+    clients = [proxy.send_slow(c, delay_s=30) for c in streaming]
+    try:
+        wait_for(lambda: proxy.forwarded() >= set(streaming), 30, "every prompt forwarded to the app")
+        time.sleep(0.3)
+        proxy.kill9()  # every answer is still streaming
+    finally:
+        for c in clients:
+            c.kill()
+            c.wait()
+    proxy.start()  # replays whatever was spooled
+    wait_for(lambda: set(streaming) <= set(proxy.stored()), 30, "a record of every forwarded prompt")
+    status = proxy.answer_status()
+    assert all(status[c] == "pending" for c in streaming), status
+    assert status[done[0]] == "complete"
+    assert len(proxy.stored()) == len(set(proxy.stored())) == 5
     proxy.assert_no_canary_anywhere()
