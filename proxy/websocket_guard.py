@@ -16,12 +16,12 @@ upgraded, every client-to-server message (text, or binary that decodes as UTF-8)
    unexpected error, drops the message and closes with 1011.
 
 Server-to-client messages pass untouched; so does every message of a host outside the catalogue.
-The app is the tunnel's (client SNI, upstream SNI) before the Host header: any catalogue host
-among them makes the socket guarded. A 101 on a catalogue host that mitmproxy does not relay as
+The app is the tunnel's (CONNECT target, client SNI, upstream SNI) before the Host header: any
+catalogue host among them makes the socket guarded. A 101 on a catalogue host that mitmproxy does not relay as
 a WebSocket (it would become a raw TCP tunnel) is killed.
 
-Plain logs get flow ids, app and operation ids, sizes, digests and exception *types*; never
-message text.
+Plain logs get flow ids, app and operation ids, sizes, topics, actions and exception *types*;
+never message text (nor a digest of it).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from itertools import accumulate
 from typing import Protocol
 
 import wsproto.events
-from mitmproxy import ctx, http
+from mitmproxy import connection, ctx, http
 from mitmproxy.proxy.layers.websocket import WebsocketLayer
 from mitmproxy.websocket import WebSocketMessage
 
@@ -52,10 +52,10 @@ from promptfence.core import (
     Operation,
     OperationKind,
     Payload,
-    text_digest,
 )
 from promptfence.errors import RecordNotDurable
 from proxy.addon import DecisionPort, InspectionPort, RecordPort
+from proxy.canonical import canonical_host
 from proxy.catalogue import AppSpec, Catalogue
 from proxy.identity import ClientAddressIdentity, IdentityResolver
 
@@ -223,22 +223,25 @@ class MitmproxyCloser:
 # -- the addon -------------------------------------------------------------------------------
 
 
-def tunnel_app(catalogue: Catalogue, flow: http.HTTPFlow) -> tuple[AppSpec, str] | None:
-    """The catalogue app of a flow and the host that named it: the tunnel's names first (the SNI
-    the client sent, the upstream SNI), then the request's host and Host header; any catalogue
-    host among them counts, so a Host header cannot talk a catalogue tunnel out of inspection."""
+def tunnel_app(
+    catalogue: Catalogue, flow: http.HTTPFlow, connect_target: str | None = None
+) -> tuple[AppSpec, str] | None:
+    """The catalogue app of a flow and the host that named it: the tunnel's names first (the
+    CONNECT target, the SNI the client sent, the upstream SNI), then the request's host and Host
+    header; any catalogue host among them counts, so no one name talks a socket out of inspection."""
     candidates = (
+        connect_target,
         flow.client_conn.sni,
         flow.server_conn.sni,
         flow.request.host,
-        flow.request.pretty_host,
+        flow.request.host_header,
         flow.server_conn.address[0] if flow.server_conn.address else None,
     )
-    for host in candidates:
-        if host:
-            app = catalogue.app_for_host(host)
-            if app is not None:
-                return app, host.lower().rstrip(".")
+    for name in candidates:
+        host = canonical_host(name) if name else ""
+        app = catalogue.app_for_host(host) if host else None
+        if app is not None:
+            return app, host
     return None
 
 
@@ -263,6 +266,10 @@ class WebSocketGuard:
         self.inspect_timeout_s = inspect_timeout_s
         self.max_message_bytes = max_message_bytes
         self.closer = closer or MitmproxyCloser()
+        self._tunnels: dict[str, str] = {}  # client connection id -> its CONNECT target
+
+    def _app(self, flow: http.HTTPFlow) -> tuple[AppSpec, str] | None:
+        return tunnel_app(self.catalogue, flow, self._tunnels.get(flow.client_conn.id))
 
     # Both settings follow PromptFenceAddon's options when it is loaded; else the arguments.
     def _timeout(self) -> float:
@@ -276,13 +283,19 @@ class WebSocketGuard:
         return int(getattr(ctx.options, "promptfence_max_body", DEFAULT_MAX_MESSAGE_BYTES))
 
     # -- hooks -------------------------------------------------------------------------------
+    def http_connect(self, flow: http.HTTPFlow) -> None:
+        self._tunnels[flow.client_conn.id] = flow.request.host
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        self._tunnels.pop(client.id, None)
+
     def response(self, flow: http.HTTPFlow) -> None:
         """A switch of protocols that mitmproxy will not relay as a WebSocket becomes a raw TCP
         tunnel, where no message is seen: on a catalogue host it is killed instead."""
         try:
             if flow.response is None or flow.response.status_code != 101 or flow.websocket is not None:
                 return
-            if tunnel_app(self.catalogue, flow) is None:
+            if self._app(flow) is None:
                 return
             log.warning("flow=%s upgrade to a protocol other than WebSocket on a GenAI host: killed", flow.id)
         except Exception as exc:  # fail closed
@@ -291,7 +304,7 @@ class WebSocketGuard:
 
     def websocket_start(self, flow: http.HTTPFlow) -> None:
         try:
-            found = tunnel_app(self.catalogue, flow)
+            found = self._app(flow)
         except Exception as exc:  # websocket_message decides again, and fails closed
             log.error("flow=%s websocket start check failed: %s", flow.id, type(exc).__name__)
             return
@@ -310,12 +323,12 @@ class WebSocketGuard:
             if flow.websocket is None or not flow.websocket.messages:
                 return
             message = flow.websocket.messages[-1]
-            if CLOSED_KEY in flow.metadata:  # closing: nothing more goes either way
-                _drop(message)
+            if CLOSED_KEY in flow.metadata and (message.from_client or message.injected):
+                _drop(message)  # closing: nothing more from the client, nor the close's empty trigger
                 return
             if not message.from_client:
                 return
-            found = tunnel_app(self.catalogue, flow)
+            found = self._app(flow)
             if found is None:
                 return
             await self._guard(flow, message, *found)
@@ -347,12 +360,12 @@ class WebSocketGuard:
             inspection = Inspection(findings=(), topics={}, runs=())
         decision = self._enforce(self.policy.decide(operation, inspection))
         log.info(
-            "flow=%s op=%s ws_bytes=%d prompt_chars=%d prompt_digest=%s failed=%s action=%s rules=%s outcome=%s",
+            "flow=%s op=%s ws_bytes=%d prompt_chars=%d topics=%s failed=%s action=%s rules=%s outcome=%s",
             flow.id,
             operation.operation_id,
             len(content),
             len(operation.prompt),
-            text_digest(operation.prompt),
+            ",".join(f"{t.value}:{c.name.lower()}" for t, c in inspection.detected().items()) or "-",
             ",".join(inspection.failed_detectors) or "-",
             decision.action.value,
             ",".join(decision.rule_ids) or "-",

@@ -206,6 +206,25 @@ async def test_the_tunnel_or_the_host_naming_a_catalogue_app_is_enough(host_head
     assert recorder.records[0].operation.host == "chatgpt.com"
 
 
+async def test_the_connect_target_names_the_app_whatever_sni_and_host_say() -> None:
+    guard, _, recorder, _ = _guard()
+    connect = tflow.tflow()
+    connect.request.method, connect.request.host = "CONNECT", "chatgpt.com"
+    flow = _ws_flow("other.example")
+    flow.client_conn = connect.client_conn
+    with taddons.context(guard):
+        guard.http_connect(connect)
+        message = _send(flow, _frame(SSN_TEXT))
+        await guard.websocket_message(flow)
+        guard.client_disconnected(connect.client_conn)
+        later = _ws_flow("other.example")
+        later.client_conn = connect.client_conn
+        after = _send(later, _frame(SSN_TEXT))
+        await guard.websocket_message(later)
+    assert message.dropped and recorder.records[0].operation.host == "chatgpt.com"
+    assert not after.dropped and len(recorder.records) == 1
+
+
 async def test_binary_utf8_is_inspected_and_non_utf8_binary_is_uninspectable() -> None:
     guard, inspector, recorder, closer = _guard()
     flow = _ws_flow()
@@ -308,19 +327,21 @@ async def test_warn_and_redact_block_on_a_socket(action: Action) -> None:
     assert closer.calls == [(CLOSE_POLICY_VIOLATION, f"Policy says {action.value}.")]
 
 
-async def test_after_a_block_every_later_message_is_dropped_uninspected() -> None:
+async def test_after_a_block_later_client_messages_are_dropped_uninspected() -> None:
     guard, inspector, recorder, closer = _guard()
     flow = _ws_flow()
+    assert flow.websocket is not None
     with taddons.context(guard):
         _send(flow, _frame(SSN_TEXT))
         await guard.websocket_message(flow)
-        later = [_send(flow, _frame("hello")), _send(flow, b"", from_client=False)]
-        for message in later:
-            flow.websocket.messages.remove(message)  # type: ignore[union-attr]
-        for message in later:
-            flow.websocket.messages.append(message)  # type: ignore[union-attr]
-            await guard.websocket_message(flow)
-    assert all(m.dropped for m in later)
+        from_client = _send(flow, _frame("hello"))
+        await guard.websocket_message(flow)
+        trigger = WebSocketMessage(Opcode.TEXT, False, b"", injected=True)  # the close's trigger
+        flow.websocket.messages.append(trigger)
+        await guard.websocket_message(flow)
+        from_server = _send(flow, "still on its way", from_client=False)
+        await guard.websocket_message(flow)
+    assert from_client.dropped and trigger.dropped and not from_server.dropped
     assert len(inspector.seen) == 1 and len(recorder.records) == 1 and len(closer.calls) == 1
 
 
