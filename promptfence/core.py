@@ -720,7 +720,6 @@ class LogRecord:
             "decision": self.decision.to_dict(),
             "inspection_ms": round(self.inspection.elapsed_ms, 2),
             "prompt_chars": len(self.payload.prompt),
-            "prompt_digest": text_digest(self.payload.prompt),
             "response_chars": None if self.payload.response is None else len(self.payload.response),
             "response_bytes": self.response_bytes,
             "response_decode_error": self.response_decode_error,

@@ -78,6 +78,17 @@ def route(catalogue: Catalogue, flow: http.HTTPFlow, tunnel_host: str | None = N
     return Route(destination)
 
 
+def recorded_host(flow: http.HTTPFlow) -> str:
+    """The host a captured flow was for, offline: the TLS names first (a live capture's request
+    host can be a pinned address), then the Host header, then the request target."""
+    request = flow.request
+    for name in (flow.server_conn.sni, flow.client_conn.sni, request.host_header, request.host):
+        host = canonical_host(name or "")
+        if host:
+            return host
+    return ""
+
+
 def match_flow(catalogue: Catalogue, flow: http.HTTPFlow, host: str | None = None) -> Match | None:
     return catalogue.match(host or flow.request.host, flow.request.method, flow.request.path)
 

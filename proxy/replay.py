@@ -16,10 +16,10 @@ from mitmproxy import http, io
 from mitmproxy.exceptions import FlowReadException
 from mitmproxy.io import har
 
-from promptfence.core import Operation
+from promptfence.core import Operation, OperationKind
 from promptfence.errors import PromptFenceError
 from proxy.catalogue import Catalogue
-from proxy.flowmap import extract, match_flow, new_decoder, operation_of
+from proxy.flowmap import extract, match_flow, new_decoder, operation_of, recorded_host
 from proxy.identity import ClientAddressIdentity, IdentityResolver
 from proxy.tap import decode_whole
 from proxy.wire.base import Answer
@@ -79,11 +79,19 @@ def replay_flows(
     """One :class:`ReplayedFlow` per inspected operation; None for flows the proxy lets through."""
     who = identity or ClientAddressIdentity()
     for index, flow in enumerate(flows):
-        match = match_flow(catalogue, flow)
+        host = recorded_host(flow)
+        match = match_flow(catalogue, flow, host)
+        unknown = match is not None and match.operation.kind is OperationKind.UNKNOWN
         if match is None or not match.operation.inspect or flow.request.method == "CONNECT":
             yield None
             continue
+        if unknown and not flow.request.raw_content:
+            yield None  # as live: a bodyless request on an unmapped path is not inspected
+            continue
         extraction, error = extract(flow, match, max_body)
+        if unknown and error is None and not extraction.prompt.strip():
+            yield None
+            continue
         answer: Answer | None = None
         decoder = new_decoder(match)
         response = flow.response
@@ -91,5 +99,5 @@ def replay_flows(
         if decoder is not None and response is not None and not blocked_here:
             answer = decode_whole(decoder, response.raw_content or b"", response.headers.get("content-encoding", ""))
         conversation = extraction.conversation_id or (answer.conversation_id if answer else None)
-        operation = operation_of(flow, match, extraction, who.identify(flow), conversation)
+        operation = operation_of(flow, match, extraction, who.identify(flow), conversation, host)
         yield ReplayedFlow(index, operation, error, answer, response.status_code if response else None)

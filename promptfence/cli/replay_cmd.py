@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptfence.cli import add_config_option
 from promptfence.config import Config, load_config
-from promptfence.core import Decision, DetectorStatus, Inspection, text_digest
+from promptfence.core import Decision, DetectorStatus, Inspection
 
 if TYPE_CHECKING:
     from proxy.replay import ReplayedFlow
@@ -86,14 +86,12 @@ def _json(row: Row) -> dict[str, Any]:
         "model": op.model,
         "status_code": row.flow.status_code,
         "prompt_chars": len(op.prompt),
-        "prompt_digest": text_digest(op.prompt),
         "attachments": len(op.attachments),
         "extract_error": row.flow.extract_error,
         "topics": row.inspection.to_dict()["topics"],
         "detectors_failed": list(row.inspection.failed_detectors),
         "decision": {"action": row.decision.action.value, "rule_ids": list(row.decision.rule_ids)},
         "answer_chars": None if answer is None or answer.text is None else len(answer.text),
-        "answer_digest": None if answer is None or answer.text is None else text_digest(answer.text),
         "response_decode_error": None if answer is None else answer.error,
     }
     if row.other is not None:
