@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -103,6 +104,20 @@ ACTION_RANK: Mapping[Action, int] = {
     Action.WARN: 3,
     Action.BLOCK: 4,
 }
+
+
+_ROUTE_WORD = re.compile(r"^[A-Za-z][A-Za-z_.-]{0,31}$")
+PATH_SHAPE_SEGMENTS = 4
+
+
+def path_shape(path: str) -> str:
+    """The route of a path without its data: what a record may say in clear, so requests on
+    paths the catalogue does not map can be grouped and the catalogue extended. Only the first
+    few segments are kept, and a segment that could carry data (digits, ids, long text) is
+    ``{*}``; the full path is never in clear metadata."""
+    segments = [seg for seg in path.split("?", 1)[0].split("/") if seg]
+    shown = [seg if _ROUTE_WORD.match(seg) else "{*}" for seg in segments[:PATH_SHAPE_SEGMENTS]]
+    return "/" + "/".join(shown) + ("/..." if len(segments) > PATH_SHAPE_SEGMENTS else "")
 
 
 def text_digest(text: str) -> str:
@@ -703,6 +718,7 @@ class LogRecord:
             "conversation_id": op.conversation_id,
             "model": op.model,
             "host": op.host,
+            "path_shape": path_shape(op.path),
             "topics": self.inspection.to_dict()["topics"],
             "detectors_run": list(self.inspection.detectors_run),
             "detectors_failed": list(self.inspection.failed_detectors),

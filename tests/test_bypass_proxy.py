@@ -261,6 +261,7 @@ def test_unmapped_path_with_text_is_inspected_and_recorded(deployment: ProxyDepl
     raw = http_request("POST", "/backend-api/brand-new-endpoint", "chatgpt.com", body, {"Content-Type": "text/plain"})
     record = _assert_stopped_and_recorded(deployment, exchange(deployment, "chatgpt.com", raw), nonce)
     assert record.metadata["operation_id"] == "chatgpt.unknown"
+    assert record.metadata["path_shape"] == "/backend-api/brand-new-endpoint"  # where the catalogue lags
     clean_nonce = uuid.uuid4().hex[:12]
     clean = json.dumps({"note": f"hello n{clean_nonce}"}).encode()
     raw = http_request(

@@ -122,3 +122,12 @@ def test_query_and_host_canonical_forms() -> None:
     assert CATALOGUE.app_for_host("CHATGPT.com.") is not None
     assert CATALOGUE.app_for_host("notchatgpt.com") is None
     assert CATALOGUE.app_for_host("") is None
+
+
+def test_path_shape_keeps_the_route_and_drops_the_data() -> None:
+    from promptfence.core import path_shape
+
+    assert path_shape("/backend-api/brand-new-endpoint") == "/backend-api/brand-new-endpoint"
+    shape = path_shape("/api/organizations/0f1e-22/chat_conversations/c9/completion")
+    assert shape == "/api/organizations/{*}/chat_conversations/..."
+    assert "219" not in path_shape("/lookup/219-09-9999") and path_shape("/") == "/"

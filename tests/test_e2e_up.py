@@ -204,4 +204,4 @@ def test_no_prompt_text_in_any_output_or_file(deployment: Deployment) -> None:
             for canary in (CANARY_BLOCKED, CANARY_ALLOWED):
                 assert canary.encode() not in data, f"prompt text leaked into {path}"
     assert checked >= 4  # stdout, stderr, the database, the keys (at least)
-    assert "inspected op=chatgpt.send_prompt" in deployment.up_err.read_text()  # the logs exist; no text in them
+    assert "promptfence.inspector: inspected chars=" in deployment.up_err.read_text()  # the logs exist; no text in them
