@@ -11,7 +11,6 @@ actions. Never prompt or response text.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import time
@@ -34,7 +33,7 @@ from promptfence.core import (
     OperationKind,
     Payload,
 )
-from promptfence.errors import InspectorInvalidAnswer, InspectorUnavailable, RecordNotDurable
+from promptfence.errors import RecordNotDurable
 from proxy.block_reply import BLOCK_REPLIES
 from proxy.catalogue import Catalogue, Match
 from proxy.coaching import WarnLedger
@@ -50,6 +49,7 @@ from proxy.flowmap import (
     scrub,
 )
 from proxy.identity import Challenge, ClientAddressIdentity, Gatekeeper, IdentityResolver
+from proxy.inspection_call import InspectionPort, inspect_within
 from proxy.redaction import RedactionError, apply_to_flow
 from proxy.tap import ResponseTap, decode_whole
 from proxy.wire.base import Answer
@@ -86,25 +86,6 @@ def _relocate(inspection: Inspection, prompt_chars: int) -> Inspection:
     )
     note = "other request fields inspected with the prompt"
     return dataclasses.replace(inspection, findings=findings, notes=(*inspection.notes, note))
-
-
-def _timeouts_uninspectable(inspection: Inspection, prompt_chars: int) -> Inspection:
-    """A detector that timed out on a very long prompt was slowed by the sender's input."""
-    runs = tuple(
-        dataclasses.replace(
-            run,
-            status=DetectorStatus.UNINSPECTABLE,
-            error=f"{run.detector} did not finish on a {prompt_chars}-character prompt",
-        )
-        if run.status is DetectorStatus.TIMEOUT
-        else run
-        for run in inspection.runs
-    )
-    return dataclasses.replace(inspection, runs=runs)
-
-
-class InspectionPort(Protocol):
-    async def inspect(self, operation: Operation) -> Inspection: ...
 
 
 class DecisionPort(Protocol):
@@ -372,33 +353,16 @@ class PromptFenceAddon:
 
         ``other_text`` (body fields the app's extractor did not take as the prompt) is inspected
         after the prompt; evidence found there keeps no span (it cannot be redacted in place)."""
-        timeout = ctx.options.promptfence_inspect_timeout
-        started = time.monotonic()
-        status, error = DetectorStatus.FAILED, ""
         inspected = operation
         if other_text:
             inspected = dataclasses.replace(operation, prompt=operation.prompt + OTHER_FIELDS_SEPARATOR + other_text)
-        big = len(inspected.prompt) >= ctx.options.promptfence_timeout_uninspectable_chars
-        try:
-            inspection = await asyncio.wait_for(self.inspector.inspect(inspected), timeout)
-            if other_text:
-                inspection = _relocate(inspection, len(operation.prompt))
-            return _timeouts_uninspectable(inspection, len(inspected.prompt)) if big else inspection
-        except TimeoutError:
-            status, error = DetectorStatus.TIMEOUT, f"no answer within {timeout:g}s"
-            if big:
-                status = DetectorStatus.UNINSPECTABLE
-                error = f"a {len(inspected.prompt)}-character prompt was not inspected within {timeout:g}s"
-        except InspectorInvalidAnswer as exc:
-            status, error = DetectorStatus.INVALID_OUTPUT, str(exc)
-        except InspectorUnavailable as exc:
-            status, error = DetectorStatus.UNAVAILABLE, str(exc)
-        except OSError as exc:
-            status, error = DetectorStatus.UNAVAILABLE, f"unreachable: {type(exc).__name__}"
-        except Exception as exc:  # any failure of the port is a recorded error, not a crash
-            status, error = DetectorStatus.FAILED, f"failed: {type(exc).__name__}"
-        elapsed_ms = (time.monotonic() - started) * 1000.0
-        return Inspection.failure("inspector", status, error, elapsed_ms)
+        inspection = await inspect_within(
+            self.inspector,
+            inspected,
+            ctx.options.promptfence_inspect_timeout,
+            uninspectable_chars=ctx.options.promptfence_timeout_uninspectable_chars,
+        )
+        return _relocate(inspection, len(operation.prompt)) if other_text else inspection
 
     def requestheaders(self, flow: http.HTTPFlow) -> Coroutine[Any, Any, None] | None:
         """Authenticate (407 when required) and strip identity headers first, when the identity

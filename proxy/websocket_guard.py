@@ -26,7 +26,6 @@ never message text (nor a digest of it).
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -54,10 +53,12 @@ from promptfence.core import (
     Payload,
 )
 from promptfence.errors import RecordNotDurable
-from proxy.addon import DecisionPort, InspectionPort, RecordPort
+from proxy.addon import DecisionPort, RecordPort
 from proxy.canonical import canonical_host
 from proxy.catalogue import AppSpec, Catalogue
+from proxy.flowmap import scrub
 from proxy.identity import ClientAddressIdentity, IdentityResolver
+from proxy.inspection_call import InspectionPort, inspect_within
 
 log = logging.getLogger("promptfence.proxy")
 
@@ -120,11 +121,6 @@ def _json_depth(text: str) -> int:
     return max(accumulate(map(_BRACKET_STEP.__getitem__, brackets)), default=0)
 
 
-def _sanitise(text: str) -> str:
-    """Lone surrogates (``"\\ud800"`` in JSON) cannot be encoded: replace them, keep the rest."""
-    return text.encode("utf-8", "replace").decode("utf-8")
-
-
 def message_text(content: bytes, *, max_bytes: int) -> MessageText:
     """The text of a client message, bounded: JSON's string leaves, or the UTF-8 text."""
     if len(content) > max_bytes:
@@ -144,7 +140,7 @@ def message_text(content: bytes, *, max_bytes: int) -> MessageText:
     except ValueError:  # not JSON after all: what the bytes say is what is inspected
         return MessageText(text)
     try:
-        return MessageText(_sanitise("\n".join(_leaves(value))))
+        return MessageText(scrub("\n".join(_leaves(value))))
     except _TooDeep:
         return MessageText(error=f"JSON nested deeper than {MAX_JSON_DEPTH}")
 
@@ -402,13 +398,8 @@ class WebSocketGuard:
         return decision
 
     async def _inspect(self, operation: Operation) -> Inspection:
-        timeout = self._timeout()
-        try:
-            return await asyncio.wait_for(self.inspector.inspect(operation), timeout)
-        except TimeoutError:
-            return Inspection.failure("inspector", DetectorStatus.TIMEOUT, f"no answer within {timeout:g}s")
-        except Exception as exc:  # a failing port is a recorded error the policy decides on
-            return Inspection.failure("inspector", DetectorStatus.UNAVAILABLE, type(exc).__name__)
+        big = getattr(ctx.options, "promptfence_timeout_uninspectable_chars", None)
+        return await inspect_within(self.inspector, operation, self._timeout(), uninspectable_chars=big)
 
     def _close(self, flow: http.HTTPFlow, code: int, message: str) -> None:
         if CLOSED_KEY in flow.metadata:
