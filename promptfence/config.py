@@ -140,6 +140,21 @@ class ProxyAuthConfig:
     # With a users file: no or wrong credentials (and no trusted header) -> 407.
     required: bool = True
     realm: str = "PromptFence"
+    # Failed logins: past max_failures per user name (max_source_failures per client address,
+    # an IPv6 /64) within window_s, each further failure blocks checks there for
+    # base_backoff_s * 2**k seconds (at most max_backoff_s); blocked attempts get a 407 with
+    # Retry-After and cost no scrypt.
+    max_failures: int = 10
+    max_source_failures: int = 30
+    window_s: float = 600.0
+    base_backoff_s: float = 1.0
+    max_backoff_s: float = 300.0
+    # scrypt runs in verify_workers threads; at most verify_queue more checks wait, beyond
+    # that an attempt is a 407 at once (attempts with recent failures get half of the room).
+    verify_workers: int = 2
+    verify_queue: int = 8
+    # A verified user:password from the same client address is not checked again for this long.
+    cache_s: float = 600.0
 
 
 @dataclass(frozen=True)

@@ -24,18 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import csv
 import hashlib
 import hmac
 import ipaddress
 import logging
+import math
 import os
 import re
 import time
 import weakref
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -397,7 +399,9 @@ def _dummy_hash(users: Mapping[str, ScryptHash | None]) -> ScryptHash:
 
 class PasswordChecker:
     """Verifies Basic credentials; a success is remembered (by a salted digest, never the
-    password) for ``cache_s`` so a busy plain-HTTP client does not pay scrypt per request.
+    password) for ``cache_s`` so a busy plain-HTTP client does not pay scrypt per request. The
+    memory is per source (``source``): a guess from elsewhere never matches it, so it is no
+    cheap oracle for a source that throttling would otherwise stop.
 
     A failure costs the same whether the user is unknown or the password wrong (an unknown user
     is checked against a dummy hash), the comparison is :func:`hmac.compare_digest`, and nothing
@@ -416,17 +420,20 @@ class PasswordChecker:
         self._pepper = os.urandom(16)
         self._ok: dict[bytes, tuple[str, float]] = {}
 
-    def _key(self, user: str, password: str) -> bytes:
-        raw = user.casefold() + "\0" + password
+    def _key(self, user: str, password: str, source: str) -> bytes:
+        raw = source + "\0" + user.casefold() + "\0" + password
         return hashlib.sha256(self._pepper + raw.encode("utf-8", "surrogatepass")).digest()
 
-    def cached(self, user: str, password: str) -> str | None:
-        hit = self._ok.get(self._key(user, password))
+    def knows(self, user: str) -> bool:
+        return user.casefold() in self._hashes
+
+    def cached(self, user: str, password: str, source: str = "") -> str | None:
+        hit = self._ok.get(self._key(user, password, source))
         if hit is not None and hit[1] > time.monotonic():
             return hit[0]
         return None
 
-    def verify(self, user: str, password: str) -> str | None:
+    def verify(self, user: str, password: str, source: str = "") -> str | None:
         """The canonical user name when the password is right; slow on purpose."""
         name = user.casefold()
         known = self._hashes.get(name)
@@ -435,8 +442,194 @@ class PasswordChecker:
             return None
         if len(self._ok) > 10_000:
             self._ok.clear()
-        self._ok[self._key(user, password)] = (name, time.monotonic() + self.cache_s)
+        if self.cache_s > 0:
+            self._ok[self._key(user, password, source)] = (name, time.monotonic() + self.cache_s)
         return name
+
+
+# -- throttling failed logins ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ThrottleSettings:
+    """Failure throttling and the bounded password-check pool (``identity.proxy_auth``)."""
+
+    max_failures: int = 10  # per user name, within window_s, before backoff starts
+    max_source_failures: int = 30  # per client address (an IPv6 /64), within window_s
+    window_s: float = 600.0  # failures older than this (and no backoff running) are forgotten
+    base_backoff_s: float = 1.0  # the first backoff; it doubles with each further failure
+    max_backoff_s: float = 300.0  # ... up to this
+    workers: int = 2  # scrypt threads (each check takes a core for ~50 ms at the default cost)
+    queue: int = 8  # checks allowed to wait for a thread; beyond: a 407 at once, no scrypt
+    cache_s: float = 600.0  # a verified user:password is not checked again for this long
+
+    def problem(self) -> str | None:
+        """Which field is out of range, or None."""
+        for name, key in (
+            ("max_failures", "max_failures"),
+            ("max_source_failures", "max_source_failures"),
+            ("workers", "verify_workers"),
+        ):
+            if getattr(self, name) < 1:
+                return f"{key} must be at least 1"
+        if self.queue < 0:
+            return "verify_queue must be at least 0"
+        for name in ("window_s", "base_backoff_s", "max_backoff_s"):
+            if not getattr(self, name) > 0:
+                return f"{name} must be above 0"
+        if self.cache_s < 0:
+            return "cache_s must be at least 0"
+        if self.max_backoff_s < self.base_backoff_s:
+            return "max_backoff_s must be at least base_backoff_s"
+        return None
+
+
+@dataclass
+class _Bucket:
+    failures: int = 0
+    last: float = 0.0
+    blocked_until: float = 0.0
+    in_flight: int = 0
+    refused: int = 0  # attempts refused during the current backoff (logged once, then counted)
+
+
+@dataclass(frozen=True)
+class Throttled:
+    """Why an attempt was refused without checking the password."""
+
+    retry_after_s: float
+    by: str  # "user" | "source"
+    first: bool  # the first refusal of this backoff (logged; later ones only counted)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """A backoff a failure started: what the log says (never the password)."""
+
+    by: str  # "user" | "source"
+    failures: int
+    seconds: float
+    refused: int  # attempts refused during the previous backoff
+
+
+MAX_BUCKETS = 50_000  # per table: failures keyed by attacker-chosen names must not grow memory
+
+
+def source_key(address: str | None) -> str:
+    """What per-source throttling counts by: the address, or its /64 for IPv6 (a host there
+    typically holds the whole /64: rotating addresses inside it must not reset the count)."""
+    addr = _address(address)
+    if addr is None:
+        return "?"
+    if isinstance(addr, ipaddress.IPv6Address):
+        return str(ipaddress.IPv6Network((addr, 64), strict=False))
+    return str(addr)
+
+
+class AuthThrottle:
+    """Failed-login counts per user and per source, with exponential backoff.
+
+    Past ``max_failures`` (per user) or ``max_source_failures`` (per source) failures within
+    ``window_s``, each further failure blocks checks for that user (from that source) for
+    ``base_backoff_s * 2**k`` seconds, at most ``max_backoff_s``; once a backoff ends one
+    attempt at a time is let through. Attempts in flight count toward the limit, so a burst of
+    concurrent guesses cannot all slip under it. A success clears the user's count, not the
+    source's (a valid account must not reset a source that guesses others). Only the event
+    loop thread calls this (no locking)."""
+
+    def __init__(self, settings: ThrottleSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._tables: dict[str, dict[str, _Bucket]] = {"user": {}, "source": {}}
+        self._limits = {"user": settings.max_failures, "source": settings.max_source_failures}
+
+    def _stale(self, bucket: _Bucket, now: float) -> bool:
+        return bucket.in_flight == 0 and now >= bucket.blocked_until and now - bucket.last > self.settings.window_s
+
+    def _get(self, by: str, key: str, now: float) -> _Bucket | None:
+        table = self._tables[by]
+        bucket = table.get(key)
+        if bucket is not None and self._stale(bucket, now):
+            del table[key]
+            return None
+        return bucket
+
+    def _make(self, by: str, key: str, now: float) -> _Bucket:
+        bucket = self._get(by, key, now)
+        if bucket is None:
+            table = self._tables[by]
+            if len(table) >= MAX_BUCKETS:
+                for stale in [k for k, b in table.items() if self._stale(b, now)]:
+                    del table[stale]
+                while len(table) >= MAX_BUCKETS:  # still full: forget the oldest entries
+                    del table[next(iter(table))]
+            bucket = table[key] = _Bucket(last=now)
+        return bucket
+
+    def check(self, by: str, key: str) -> Throttled | None:
+        """Whether an attempt for this user (``by="user"``) or from this source must be refused
+        now; a refusal is counted (the first one of a backoff says so)."""
+        now = self.clock()
+        bucket = self._get(by, key, now)
+        if bucket is None:
+            return None
+        limit = self._limits[by]
+        if now < bucket.blocked_until:
+            wait = bucket.blocked_until - now
+        elif bucket.failures >= limit:  # a backoff has ended: one attempt at a time
+            if bucket.in_flight == 0:
+                return None
+            wait = self.settings.base_backoff_s
+        elif bucket.failures + bucket.in_flight >= limit:
+            wait = self.settings.base_backoff_s
+        else:
+            return None
+        bucket.refused += 1
+        return Throttled(wait, by, bucket.refused == 1)
+
+    def suspect(self, user: str, source: str) -> bool:
+        """Whether this user or source has recent failures or an attempt already running
+        (such attempts may use only part of the check pool)."""
+        now = self.clock()
+        buckets = (self._get("user", user, now), self._get("source", source, now))
+        return any(b is not None and (b.failures > 0 or b.in_flight > 0) for b in buckets)
+
+    def begin(self, user: str, source: str) -> None:
+        now = self.clock()
+        self._make("user", user, now).in_flight += 1
+        self._make("source", source, now).in_flight += 1
+
+    def cancel(self, user: str, source: str) -> None:
+        """An attempt that :meth:`begin` counted but that ran no check: not a failure."""
+        for by, key in (("user", user), ("source", source)):
+            bucket = self._tables[by].get(key)
+            if bucket is not None:
+                bucket.in_flight = max(0, bucket.in_flight - 1)
+
+    def succeeded(self, user: str, source: str) -> None:
+        self.cancel(user, source)
+        self._tables["user"].pop(user, None)
+
+    def failed(self, user: str | None, source: str) -> list[Backoff]:
+        """Count a failure (``user`` None: the source's only); returns the backoffs it started."""
+        if user is not None:
+            self.cancel(user, source)
+        now = self.clock()
+        started = []
+        for by, key in (("source", source), ("user", user)):
+            if key is None:
+                continue
+            bucket = self._make(by, key, now)
+            bucket.failures += 1
+            bucket.last = now
+            limit = self._limits[by]
+            if bucket.failures >= limit:
+                exponent = min(bucket.failures - limit, 32)
+                seconds = min(self.settings.base_backoff_s * 2**exponent, self.settings.max_backoff_s)
+                bucket.blocked_until = now + seconds
+                started.append(Backoff(by, bucket.failures, seconds, bucket.refused))
+                bucket.refused = 0
+        return started
 
 
 # -- networks and the IP map -----------------------------------------------------------------
@@ -517,6 +710,7 @@ class IdentitySettings:
     groups_header: str | None = None
     trusted_sources: tuple[Network, ...] = ()
     ip_map: IpMap = field(default_factory=IpMap)
+    throttle: ThrottleSettings = field(default_factory=ThrottleSettings)
 
 
 @dataclass(frozen=True)
@@ -568,9 +762,18 @@ class ConfiguredIdentity:
     credentials are a 407 (even when authentication is optional), a duplicated trusted header
     is a 403, and any unexpected error refuses the request."""
 
-    def __init__(self, settings: IdentitySettings) -> None:
+    def __init__(self, settings: IdentitySettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
-        self.checker = PasswordChecker(settings.users) if settings.users is not None else None
+        limits = settings.throttle
+        self.checker = PasswordChecker(settings.users, cache_s=limits.cache_s) if settings.users is not None else None
+        self.throttle = AuthThrottle(limits, clock=clock)
+        # scrypt runs here, never on the event loop nor in its default executor; at most
+        # workers + queue checks are pending, attempts with recent failures behind them (or
+        # another attempt of theirs already pending) only up to half of that.
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pending = 0
+        self._capacity = limits.workers + limits.queue
+        self._label_pepper = os.urandom(16)
         # Identities established on CONNECT hold for every request inside that tunnel.
         self._tunnels: weakref.WeakKeyDictionary[object, _Claim] = weakref.WeakKeyDictionary()
         self._auth_name = b"proxy-authorization"
@@ -661,11 +864,10 @@ class ConfiguredIdentity:
                     "credentials sent more than once" if len(presented.auth) > 1 else "malformed credentials",
                 )
                 return self._challenge()
-            user = self.checker.cached(*creds) or await asyncio.to_thread(self.checker.verify, *creds)
-            if user is None:
-                log.warning("flow=%s proxy authentication failed from %s", flow.id, peer)
-                return self._challenge()
-            claim = _Claim(user, "proxy_auth")
+            checked = await self._check(flow, peer, *creds)
+            if isinstance(checked, Challenge):
+                return checked
+            claim = _Claim(checked, "proxy_auth")
         claim = claim or header_claim or self._tunnels.get(flow.client_conn)
         if claim is None and self.checker is not None and self.settings.auth_required:
             return self._challenge()
@@ -674,16 +876,100 @@ class ConfiguredIdentity:
         flow.metadata[METADATA_CLAIM] = claim
         return None
 
-    def _challenge(self) -> Challenge:
-        return Challenge(
-            407,
-            {
-                "Proxy-Authenticate": f'Basic realm="{self.settings.realm}", charset="UTF-8"',
-                "Content-Type": "text/plain; charset=utf-8",
-                "X-PromptFence": "authentication-required",
-            },
-            b"PromptFence: proxy authentication required. Sign in with your company account.\n",
-        )
+    def _label(self, user: str) -> str:
+        """How logs name a user who tried to sign in: a users-file name as it is; anything else
+        (which may be a password typed into the user field) only as a keyed digest."""
+        if self.checker is not None and self.checker.knows(user):
+            return user.casefold()
+        digest = hmac.new(self._label_pepper, user.casefold().encode("utf-8", "surrogatepass"), hashlib.sha256)
+        return f"unknown-user#{digest.hexdigest()[:12]}"
+
+    def _log_backoffs(self, flow: http.HTTPFlow, user: str, peer: str | None, backoffs: list[Backoff]) -> None:
+        for b in backoffs:
+            log.warning(
+                "flow=%s proxy authentication throttled (%s): user=%s source=%s failures=%d backoff=%.0fs "
+                "refused_meanwhile=%d",
+                flow.id,
+                b.by,
+                self._label(user),
+                peer,
+                b.failures,
+                b.seconds,
+                b.refused,
+            )
+
+    async def _check(self, flow: http.HTTPFlow, peer: str | None, user: str, password: str) -> str | Challenge:
+        """The canonical user for these credentials, or the 407 to answer. Throttled and
+        excess attempts are answered without running scrypt."""
+        assert self.checker is not None
+        source = source_key(peer)
+        name = user.casefold()
+        throttled = self.throttle.check("source", source)
+        if throttled is None:
+            hit = self.checker.cached(user, password, source)
+            if hit is not None:  # verified before from this source: free, and no guess
+                return hit
+            throttled = self.throttle.check("user", name)
+            if throttled is not None:  # a guess at a throttled user counts against its source
+                self._log_backoffs(flow, user, peer, self.throttle.failed(None, source))
+        if throttled is not None:
+            if throttled.first:
+                log.warning(
+                    "flow=%s proxy authentication refused without a check (%s throttled): user=%s source=%s "
+                    "retry_after=%.0fs",
+                    flow.id,
+                    throttled.by,
+                    self._label(user),
+                    peer,
+                    throttled.retry_after_s,
+                )
+            return self._challenge(retry_after_s=throttled.retry_after_s, why="authentication-throttled")
+        share = self._capacity if not self.throttle.suspect(name, source) else max(1, self._capacity // 2)
+        if self._pending >= share:
+            log.warning("flow=%s proxy authentication refused from %s: too many checks pending", flow.id, peer)
+            return self._challenge(retry_after_s=1.0, why="authentication-busy")
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(
+                self.settings.throttle.workers, thread_name_prefix="promptfence-auth"
+            )
+        self.throttle.begin(name, source)
+        self._pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            verified = await loop.run_in_executor(self._pool, self.checker.verify, user, password, source)
+        except BaseException:
+            self.throttle.cancel(name, source)
+            raise
+        finally:
+            self._pending -= 1
+        if verified is None:
+            self._log_backoffs(flow, user, peer, self.throttle.failed(name, source))
+            log.warning("flow=%s proxy authentication failed from %s", flow.id, peer)
+            return self._challenge()
+        self.throttle.succeeded(name, source)
+        return verified
+
+    def close(self) -> None:
+        """Stop the password-check threads (pending checks finish)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _challenge(self, *, retry_after_s: float | None = None, why: str = "authentication-required") -> Challenge:
+        headers = {
+            "Proxy-Authenticate": f'Basic realm="{self.settings.realm}", charset="UTF-8"',
+            "Content-Type": "text/plain; charset=utf-8",
+            "X-PromptFence": why,
+        }
+        body = b"PromptFence: proxy authentication required. Sign in with your company account.\n"
+        if retry_after_s is not None:
+            seconds = max(1, math.ceil(retry_after_s))
+            headers["Retry-After"] = str(seconds)
+            body = (
+                f"PromptFence: too many sign-in attempts; try again in {seconds} s. Sign in with your company "
+                "account.\n"
+            ).encode()
+        return Challenge(407, headers, body)
 
     def _refusal(self, why: str) -> Challenge:
         return Challenge(
@@ -731,6 +1017,20 @@ def build_identity(config: IdentityConfig) -> IdentityResolver:
     users = None
     if config.proxy_auth.users_file is not None:
         users = load_users_file(config.proxy_auth.users_file)
+    auth = config.proxy_auth
+    throttle = ThrottleSettings(
+        max_failures=auth.max_failures,
+        max_source_failures=auth.max_source_failures,
+        window_s=auth.window_s,
+        base_backoff_s=auth.base_backoff_s,
+        max_backoff_s=auth.max_backoff_s,
+        workers=auth.verify_workers,
+        queue=auth.verify_queue,
+        cache_s=auth.cache_s,
+    )
+    problem = throttle.problem()
+    if problem is not None:
+        raise ConfigError(problem, field="identity.proxy_auth")
     header = config.trusted_header
     trusted = parse_networks(header.trusted_sources, field_name="identity.trusted_header.trusted_sources")
     if header.name and not trusted:
@@ -760,5 +1060,6 @@ def build_identity(config: IdentityConfig) -> IdentityResolver:
         groups_header=header.groups_name,
         trusted_sources=trusted,
         ip_map=IpMap.from_mapping(config.ip_map),
+        throttle=throttle,
     )
     return ConfiguredIdentity(settings)

@@ -321,6 +321,28 @@ def test_the_proxy_log_holds_no_credential_or_header_value(dep: ProxyDeployment)
     assert "Traceback" not in log  # no hook raised
 
 
+def test_repeated_wrong_passwords_are_throttled_without_locking_out_other_sources(dep: ProxyDeployment) -> None:
+    """Issue 13, item 5, through the real proxy: past the per-user limit (10 by default) the
+    proxy answers 407 with Retry-After at once; the log says so without the password; a user
+    at another address is unaffected."""
+    guess = b"Proxy-Authorization: Basic " + _b64(f"eve@example.com:{CANARY}-guess".encode())
+    answers = []
+    for _ in range(12):
+        sock, status, response = _connect(dep, [guess], source="127.0.0.9")
+        sock.close()
+        answers.append((status, response))
+    assert all(status == 407 for status, _ in answers)
+    assert all(b"retry-after" not in r.lower() for _, r in answers[:10])
+    for _, response in answers[10:]:
+        assert b"Retry-After: " in response and b"X-PromptFence: authentication-throttled" in response
+    sock, status, _ = _connect(dep, [GOOD])
+    sock.close()
+    assert status == 200
+    log = dep.proxy_log.read_text(errors="replace")
+    assert "proxy authentication throttled (user)" in log and "source=127.0.0.9" in log
+    assert CANARY not in log
+
+
 # -- the users file is checked when the proxy starts ---------------------------------------------
 
 
