@@ -20,7 +20,8 @@ import codecs
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 # Invisible characters used to split words: zero-width space/joiners, word joiner, BOM,
@@ -203,7 +204,7 @@ class Analysis:
     """The text detectors see, and how its first section maps back to the prompt."""
 
     text: str
-    offsets: tuple[int, ...]
+    offsets: Sequence[int]  # a range (identity) or an array of ints: cheap to send between processes
     primary_length: int
     transforms: tuple[str, ...] = field(default=())
 
@@ -292,8 +293,10 @@ def _despace_run(match: re.Match[str]) -> str:
     "s s n" -> "ssn"; "W r i t e  a  h a i k u" -> "Write a haiku".
     """
     run = match.group(0)
-    gaps = _SEPARATOR_RUN.findall(run)
-    narrow = min(len(g) for g in gaps)
+    widths = set(map(len, _SEPARATOR_RUN.findall(run)))
+    narrow = min(widths)
+    if len(widths) == 1:  # one width: no word breaks, one C-level pass
+        return _SEPARATOR_RUN.sub("", run)
     return _SEPARATOR_RUN.sub(lambda g: "" if len(g.group(0)) == narrow else " ", run)
 
 
@@ -381,14 +384,40 @@ def embedding_view(section: str) -> str:
     return _SPACED.sub(_despace_run, without_blobs)
 
 
-def analyse(prompt: str) -> Analysis:
+# Runs of characters that need no folding: ASCII carries no invisible, look-alike or
+# compatibility characters, so only the code points between these runs go through _fold_char.
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+
+def _fold(prompt: str) -> tuple[str, Sequence[int]]:
+    """The folded prompt and, per folded character, its index in ``prompt`` (linear time).
+
+    An ASCII prompt folds to itself (offsets are the identity, a ``range``); otherwise ASCII
+    stretches are copied whole and only the other code points are folded one by one.
+    """
+    if prompt.isascii():
+        return prompt, range(len(prompt))
     out: list[str] = []
-    offsets: list[int] = []
-    for index, ch in enumerate(prompt):
-        folded = _fold_char(ch)
+    offsets = array("q")
+    position = 0
+    for match in _NON_ASCII.finditer(prompt):
+        index = match.start()
+        if index > position:
+            out.append(prompt[position:index])
+            offsets.extend(range(position, index))
+        folded = _fold_char(match.group(0))
         out.append(folded)
         offsets.extend([index] * len(folded))
-    primary = _fold_confusables("".join(out))
+        position = index + 1
+    if position < len(prompt):
+        out.append(prompt[position:])
+        offsets.extend(range(position, len(prompt)))
+    return "".join(out), offsets
+
+
+def analyse(prompt: str) -> Analysis:
+    folded, offsets = _fold(prompt)
+    primary = folded if folded.isascii() else _fold_confusables(folded)
     transforms: list[str] = []
     if len(primary) != len(prompt) or primary != prompt:
         transforms.append("unicode")
@@ -396,4 +425,4 @@ def analyse(prompt: str) -> Analysis:
     text = SECTION_BREAK.join([primary, *(decoded for _kind, decoded in sections)])
     transforms.extend(kind for kind, _decoded in sections)
     transforms.extend(bounds)
-    return Analysis(text=text, offsets=tuple(offsets), primary_length=len(primary), transforms=tuple(transforms))
+    return Analysis(text=text, offsets=offsets, primary_length=len(primary), transforms=tuple(transforms))
