@@ -108,6 +108,18 @@ class InspectorConfig:
     url: str | None = None
     # Per-detector deadline inside one inspection.
     detector_timeout_s: float = 5.0
+    # Worker processes for normalisation and the rule-based detectors (Presidio, secrets,
+    # code): a call past its deadline has its worker killed and replaced. 0: run them in
+    # threads of the inspector process (a deadline then cannot stop them).
+    worker_processes: int = 3
+    # Normalisation's own deadline (de-obfuscation before the detectors); past it the
+    # detectors see the prompt as sent and the inspection notes "analysis_timeout".
+    analysis_timeout_s: float = 2.0
+    # Long texts are scanned in chunks of this many characters, overlapping by chunk_overlap.
+    chunk_chars: int = 131072
+    chunk_overlap: int = 8192
+    # Findings kept per detector and kind (the strongest); more is noted "findings_capped:<detector>".
+    max_findings_per_kind: int = 64
     # Optional spaCy model (installed package name or local path) for Presidio's NER.
     presidio_spacy_model: str | None = None
     # Embedded CPU intent detector (MiniLM + shipped head): on by default.
@@ -250,6 +262,13 @@ class ViewerConfig:
 
     host: str = "127.0.0.1"
     port: int = 8733
+    # Host header values served ("viewer.example.com" any port, or "name:port"); others get 421
+    # (DNS rebinding). Default: the bind address and localhost / 127.0.0.1 / [::1], with the port.
+    allowed_hosts: list[str] = field(default_factory=list)
+    # Behind an SSO reverse proxy: the header carrying the signed-in user (recorded as who gave
+    # feedback; feedback then requires it), believed only from trusted_sources (CIDRs).
+    identity_header: str | None = None
+    trusted_sources: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

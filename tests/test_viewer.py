@@ -121,11 +121,15 @@ def _get(viewer: Viewer, path: str) -> tuple[int, dict[str, Any], dict[str, str]
         return exc.code, json.loads(exc.read()), dict(exc.headers)
 
 
-def _post(viewer: Viewer, path: str, body: bytes, content_type: str, origin: str | None = None) -> int:
+def _post(
+    viewer: Viewer, path: str, body: bytes, content_type: str, origin: str | None = None, *, csrf: bool = True
+) -> int:
     import urllib.error
     import urllib.request
 
     headers = {"Content-Type": content_type}
+    if csrf:
+        headers["X-PromptFence-Viewer"] = "1"
     if origin:
         headers["Origin"] = origin
     req = urllib.request.Request(viewer.url + path, data=body, headers=headers, method="POST")
@@ -162,6 +166,7 @@ def test_feedback_api_refuses_cross_site_posts(viewer: Viewer) -> None:
     body = json.dumps({"topic": "FINANCIAL", "verdict": "false_positive"}).encode()
     assert _post(viewer, path, body, "text/plain") == 415  # what a cross-site form could send
     assert _post(viewer, path, body, "application/json", origin="https://evil.example") == 403
+    assert _post(viewer, path, body, "application/json", csrf=False) == 403  # no custom header: no preflight
     assert _post(viewer, path, b'{"topic": "PII", "verdict": "maybe"}', "application/json") == 400
     assert _post(viewer, "/api/records/nope/feedback", body, "application/json") == 404
     assert _post(viewer, path, body, "application/json", origin=viewer.url) == 201

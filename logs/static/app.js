@@ -246,7 +246,7 @@ function feedbackBar(rec) {
           const button = event.currentTarget;
           try {
             await api(`/api/records/${encodeURIComponent(rec.record_id)}/feedback`, {
-              method: "POST", headers: { "Content-Type": "application/json" },
+              method: "POST", headers: { "Content-Type": "application/json", "X-PromptFence-Viewer": "1" },
               body: JSON.stringify({ topic, verdict, reporter: "viewer" }),
             });
             button.textContent = `${topic} ${label}: recorded`;
