@@ -132,6 +132,10 @@ class CodeDetector:
     name = "code"
     version = "code-structure-1"
 
+    def worker_factory(self) -> type[CodeDetector]:
+        """A picklable way to build this detector again in a worker process."""
+        return CodeDetector
+
     def detect(self, text: str) -> Sequence[Finding]:
         blocks = code_blocks(text)
         if not blocks:

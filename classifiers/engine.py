@@ -1,10 +1,20 @@
 """The inspection engine: fan a prompt out to every detector at once, each under a deadline.
 
-Detectors are synchronous (Presidio, tokenizers and CPU models are), so each runs in a worker
-thread; the engine waits for all of them concurrently, so an inspection takes as long as the
-slowest detector, not the sum. A detector that raises or misses its deadline becomes a
-recorded :class:`DetectorRun` with its status, which the policy's ``on_error`` rule turns into a
-decision. A late detector's thread is abandoned, not killed; its result is discarded.
+Detectors are synchronous (Presidio, tokenizers and CPU models are). With a worker pool
+(``processes`` > 0, what the inspector runs), normalisation and every detector that offers a
+``worker_factory`` (the rule-based ones: Presidio, secrets, code) run in worker processes
+(classifiers/workers.py): a call that misses its deadline has its worker killed, so a hostile
+prompt cannot hold a core, or the GIL, past its budget. Long texts are cut into overlapping
+chunks (:func:`chunk_spans`) scanned in parallel, at most ``parallel`` calls per inspection so
+that other prompts keep a worker; findings are capped per kind, and a cap says so in the notes.
+
+The model-backed detectors (MiniLM intent, Prompt Guard, the LLM client, the neighbour memory)
+stay in threads: their time goes to torch and tokenizers, which release the GIL, or to network
+waits, and their input is bounded (windows are sampled past a limit, the LLM prompt is capped).
+A late thread is abandoned, not killed; its result is discarded.
+
+A detector that raises or misses its deadline becomes a recorded :class:`DetectorRun` with its
+status, which the policy's ``on_error`` rule turns into a decision.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ from typing import Any, Protocol, runtime_checkable
 import yaml
 
 from classifiers.normalize import Analysis, analyse
+from classifiers.workers import ANALYSE, WorkerFailed, WorkerPool, WorkerTimeout
 from inference.errors import InferenceError
 from promptfence.core import Detector, DetectorRun, DetectorStatus, Finding, Inspection, NeighbourRef, Span, Topic
 from promptfence.errors import ConfigError
@@ -60,6 +71,67 @@ def load_topic_map(path: Path = TOPIC_MAP_FILE) -> dict[str, dict[Topic, float]]
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"bad entry: {exc}", source=str(path), field=f"detectors.{name}") from None
     return result
+
+
+# Notes on an Inspection (prompt-free): normalisation missed its budget or failed (detectors
+# then saw the prompt as sent, not de-obfuscated); a detector's findings were capped.
+ANALYSIS_TIMEOUT_NOTE = "analysis_timeout"
+ANALYSIS_FAILED_NOTE = "analysis_failed"
+FINDINGS_CAPPED_NOTE = "findings_capped:{detector}"
+
+DEFAULT_CHUNK_CHARS = 128 * 1024
+# Longer than any single thing a rule matches (a 4096-bit PEM key is about 3,300 characters),
+# so a match across a chunk border lies whole inside the chunk it starts in.
+DEFAULT_CHUNK_OVERLAP = 8 * 1024
+DEFAULT_MAX_FINDINGS_PER_KIND = 64
+
+
+def chunk_spans(length: int, size: int, overlap: int) -> list[tuple[int, int]]:
+    """``[start, end)`` pieces covering ``range(length)``: each starts where the previous one's
+    own part ended and reaches ``overlap`` characters further, so anything up to ``overlap``
+    long that starts in a piece's own part lies whole inside that piece."""
+    if length <= size + overlap:
+        return [(0, length)]
+    return [(start, min(length, start + size + overlap)) for start in range(0, length, size)]
+
+
+def _cap_per_kind(findings: Iterable[Finding], limit: int) -> tuple[list[Finding], bool]:
+    """At most ``limit`` findings per kind (the strongest), deduplicated by kind and span."""
+    seen: set[tuple[str, int, int]] = set()
+    by_kind: dict[str, list[Finding]] = {}
+    for finding in findings:
+        span = finding.span or Span(-1, -1)
+        key = (finding.kind, span.start, span.end)
+        if key in seen:
+            continue
+        seen.add(key)
+        by_kind.setdefault(finding.kind, []).append(finding)
+    kept: list[Finding] = []
+    capped = False
+    for group in by_kind.values():
+        if len(group) > limit:
+            capped = True
+            group = sorted(group, key=lambda f: (-f.score, f.span.start if f.span else -1))[:limit]
+        kept.extend(group)
+    kept.sort(key=lambda f: (f.span.start if f.span else -1, f.kind))
+    return kept, capped
+
+
+def _shift(finding: Finding, offset: int) -> Finding:
+    if finding.span is None or offset == 0:
+        return finding
+    return Finding(
+        finding.detector,
+        finding.kind,
+        finding.topic,
+        finding.score,
+        Span(finding.span.start + offset, finding.span.end + offset),
+        finding.explanation,
+    )
+
+
+def _identity_analysis(text: str) -> Analysis:
+    return Analysis(text=text, offsets=range(len(text)), primary_length=len(text))
 
 
 def _to_prompt(finding: Finding, analysis: Analysis, weight: float) -> Finding:
@@ -125,6 +197,13 @@ class InspectionEngine:
         deadlines: Mapping[str, float] | None = None,
         max_workers: int | None = None,
         topic_map: TopicMap | None = None,
+        processes: int = 0,
+        parallel: int | None = None,
+        analysis_deadline_s: float | None = None,
+        chunk_chars: int = DEFAULT_CHUNK_CHARS,
+        chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
+        max_findings_per_kind: int = DEFAULT_MAX_FINDINGS_PER_KIND,
+        pool: WorkerPool | None = None,
     ) -> None:
         names = [d.name for d in detectors]
         if len(set(names)) != len(names):
@@ -142,48 +221,129 @@ class InspectionEngine:
         self.memory: MemoryDetector | None = memories[0] if memories else None
         workers = max_workers or max(4, 2 * len(self.detectors))
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="detector")
+        self.analysis_deadline_s = analysis_deadline_s if analysis_deadline_s is not None else deadline_s
+        self.chunk_chars = chunk_chars
+        self.chunk_overlap = chunk_overlap
+        self.max_findings_per_kind = max_findings_per_kind
+        if pool is None and processes > 0:
+            factories = {
+                d.name: d.worker_factory()  # type: ignore[attr-defined]
+                for d in self.detectors
+                if d is not self.memory and callable(getattr(d, "worker_factory", None))
+            }
+            pool = WorkerPool(factories, processes=processes)
+        self.pool = pool
+        self.isolated = frozenset(pool.factories) if pool is not None else frozenset()
+        size = pool.processes if pool is not None else 1
+        # Calls one inspection may have in the pool at once: leave a worker for other prompts.
+        self.parallel = parallel if parallel is not None else max(1, size - 1)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self.pool is not None:
+            self.pool.close()
         closer = getattr(self.memory, "close", None)
         if closer is not None:
             closer()
 
-    async def _run_one(self, detector: Detector, text: str) -> tuple[DetectorRun, Sequence[Finding]]:
+    async def _pooled(self, op: str, text: str, slots: asyncio.Semaphore) -> Any:
+        """One call in the worker pool; its worker is killed if the caller stops waiting."""
+        assert self.pool is not None
+        async with slots:
+            future, ticket = self.pool.submit(op, text)
+            try:
+                return await asyncio.wrap_future(future)
+            except asyncio.CancelledError:
+                self.pool.abandon(ticket)
+                raise
+
+    async def _detect_pooled(
+        self, name: str, text: str, slots: asyncio.Semaphore
+    ) -> tuple[Sequence[Finding], tuple[str, ...]]:
+        pieces = chunk_spans(len(text), self.chunk_chars, self.chunk_overlap)
+        results = await asyncio.gather(*(self._pooled(name, text[a:b], slots) for a, b in pieces))
+        findings = [_shift(f, a) for (a, _b), (found, _notes) in zip(pieces, results, strict=True) for f in found]
+        notes = tuple(dict.fromkeys(n for _found, piece_notes in results for n in piece_notes))
+        kept, capped = _cap_per_kind(findings, self.max_findings_per_kind)
+        if capped:
+            notes = (*notes, FINDINGS_CAPPED_NOTE.format(detector=name))
+        return kept, notes
+
+    def _detect_threaded(self, detector: Detector, text: str) -> tuple[Sequence[Finding], tuple[str, ...]]:
+        detect_with_notes = getattr(detector, "detect_with_notes", None)
+        if detect_with_notes is not None:
+            found, notes = detect_with_notes(text)
+            return tuple(found), tuple(notes)
+        return tuple(detector.detect(text)), ()
+
+    async def _analyse(self, text: str, slots: asyncio.Semaphore) -> tuple[Analysis, tuple[str, ...]]:
+        """Normalise ``text`` within the analysis deadline, off the event loop."""
+        try:
+            if self.pool is not None:
+                analysis = await asyncio.wait_for(self._pooled(ANALYSE, text, slots), self.analysis_deadline_s)
+            else:
+                loop = asyncio.get_running_loop()
+                analysis = await asyncio.wait_for(
+                    loop.run_in_executor(self._executor, analyse, text), self.analysis_deadline_s
+                )
+        except TimeoutError:
+            log.warning(
+                "normalisation missed its deadline (%gs); detectors see the prompt as sent", self.analysis_deadline_s
+            )
+            return _identity_analysis(text), (ANALYSIS_TIMEOUT_NOTE,)
+        except Exception as exc:  # WorkerFailed and friends: the type only
+            log.warning("normalisation failed: %s", getattr(exc, "kind", type(exc).__name__))
+            return _identity_analysis(text), (ANALYSIS_FAILED_NOTE,)
+        assert isinstance(analysis, Analysis)
+        return analysis, ()
+
+    async def _run_one(
+        self, detector: Detector, text: str, slots: asyncio.Semaphore
+    ) -> tuple[DetectorRun, Sequence[Finding], tuple[str, ...]]:
         loop = asyncio.get_running_loop()
         deadline = self.deadlines.get(detector.name, self.deadline_s)
         started = time.perf_counter()
-        future = loop.run_in_executor(self._executor, detector.detect, text)
+        if detector.name in self.isolated:
+            future: Any = self._detect_pooled(detector.name, text, slots)
+        else:
+            future = loop.run_in_executor(self._executor, self._detect_threaded, detector, text)
         try:
-            findings = await asyncio.wait_for(future, deadline)
+            findings, notes = await asyncio.wait_for(future, deadline)
         except TimeoutError:
             elapsed = (time.perf_counter() - started) * 1000
-            return DetectorRun(detector.name, DetectorStatus.TIMEOUT, elapsed, f"deadline {deadline:g}s"), ()
+            return DetectorRun(detector.name, DetectorStatus.TIMEOUT, elapsed, f"deadline {deadline:g}s"), (), ()
+        except WorkerTimeout:  # the pool dropped the call (it is closing)
+            elapsed = (time.perf_counter() - started) * 1000
+            return DetectorRun(detector.name, DetectorStatus.TIMEOUT, elapsed, f"deadline {deadline:g}s"), (), ()
+        except WorkerFailed as exc:  # raised in the worker, or the worker died: the type name only
+            elapsed = (time.perf_counter() - started) * 1000
+            log.warning("detector %s failed: %s", detector.name, exc.kind)
+            return DetectorRun(detector.name, DetectorStatus.FAILED, elapsed, exc.kind), (), ()
         except InferenceError as exc:  # a model that answered outside its schema, timed out, is down
             elapsed = (time.perf_counter() - started) * 1000
             # Their messages are prompt-free by contract (inference.errors): a field, a status code.
             error = f"{type(exc).__name__}: {exc}"
             log.warning("detector %s %s: %s", detector.name, exc.status.value, error)
-            return DetectorRun(detector.name, exc.status, elapsed, error), ()
+            return DetectorRun(detector.name, exc.status, elapsed, error), (), ()
         except Exception as exc:  # a detector bug must not take the inspection down
             elapsed = (time.perf_counter() - started) * 1000
             log.warning("detector %s failed: %s", detector.name, type(exc).__name__)
-            return DetectorRun(detector.name, DetectorStatus.FAILED, elapsed, type(exc).__name__), ()
+            return DetectorRun(detector.name, DetectorStatus.FAILED, elapsed, type(exc).__name__), (), ()
         elapsed = (time.perf_counter() - started) * 1000
-        return DetectorRun(detector.name, DetectorStatus.OK, elapsed), tuple(findings)
+        return DetectorRun(detector.name, DetectorStatus.OK, elapsed), tuple(findings), notes
 
     async def _run_memory(
         self,
         memory: MemoryDetector,
         text: str,
-        tasks: Mapping[str, asyncio.Future[tuple[DetectorRun, Sequence[Finding]]]],
+        tasks: Mapping[str, asyncio.Future[tuple[DetectorRun, Sequence[Finding], tuple[str, ...]]]],
     ) -> tuple[DetectorRun, Any]:
         """Wait for the redacting detectors, then embed the redacted text and look up neighbours."""
         started = time.perf_counter()
         spans: list[Finding] = []
         for name in memory.redact_with:
             if name in tasks:
-                run, found = await asyncio.shield(tasks[name])
+                run, found, _notes = await asyncio.shield(tasks[name])
                 if run.failed:  # never embed text whose entities could not be found
                     elapsed = (time.perf_counter() - started) * 1000
                     return DetectorRun(
@@ -205,17 +365,21 @@ class InspectionEngine:
 
     async def inspect(self, text: str) -> Inspection:
         started = time.perf_counter()
-        analysis = analyse(text)
+        slots = asyncio.Semaphore(self.parallel)
+        analysis, analysis_notes = await self._analyse(text, slots)
         memory = self.memory
         tasks = {
-            d.name: asyncio.ensure_future(self._run_one(d, analysis.text)) for d in self.detectors if d is not memory
+            d.name: asyncio.ensure_future(self._run_one(d, analysis.text, slots))
+            for d in self.detectors
+            if d is not memory
         }
         memory_task = None if memory is None else asyncio.ensure_future(self._run_memory(memory, analysis.text, tasks))
         results = await asyncio.gather(*tasks.values())
         memory_run, lookup = (None, None) if memory_task is None else await memory_task
         findings: list[Finding] = []
         covered: set[Topic] = set()
-        for run, detector_findings in results:
+        detector_notes = [n for _run, _found, notes in results for n in notes]
+        for run, detector_findings, _notes in results:
             allowed = self.topic_map.get(run.detector, {})
             if not run.failed:
                 covered.update(t for t, w in allowed.items() if w > 0)
@@ -224,14 +388,14 @@ class InspectionEngine:
                 if weight > 0:
                     findings.append(_to_prompt(finding, analysis, weight))
         topics = combine_topic_scores(findings)
-        runs = {run.detector: run for run, _ in results}
+        runs = {run.detector: run for run, _found, _notes in results}
         outcome = MemoryResult()
         if memory is not None and memory_run is not None:
             runs[memory.name] = memory_run
             if lookup is not None:
                 context = MemoryContext(
                     runs=tuple(runs.values()),
-                    raw={run.detector: found for run, found in results},
+                    raw={run.detector: found for run, found, _notes in results},
                     findings=tuple(findings),
                     topics=topics,
                     covered=frozenset(covered),
@@ -258,7 +422,7 @@ class InspectionEngine:
             transforms=analysis.transforms,
             uncovered=tuple(t for t in Topic if t not in covered),
             neighbours=outcome.neighbours,
-            notes=outcome.notes,
+            notes=tuple(dict.fromkeys((*analysis_notes, *detector_notes, *outcome.notes))),
             memory_tenant=outcome.tenant,
             memory_centroids=outcome.centroids,
         )

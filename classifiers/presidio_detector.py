@@ -20,11 +20,12 @@ extractor reads only the snapshot bundled with ``tldextract``.
 from __future__ import annotations
 
 import bisect
+import functools
 import ipaddress
 import re
 import threading
 import unicodedata
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version as _package_version
 from typing import Any
@@ -162,8 +163,60 @@ _WARM_UP_TEXT = (
     "card 4111 1111 1111 1111, 10 Main Street, Springfield, born 1/2/1990."
 )
 
-# Failed candidates phonenumbers may try per region and prompt (its default is 65535).
-_PHONE_MAX_TRIES = 1000
+# Failed candidates phonenumbers may try per region and call (its default is 65535): each costs
+# up to a millisecond of pure Python on long digit runs. Running out is noted like a cap.
+_PHONE_MAX_TRIES = 100
+
+# Matches each pattern (and the phone matcher, per region) may yield per call: Presidio spends
+# tens of microseconds of Python on every match (validation, explanation, context words), so
+# 1 MB of SSN-shaped digits took 30 s. The engine scans long prompts chunk by chunk, so the
+# cap is per chunk; reaching it is reported as the note ``findings_capped:presidio``.
+MAX_MATCHES_PER_PATTERN = 128
+CAPPED_NOTE = "findings_capped:presidio"
+REGEX_TIMEOUT_NOTE = "regex_timeout:presidio"
+
+
+class _CallState(threading.local):
+    """What happened during the current thread's ``detect`` call (caps reached, timeouts)."""
+
+    def __init__(self) -> None:
+        self.capped = False
+        self.timed_out = False
+
+
+_STATE = _CallState()
+
+
+class _CappedRegex:
+    """A compiled pattern whose ``finditer`` stops after :data:`MAX_MATCHES_PER_PATTERN`
+    matches and records a regex timeout (Presidio would skip the pattern silently)."""
+
+    def __init__(self, compiled: Any, limit: int = MAX_MATCHES_PER_PATTERN) -> None:
+        self._compiled = compiled
+        self._limit = limit
+
+    def finditer(self, text: str, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        try:
+            for count, match in enumerate(self._compiled.finditer(text, *args, **kwargs)):
+                if count >= self._limit:
+                    _STATE.capped = True
+                    return
+                yield match
+        except TimeoutError:
+            _STATE.timed_out = True
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._compiled, name)
+
+
+def _cap_patterns(recognizers: Iterable[EntityRecognizer]) -> None:
+    """Wrap every compiled pattern (compiled by a first analysis) in :class:`_CappedRegex`."""
+    for recognizer in recognizers:
+        for pattern in getattr(recognizer, "patterns", None) or ():
+            if pattern.compiled_regex is not None and not isinstance(pattern.compiled_regex, _CappedRegex):
+                pattern.compiled_regex = _CappedRegex(pattern.compiled_regex)
+
 
 # Shapes that phonenumbers accepts for some region but that are something else here.
 _NOT_PHONE_SHAPES = (
@@ -270,10 +323,17 @@ class _PhoneRecognizer(PhoneRecognizer):
         leniency = self.leniency if self.leniency is not None else 1
         for region in self.supported_regions:
             matcher = phonenumbers.PhoneNumberMatcher(text, region, leniency=leniency, max_tries=_PHONE_MAX_TRIES)
-            for match in matcher:
+            for count, match in enumerate(matcher):
+                if count >= MAX_MATCHES_PER_PATTERN:
+                    _STATE.capped = True
+                    break
+                if getattr(matcher, "_max_tries", 1) <= 0:
+                    _STATE.capped = True
                 if any(shape.fullmatch(match.raw_string) for shape in _NOT_PHONE_SHAPES):
                     continue
                 results.append(self._result(match.start, match.end))
+            if getattr(matcher, "_max_tries", 1) <= 0:  # phonenumbers gave up on the rest
+                _STATE.capped = True
         return list(EntityRecognizer.remove_duplicates(results))
 
     def _result(self, start: int, end: int) -> RecognizerResult:
@@ -655,6 +715,11 @@ class PresidioDetector:
         # tldextract reads its suffix-list snapshot on first use.
         tld_extract("example.com")
         self.detect(_WARM_UP_TEXT)
+        _cap_patterns(recognizers)
+
+    def worker_factory(self) -> Callable[[], PresidioDetector]:
+        """A picklable way to build this detector again in a worker process."""
+        return functools.partial(PresidioDetector, self.spacy_model, rules=dict(self._rules))
 
     @property
     def entities(self) -> tuple[str, ...]:
@@ -662,6 +727,16 @@ class PresidioDetector:
         return tuple(self._entities)
 
     def detect(self, text: str) -> Sequence[Finding]:
+        return self.detect_with_notes(text)[0]
+
+    def detect_with_notes(self, text: str) -> tuple[Sequence[Finding], tuple[str, ...]]:
+        """Findings, and notes when a pattern reached its match cap or timed out."""
+        _STATE.capped = _STATE.timed_out = False
+        findings = self._detect(text)
+        notes = ((CAPPED_NOTE,) if _STATE.capped else ()) + ((REGEX_TIMEOUT_NOTE,) if _STATE.timed_out else ())
+        return findings, notes
+
+    def _detect(self, text: str) -> Sequence[Finding]:
         if not text.strip():
             return ()
         results = self._analyzer.analyze(

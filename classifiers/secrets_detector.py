@@ -19,13 +19,14 @@ from __future__ import annotations
 import base64
 import binascii
 import bisect
+import functools
 import importlib
 import itertools
 import json
 import math
 import tomllib
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -656,6 +657,7 @@ class SecretsDetector:
     name = "secrets"
 
     def __init__(self, rules_path: Path | None = None, *, use_detect_secrets: bool = True) -> None:
+        self._args = (rules_path, use_detect_secrets)
         rules, rejected, config = load_rules(rules_path or DEFAULT_RULES_PATH)
         if use_detect_secrets:
             ds_rules, ds_rejected = load_detect_secrets_rules(config)
@@ -667,6 +669,11 @@ class SecretsDetector:
         self.version = f"1.0+rules.{meta.get('version', '0')}"
 
     # -- public --------------------------------------------------------------------------
+
+    def worker_factory(self) -> Callable[[], SecretsDetector]:
+        """A picklable way to build this detector again in a worker process."""
+        rules_path, use_detect_secrets = self._args
+        return functools.partial(SecretsDetector, rules_path, use_detect_secrets=use_detect_secrets)
 
     def detect(self, text: str) -> Sequence[Finding]:
         if not text:

@@ -27,8 +27,16 @@ def build_engine(config: Config) -> InspectionEngine:
         time.perf_counter() - started,
         ", ".join(f"{d.name} ({d.version})" for d in detectors),
     )
+    inspector = config.inspector
     return InspectionEngine(
-        detectors, deadline_s=config.inspector.detector_timeout_s, deadlines=detector_deadlines(config)
+        detectors,
+        deadline_s=inspector.detector_timeout_s,
+        deadlines=detector_deadlines(config),
+        processes=inspector.worker_processes,
+        analysis_deadline_s=inspector.analysis_timeout_s,
+        chunk_chars=inspector.chunk_chars,
+        chunk_overlap=inspector.chunk_overlap,
+        max_findings_per_kind=inspector.max_findings_per_kind,
     )
 
 
