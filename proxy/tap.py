@@ -11,15 +11,17 @@ the app stays byte-for-byte what the browser sent (no fingerprint change for Clo
 friends, no bigger answers on the wire), and an unknown or broken encoding only costs us the
 decoded copy ("could not decode"), never the user's answer.
 
+**Bounds.** Decompressors are driven by :mod:`proxy.decompress` in bounded output pieces and
+the decode limit is checked per piece: a gzip bomb costs at most the limit, never the bomb, and
+the answer is decoded up to the limit ("answer larger than N bytes: not decoded past it").
+
 Nothing here raises into mitmproxy: a failing decompressor or decoder is recorded as an error
 string (type names only, never content) and decoding stops for that flow.
 """
 
 from __future__ import annotations
 
-import zlib
-from collections.abc import Callable
-
+from proxy.decompress import PIECE, Chain, DecompressError, Pieces, stage
 from proxy.wire.base import Answer, AnswerDecoder
 
 DEFAULT_DECODE_LIMIT = 64 * 1024 * 1024
@@ -29,91 +31,34 @@ class ContentDecodeError(Exception):
     pass
 
 
-class _Stage:
-    def __init__(self, process: Callable[[bytes], bytes], flush: Callable[[], bytes]) -> None:
-        self.process = process
-        self.flush = flush
-
-
-def _zlib_stage(wbits: int) -> _Stage:
-    obj = zlib.decompressobj(wbits)
-    return _Stage(obj.decompress, obj.flush)
-
-
-class _DeflateStage(_Stage):
-    """HTTP ``deflate`` is meant to be zlib-wrapped; some servers send raw deflate. Detect it."""
-
-    def __init__(self) -> None:
-        self._obj: zlib._Decompress | None = None
-        self._head = b""
-        super().__init__(self._process, self._flush)
-
-    def _process(self, data: bytes) -> bytes:
-        if self._obj is None:
-            self._head += data
-            if len(self._head) < 2:
-                return b""
-            zlib_header = (self._head[0] & 0x0F) == 8 and ((self._head[0] << 8) | self._head[1]) % 31 == 0
-            self._obj = zlib.decompressobj(zlib.MAX_WBITS if zlib_header else -zlib.MAX_WBITS)
-            data, self._head = self._head, b""
-        return self._obj.decompress(data)
-
-    def _flush(self) -> bytes:
-        if self._obj is None:
-            return b""
-        return self._obj.flush()
-
-
-def _brotli_stage() -> _Stage:
-    import brotli  # type: ignore[import-untyped]  # a mitmproxy dependency
-
-    obj = brotli.Decompressor()
-
-    def process(data: bytes) -> bytes:
-        return bytes(obj.process(data))
-
-    return _Stage(process, lambda: b"")
-
-
-def _zstd_stage() -> _Stage:
-    import zstandard  # a mitmproxy dependency
-
-    obj = zstandard.ZstdDecompressor().decompressobj(read_across_frames=True)
-    return _Stage(obj.decompress, obj.flush)
-
-
-def _stage(name: str) -> _Stage | None:
-    if name in ("", "identity"):
-        return None
-    if name in ("gzip", "x-gzip"):
-        return _zlib_stage(16 + zlib.MAX_WBITS)
-    if name == "deflate":
-        return _DeflateStage()
-    if name == "br":
-        return _brotli_stage()
-    if name == "zstd":
-        return _zstd_stage()
-    raise ContentDecodeError(f"unsupported content-encoding {name!r}")
-
-
 class IncrementalContentDecoder:
-    """Undo a ``Content-Encoding`` chain (``gzip, br`` = gzip first, so undo br first) chunk by chunk."""
+    """Undo a ``Content-Encoding`` chain (``gzip, br`` = gzip first, so undo br first) chunk by chunk.
+
+    :meth:`decode` and :meth:`flush` yield the output in bounded pieces (see :mod:`proxy.decompress`):
+    a caller that stops iterating stops the decompression there.
+    """
 
     def __init__(self, content_encoding: str) -> None:
         names = [n.strip().lower() for n in content_encoding.split(",") if n.strip()]
-        stages = [_stage(n) for n in reversed(names)]
-        self._stages = [s for s in stages if s is not None]
+        stages = []
+        for name in reversed(names):
+            try:
+                current = stage(name)
+            except KeyError:
+                raise ContentDecodeError(f"unsupported content-encoding {name!r}") from None
+            if current is not None:
+                stages.append(current)
+        self._chain = Chain(stages)
 
-    def decode(self, data: bytes) -> bytes:
-        for stage in self._stages:
-            data = stage.process(data)
-        return data
+    def decode(self, data: bytes) -> Pieces:
+        if not self._chain.stages:
+            for start in range(0, len(data), PIECE):
+                yield data[start : start + PIECE]
+            return
+        yield from self._chain.feed(data)
 
-    def flush(self) -> bytes:
-        out = b""
-        for stage in self._stages:
-            out = (stage.process(out) if out else b"") + stage.flush()
-        return out
+    def flush(self) -> Pieces:
+        yield from self._chain.finish()
 
 
 class ResponseTap:
@@ -150,20 +95,35 @@ class ResponseTap:
             else:
                 self.copy = None  # too big to keep whole: keep nothing rather than a misleading part
         if chunk and self.decoder is not None and self._content is not None:
-            try:
-                self._feed(self._content.decode(chunk))
-            except Exception as exc:  # never into mitmproxy: the user's bytes are already on their way
-                self._stop(f"could not decode response: {type(exc).__name__}")
+            self._pull(self._content.decode(chunk))
         return chunk
 
-    def _feed(self, data: bytes) -> None:
-        if not data or self.decoder is None:
-            return
+    def _pull(self, pieces: Pieces) -> None:
+        """Feed decoded pieces to the decoder, the limit checked per piece; never raises."""
+        try:
+            for piece in pieces:
+                if not self._feed(piece):
+                    break
+        except Exception as exc:  # never into mitmproxy: the user's bytes are already on their way
+            detail = str(exc) if isinstance(exc, DecompressError) else type(exc).__name__
+            self._stop(f"could not decode response: {detail}")
+        finally:
+            pieces.close()  # left at the limit: the decompression stops here, not at collection
+
+    def _feed(self, data: bytes) -> bool:
+        """Feed one piece; False once the decode limit is reached (decoding stops there)."""
+        if self.decoder is None or self._content is None:
+            return False
+        room = self._decode_limit - self.decoded_bytes
+        if len(data) > room:
+            if room > 0:
+                self.decoded_bytes += room
+                self.decoder.feed(data[:room])
+            self._stop(f"answer larger than {self._decode_limit} bytes: not decoded past it")
+            return False
         self.decoded_bytes += len(data)
-        if self.decoded_bytes > self._decode_limit:
-            self._stop(f"answer larger than {self._decode_limit} bytes: not decoded")
-            return
         self.decoder.feed(data)
+        return True
 
     def _stop(self, error: str) -> None:
         self.error = self.error or error
@@ -174,10 +134,7 @@ class ResponseTap:
         if self._answer is not None or self.decoder is None:
             return self._answer
         if self._content is not None:
-            try:
-                self._feed(self._content.flush())
-            except Exception as exc:
-                self._stop(f"could not decode response: {type(exc).__name__}")
+            self._pull(self._content.flush())
         try:
             answer = self.decoder.close()
         except Exception as exc:
