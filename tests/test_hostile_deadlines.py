@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import aiohttp
 import pytest
@@ -96,7 +97,7 @@ async def test_a_pathological_prompt_cannot_delay_a_normal_verdict(engine: Inspe
     hostile = MARKER + "\n" + "for " + " in" * 80_000 + "\nf(ab)" + " " * 32_000 + "x"
     normal = "Please update my record: SSN 219-09-9999, email jane.roe@corp-mail.com"
 
-    async def post(session: aiohttp.ClientSession, name: str, prompt: str) -> tuple[dict[str, object], float]:
+    async def post(session: aiohttp.ClientSession, name: str, prompt: str) -> tuple[dict[str, Any], float]:
         started = time.perf_counter()
         async with session.post(url, json={"prompt": prompt}) as resp:
             assert resp.status == 200
@@ -115,13 +116,13 @@ async def test_a_pathological_prompt_cannot_delay_a_normal_verdict(engine: Inspe
         await probe_task
         await server.close()
 
-    good_runs = {r["detector"]: r["status"] for r in good["runs"]}  # type: ignore[union-attr]
+    good_runs = {r["detector"]: r["status"] for r in good["runs"]}
     assert good_runs == dict.fromkeys(["presidio", "code", "secrets", "spin"], DetectorStatus.OK.value)
-    assert "PII" in good["topics"]  # type: ignore[operator]
+    assert "PII" in good["topics"]
     assert finished[0] == "normal"
     assert good_s < DEADLINE_S  # its verdict came within its own deadline, not after the spin's
 
-    bad_runs = {r["detector"]: r["status"] for r in bad["runs"]}  # type: ignore[union-attr]
+    bad_runs = {r["detector"]: r["status"] for r in bad["runs"]}
     assert bad_runs["spin"] == DetectorStatus.TIMEOUT.value
     assert bad_runs["code"] == bad_runs["presidio"] == bad_runs["secrets"] == DetectorStatus.OK.value
     assert bad_s < 2 * DEADLINE_S
