@@ -23,7 +23,7 @@ from classifiers.engine import InspectionEngine, chunk_spans, load_topic_map
 from classifiers.presidio_detector import PresidioDetector
 from classifiers.secrets_detector import SecretsDetector
 from classifiers.service import build_app
-from promptfence.core import DetectorStatus, Finding, Topic
+from promptfence.core import Detector, DetectorStatus, Finding, Topic
 
 MARKER = "SPIN-UNTIL-KILLED"
 DEADLINE_S = 4.0
@@ -57,7 +57,7 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def engine() -> Iterator[InspectionEngine]:
     topic_map = {**load_topic_map(), "spin": {Topic.JAILBREAK: 1.0}}
-    detectors = [PresidioDetector(), CodeDetector(), SecretsDetector(), SpinDetector()]
+    detectors: list[Detector] = [PresidioDetector(), CodeDetector(), SecretsDetector(), SpinDetector()]
     built = InspectionEngine(detectors, deadline_s=DEADLINE_S, topic_map=topic_map, processes=3)
     try:
         yield built
