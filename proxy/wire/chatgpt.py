@@ -17,6 +17,8 @@ from typing import Any
 
 from proxy.wire import jsonpatch
 from proxy.wire.base import (
+    DEFAULT_ANSWER_LIMIT,
+    DEFAULT_MAX_EVENT,
     Answer,
     BlockReply,
     BlockReplyMaker,
@@ -124,29 +126,32 @@ def file_metadata(request: RequestData) -> Extraction:
 
 
 def _message_text(message: Any) -> str | None:
-    """The text of an answer-bearing assistant message, else None (tool, thinking, user echo)."""
+    """The text of an answer-bearing assistant message, else None (tool, thinking, user echo).
+
+    Strings may be :class:`~proxy.wire.jsonpatch.TextBuilder` (appended to): read via ``text``."""
+    text = jsonpatch.text
     if not isinstance(message, dict):
         return None
-    if dict_get(message.get("author"), "role") != "assistant":
+    if text(dict_get(message.get("author"), "role")) != "assistant":
         return None
-    if message.get("recipient") not in (None, "all"):
+    if message.get("recipient") is not None and text(message.get("recipient")) != "all":
         return None
-    if message.get("channel") not in (None, "final"):
+    if message.get("channel") is not None and text(message.get("channel")) != "final":
         return None
     content = message.get("content")
-    if dict_get(content, "content_type") not in ("text", "multimodal_text"):
+    if text(dict_get(content, "content_type")) not in ("text", "multimodal_text"):
         return None
     parts = dict_get(content, "parts")
     if not isinstance(parts, list):
         return None
-    return "".join(p for p in parts if isinstance(p, str))
+    return "".join(t for t in map(text, parts) if t is not None)
 
 
 class ChatGPTStreamDecoder(SSEAnswerDecoder):
     """Folds a ChatGPT answer stream (delta v1 or legacy snapshots) into the final answer."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, answer_limit: int = DEFAULT_ANSWER_LIMIT, max_event: int = DEFAULT_MAX_EVENT) -> None:
+        super().__init__(answer_limit=answer_limit, max_event=max_event)
         self._docs: dict[object, Any] = {}  # v1: channel -> root document; legacy: message id -> event
         self._p: Any = None
         self._o: Any = None
@@ -162,7 +167,7 @@ class ChatGPTStreamDecoder(SSEAnswerDecoder):
             text = _message_text(dict_get(doc, "message"))
             if text is not None:
                 answer.text = text
-                answer.message_id = opt_str(dict_get(dict_get(doc, "message"), "id"))
+                answer.message_id = opt_str(jsonpatch.text(dict_get(dict_get(doc, "message"), "id")))
                 break
         answer.complete = self._done
         app = []
@@ -268,7 +273,11 @@ class ChatGPTStreamDecoder(SSEAnswerDecoder):
             self._install(v)
             return
         key = self._key()
-        doc, ok = jsonpatch.apply(self._docs.get(key), op, path, v)
+        current = self._docs.get(key)
+        grows = len(v) if op in ("append", "add") and isinstance(v, str) else 0
+        if not self._grow(grows + jsonpatch.cost(current, op, path)):
+            return  # past the answer limit: noted once in the answer's error
+        doc, ok = jsonpatch.apply(current, op, path, v, builders=True)
         if key in self._docs or ok:
             self._docs[key] = doc
         if not ok:

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from proxy.wire.base import (
+    DEFAULT_ANSWER_LIMIT,
+    DEFAULT_MAX_EVENT,
     Answer,
     BlockReply,
     BlockReplyMaker,
@@ -116,8 +118,8 @@ def conversation_ref(request: RequestData) -> Extraction:
 class ClaudeStreamDecoder(SSEAnswerDecoder):
     """Joins ``text_delta`` text per content block (index order); thinking and tool JSON stay out."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, answer_limit: int = DEFAULT_ANSWER_LIMIT, max_event: int = DEFAULT_MAX_EVENT) -> None:
+        super().__init__(answer_limit=answer_limit, max_event=max_event)
         self._blocks: dict[int, list[str]] = {}
         self._legacy: list[str] = []
         self._stopped = False
@@ -156,19 +158,20 @@ class ClaudeStreamDecoder(SSEAnswerDecoder):
             block = value.get("content_block")
             if isinstance(index, int) and dict_get(block, "type") == "text":
                 initial = dict_get(block, "text")
-                self._blocks[index] = [initial] if isinstance(initial, str) else []
+                self._blocks[index] = [initial] if isinstance(initial, str) and self._grow(len(initial)) else []
         elif kind == "content_block_delta":
             index = value.get("index")
             delta = value.get("delta")
             text = dict_get(delta, "text")
-            if dict_get(delta, "type") == "text_delta" and isinstance(text, str):
+            if dict_get(delta, "type") == "text_delta" and isinstance(text, str) and self._grow(len(text)):
                 self._blocks.setdefault(index if isinstance(index, int) else 0, []).append(text)
         elif kind == "message_stop":
             self._stopped = True
         elif kind == "error":
             self._app_error = True
         elif kind is None and isinstance(value.get("completion"), str):
-            self._legacy.append(value["completion"])
+            if self._grow(len(value["completion"])):
+                self._legacy.append(value["completion"])
             if value.get("stop_reason") is not None:
                 self._stopped = True
         elif kind is None and isinstance(value.get("error"), dict):

@@ -4,6 +4,11 @@ ChatGPT's delta encoding v1 and Perplexity's ``diff_block`` both edit a JSON doc
 operations on pointer paths. :func:`apply` returns the new document and never raises: an
 operation whose path does not fit the document is reported (False) and skipped, because a
 stream that moved a field must degrade to "could not decode", not to an exception.
+
+**Linear appends.** An answer streamed as thousands of 4-character ``append`` operations must
+not copy the whole text each time: lists are extended in place, and with ``builders=True`` a
+string that is appended to becomes a :class:`TextBuilder` (parts joined once, when read with
+:func:`text`). Documents edited with builders are read through :func:`text`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,37 @@ import copy
 from typing import Any
 
 _MISSING = object()
+
+
+class TextBuilder:
+    """A string under construction: O(1) amortised appends; ``str()`` joins the parts (once)."""
+
+    __slots__ = ("_parts", "length")
+
+    def __init__(self, text: str) -> None:
+        self._parts = [text]
+        self.length = len(text)
+
+    def append(self, text: str) -> None:
+        self._parts.append(text)
+        self.length += len(text)
+
+    def __str__(self) -> str:
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0]
+
+    def __repr__(self) -> str:
+        return f"TextBuilder(<{self.length} characters>)"
+
+
+def text(value: Any) -> str | None:
+    """``value`` as a string when it is one (or a :class:`TextBuilder`), else None."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, TextBuilder):
+        return str(value)
+    return None
 
 
 def _tokens(path: str) -> list[str] | None:
@@ -65,7 +101,31 @@ def get(doc: Any, path: str) -> Any:
     return None
 
 
-def apply(doc: Any, op: str, path: str, value: Any) -> tuple[Any, bool]:
+def cost(doc: Any, op: str, path: str) -> int:
+    """What one operation may copy or move besides its value: the target's length for
+    ``truncate``, the items after the index for a list ``add``/``remove``; 0 for the O(1) ones.
+    Decoders charge it to their answer budget, so no sequence of edits is quadratic."""
+    if op not in ("truncate", "add", "remove"):
+        return 0
+    tokens = _tokens(path)
+    if not tokens:
+        return _size(doc) if op == "truncate" and tokens is not None else 0
+    if op == "truncate":
+        return _size(get(doc, path))
+    parent = _parent(doc, tokens, create=False)
+    if isinstance(parent, list) and op in ("add", "remove"):
+        i = _index(parent, tokens[-1], allow_end=True)
+        return 0 if i is None else len(parent) - i
+    return 0
+
+
+def _size(value: Any) -> int:
+    if isinstance(value, TextBuilder):
+        return value.length
+    return len(value) if isinstance(value, (str, list)) else 0
+
+
+def apply(doc: Any, op: str, path: str, value: Any, *, builders: bool = False) -> tuple[Any, bool]:
     """Apply one operation; returns (document, applied).
 
     ``add`` (RFC 6902: inserts into lists), ``replace`` (sets, creating a missing key),
@@ -80,7 +140,7 @@ def apply(doc: Any, op: str, path: str, value: Any) -> tuple[Any, bool]:
         if op in ("add", "replace"):
             return copy.deepcopy(value), True
         if op == "append":
-            return _appended(doc, value)
+            return _appended(doc, value, builders)
         if op == "truncate":
             return _truncated(doc, value)
         return doc, False
@@ -91,7 +151,7 @@ def apply(doc: Any, op: str, path: str, value: Any) -> tuple[Any, bool]:
         if op in ("add", "replace"):
             parent[last] = copy.deepcopy(value)
         elif op == "append":
-            parent[last], ok = _appended(None if current is _MISSING else current, value)
+            parent[last], ok = _appended(None if current is _MISSING else current, value, builders)
             return doc, ok
         elif op == "remove" and current is not _MISSING:
             del parent[last]
@@ -116,7 +176,7 @@ def apply(doc: Any, op: str, path: str, value: Any) -> tuple[Any, bool]:
         if op == "replace":
             parent[i] = copy.deepcopy(value)
         elif op == "append":
-            parent[i], ok = _appended(parent[i], value)
+            parent[i], ok = _appended(parent[i], value, builders)
             return doc, ok
         elif op == "remove":
             del parent[i]
@@ -129,17 +189,33 @@ def apply(doc: Any, op: str, path: str, value: Any) -> tuple[Any, bool]:
     return doc, False
 
 
-def _appended(current: Any, value: Any) -> tuple[Any, bool]:
+def _appended(current: Any, value: Any, builders: bool) -> tuple[Any, bool]:
     if current is None:
         return copy.deepcopy(value), True
+    if isinstance(current, TextBuilder) and isinstance(value, str):
+        current.append(value)
+        return current, True
     if isinstance(current, str) and isinstance(value, str):
-        return current + value, True
-    if isinstance(current, list):
-        return current + (copy.deepcopy(value) if isinstance(value, list) else [copy.deepcopy(value)]), True
+        if not builders:
+            return current + value, True
+        built = TextBuilder(current)
+        built.append(value)
+        return built, True
+    if isinstance(current, list):  # documents own their lists (values are deep-copied in)
+        if isinstance(value, list):
+            current.extend(copy.deepcopy(value))
+        else:
+            current.append(copy.deepcopy(value))
+        return current, True
     return current, False
 
 
 def _truncated(current: Any, value: Any) -> tuple[Any, bool]:
+    if isinstance(current, TextBuilder):
+        current = str(current)
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0 and isinstance(current, (str, list)):
+        if isinstance(current, list):
+            del current[value:]
+            return current, True
         return current[:value], True
     return current, False

@@ -18,6 +18,8 @@ from typing import Any
 
 from proxy.wire import jsonpatch
 from proxy.wire.base import (
+    DEFAULT_ANSWER_LIMIT,
+    DEFAULT_MAX_EVENT,
     Answer,
     BlockReply,
     BlockReplyMaker,
@@ -104,10 +106,14 @@ def _final_answer(text: Any) -> str | None:
 
 
 class PerplexityStreamDecoder(SSEAnswerDecoder):
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, *, answer_limit: int = DEFAULT_ANSWER_LIMIT, max_event: int = DEFAULT_MAX_EVENT) -> None:
+        super().__init__(answer_limit=answer_limit, max_event=max_event)
+        # Per usage, the carrier that last wrote its chunks / terminal answer: "markdown" (kept in
+        # _chunks / _terminal) or "diff" (read from the diff document once, at the end: linear).
         self._chunks: dict[str, list[str]] = {}
         self._terminal: dict[str, str] = {}
+        self._chunks_from: dict[str, str] = {}
+        self._terminal_from: dict[str, str] = {}
         self._diff: dict[tuple[str, str], Any] = {}
         self._text_answer: str | None = None
         self._ended = False
@@ -117,11 +123,13 @@ class PerplexityStreamDecoder(SSEAnswerDecoder):
     def _finish(self) -> Answer:
         answer = self._answer
         for usage in ANSWER_USAGES:
-            if usage in self._terminal:
-                answer.text = self._terminal[usage]
+            terminal = self._terminal_text(usage)
+            if terminal is not None:
+                answer.text = terminal
                 break
-            if usage in self._chunks:
-                answer.text = "".join(self._chunks[usage])
+            chunks = self._chunk_list(usage)
+            if chunks is not None:
+                answer.text = "".join(chunks)
                 break
         else:
             answer.text = self._text_answer
@@ -131,6 +139,22 @@ class PerplexityStreamDecoder(SSEAnswerDecoder):
             ended=answer.complete, end="before end_of_stream", app=app, no_answer="no answer carrier in the stream"
         )
         return answer
+
+    def _diff_doc(self, usage: str) -> Any:
+        return self._diff.get((usage, "markdown_block"))
+
+    def _terminal_text(self, usage: str) -> str | None:
+        source = self._terminal_from.get(usage)
+        if source == "diff":
+            return jsonpatch.text(dict_get(self._diff_doc(usage), "answer"))
+        return self._terminal.get(usage) if source == "markdown" else None
+
+    def _chunk_list(self, usage: str) -> list[str] | None:
+        source = self._chunks_from.get(usage)
+        if source == "diff":
+            chunks = dict_get(self._diff_doc(usage), "chunks")
+            return [t for t in map(jsonpatch.text, chunks if isinstance(chunks, list) else []) if t is not None]
+        return self._chunks.get(usage) if source == "markdown" else None
 
     def _event(self, event: SSEEvent) -> None:
         if event.event == "end_of_stream":
@@ -179,26 +203,36 @@ class PerplexityStreamDecoder(SSEAnswerDecoder):
                 if not isinstance(patch, dict):
                     continue
                 path = patch.get("path")
-                doc, _ok = jsonpatch.apply(
-                    doc, str(patch.get("op")), path if isinstance(path, str) else "/", patch.get("value")
-                )
+                op, where, value = str(patch.get("op")), path if isinstance(path, str) else "/", patch.get("value")
+                grows = len(value) if op in ("add", "append") and isinstance(value, str) else 0
+                if not self._grow(grows + jsonpatch.cost(doc, op, where)):
+                    break  # past the answer limit: noted once in the answer's error
+                doc, _ok = jsonpatch.apply(doc, op, where, value, builders=True)
             self._diff[(usage, field)] = doc
             if field == "markdown_block" and isinstance(doc, dict):
-                chunks = doc.get("chunks")
-                if isinstance(chunks, list):
-                    self._chunks[usage] = [c for c in chunks if isinstance(c, str)]
-                if isinstance(doc.get("answer"), str):
-                    self._terminal[usage] = doc["answer"]
+                if isinstance(doc.get("chunks"), list):
+                    self._chunks_from[usage] = "diff"
+                if jsonpatch.text(doc.get("answer")) is not None:
+                    self._terminal_from[usage] = "diff"
 
     def _markdown(self, usage: str, markdown: Mapping[str, Any]) -> None:
         chunks = markdown.get("chunks")
         if isinstance(chunks, list):
             offset = markdown.get("chunk_starting_offset")
             start = offset if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0 else 0
-            kept = self._chunks.get(usage, [])[:start]
-            self._chunks[usage] = kept + [c for c in chunks if isinstance(c, str)]
+            if self._chunks_from.get(usage) != "markdown":
+                self._chunks[usage] = []  # a carrier switch starts over
+            kept = self._chunks[usage]
+            if start < len(kept):  # splice in place: only what is replaced is touched
+                self._answer_chars -= sum(map(len, kept[start:]))
+                del kept[start:]
+            new = [c for c in chunks if isinstance(c, str)]
+            if self._grow(sum(map(len, new))):
+                kept.extend(new)
+            self._chunks_from[usage] = "markdown"
         if isinstance(markdown.get("answer"), str):
             self._terminal[usage] = markdown["answer"]
+            self._terminal_from[usage] = "markdown"
 
 
 def assistant_notice(message: str, extraction: Extraction) -> BlockReply:

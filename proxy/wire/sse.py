@@ -6,6 +6,11 @@ anywhere between two ``feed`` calls. Lines end in CRLF, LF or CR; a leading BOM 
 blank line only when its data buffer is not empty; ``id`` with NUL is ignored; ``retry`` must
 be all digits. At end of stream an unterminated event is discarded, as the standard says, and
 :attr:`SSEDecoder.truncated` reports it so callers can note "truncated".
+
+**Bounded and linear.** The upstream decides how long a line is; a 16 MB line without a newline
+must not cost 16 MB x chunks. Only newly fed text is scanned for line ends, an unterminated line
+is kept as a list of parts joined once, and a line or an event's data longer than ``max_event``
+characters is not kept at all: that event is dropped and counted in :attr:`SSEDecoder.oversized`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import codecs
 import re
 from dataclasses import dataclass, field
 
-from proxy.wire.base import Answer
+from proxy.wire.base import DEFAULT_ANSWER_LIMIT, DEFAULT_MAX_EVENT, Answer
 
 _EOL = re.compile(r"\r\n|\r|\n")
 
@@ -28,22 +33,32 @@ class SSEEvent:
 
 
 class SSEDecoder:
-    def __init__(self) -> None:
+    def __init__(self, max_event: int = DEFAULT_MAX_EVENT) -> None:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._line = ""
+        self._max = max_event
+        self._parts: list[str] = []  # the unterminated line, in the pieces it arrived in
+        self._line_len = 0
+        self._line_over = False  # the unterminated line passed max_event: its text is not kept
         self._skip_lf = False
         self._started = False
         self._data: list[str] = []
+        self._data_len = 0
         self._has_data = False
+        self._event_over = False  # the current event passed max_event: it is dropped
         self._event = ""
         self._last_id = ""
         self._retry: int | None = None
         self._pending_fields = False
+        self.oversized = 0
+
+    @property
+    def max_event(self) -> int:
+        return self._max
 
     @property
     def truncated(self) -> bool:
         """True when the stream ended inside a line or inside an event (after :meth:`close`)."""
-        return bool(self._line) or self._pending_fields
+        return bool(self._parts) or self._line_over or self._pending_fields
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         return self._text(self._utf8.decode(data))
@@ -59,23 +74,31 @@ class SSEDecoder:
             self._skip_lf = False
             if text[0] == "\n":
                 text = text[1:]
-        if not self._started and (self._line or text):
-            buf0 = self._line + text
-            if buf0.startswith("\ufeff"):
-                self._line, text = "", buf0[1:]
-            else:
-                self._line, text = "", buf0
+        if not self._started and text:
             self._started = True
-        buf = self._line + text
+            if text[0] == "\ufeff":
+                text = text[1:]
         events: list[SSEEvent] = []
         pos = 0
-        for match in _EOL.finditer(buf):
-            line = buf[pos : match.start()]
+        for match in _EOL.finditer(text):
+            piece = text[pos : match.start()]
             pos = match.end()
-            if match.group() == "\r" and pos == len(buf):
+            if match.group() == "\r" and pos == len(text):
                 self._skip_lf = True  # a CRLF pair may be split across chunks
-            self._line_done(line, events)
-        self._line = buf[pos:]
+            over = self._line_over or self._line_len + len(piece) > self._max
+            line = "" if over else ("".join(self._parts) + piece if self._parts else piece)
+            self._parts, self._line_len, self._line_over = [], 0, False
+            if over:
+                self._pending_fields = self._event_over = True
+            else:
+                self._line_done(line, events)
+        rest = text[pos:]
+        if rest and not self._line_over:
+            self._line_len += len(rest)
+            if self._line_len > self._max:
+                self._parts, self._line_over = [], True
+            else:
+                self._parts.append(rest)
         return events
 
     def _line_done(self, line: str, events: list[SSEEvent]) -> None:
@@ -89,7 +112,11 @@ class SSEDecoder:
             value = value[1:]
         self._pending_fields = True
         if name == "data":
-            self._data.append(value)
+            self._data_len += len(value) + 1
+            if self._data_len > self._max:
+                self._data, self._event_over = [], True
+            elif not self._event_over:
+                self._data.append(value)
             self._has_data = True
         elif name == "event":
             self._event = value
@@ -101,12 +128,11 @@ class SSEDecoder:
 
     def _dispatch(self, events: list[SSEEvent]) -> None:
         self._pending_fields = False
-        if not self._has_data:
-            self._event = ""
-            return
-        events.append(SSEEvent(self._event or "message", "\n".join(self._data), self._last_id, self._retry))
-        self._data = []
-        self._has_data = False
+        if self._event_over:
+            self.oversized += 1
+        elif self._has_data:
+            events.append(SSEEvent(self._event or "message", "\n".join(self._data), self._last_id, self._retry))
+        self._data, self._data_len, self._has_data, self._event_over = [], 0, False, False
         self._event = ""
 
 
@@ -115,12 +141,25 @@ class SSEAnswerDecoder:
 
     Subclasses fold events into ``self._answer`` and count what they could not read in
     ``self._undecodable``; :meth:`_notes` words what went wrong the same way for every app.
+    Text that accumulates across events goes through :meth:`_grow` first: past ``answer_limit``
+    characters nothing more is added, and the answer's error says so.
     """
 
-    def __init__(self) -> None:
-        self._sse = SSEDecoder()
+    def __init__(self, *, answer_limit: int = DEFAULT_ANSWER_LIMIT, max_event: int = DEFAULT_MAX_EVENT) -> None:
+        self._sse = SSEDecoder(max_event)
         self._answer = Answer()
         self._undecodable = 0
+        self._answer_limit = answer_limit
+        self._answer_chars = 0
+        self._capped = False
+
+    def _grow(self, chars: int) -> bool:
+        """Account for ``chars`` more answer text; False (and capped for good) past the limit."""
+        if not self._capped and self._answer_chars + chars <= self._answer_limit:
+            self._answer_chars += chars
+            return True
+        self._capped = True
+        return False
 
     def feed(self, data: bytes) -> None:
         for event in self._sse.feed(data):
@@ -145,6 +184,10 @@ class SSEAnswerDecoder:
             notes.append(f"stream ended {end}" + (" (truncated event)" if self._sse.truncated else ""))
         if self._undecodable:
             notes.append(f"{self._undecodable} undecodable events")
+        if self._sse.oversized:
+            notes.append(f"{self._sse.oversized} events over {self._sse.max_event} characters skipped")
+        if self._capped:
+            notes.append(f"answer longer than {self._answer_limit} characters: not decoded past it")
         notes.extend(app)
         if no_answer is not None and self._answer.text is None and not notes:
             notes.append(no_answer)
