@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import parse_qs
 
-
 # Bounds on what a decoder keeps of one answer stream (see ``proxy/tap.py`` for the byte limit):
 DEFAULT_ANSWER_LIMIT = 8 * 1024 * 1024  # characters of answer text accumulated across events
 DEFAULT_MAX_EVENT = 16 * 1024 * 1024  # characters in one SSE line / event, or one Gemini frame
