@@ -57,6 +57,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     vectors.add_argument("--no-embed", action="store_true", help="skip the embedding throughput phase")
     vectors.add_argument("--json", action="store_true")
     add_config_option(vectors)
+    hostile = sub.add_parser("hostile", help="single inspections of 1 MB hostile prompts; decoders on hostile streams")
+    hostile.add_argument("--size", type=int, default=2**20, help="characters per prompt")
+    hostile.add_argument("--stream-size", type=int, default=16 * 2**20, help="bytes per hostile answer stream")
+    hostile.add_argument("--json", action="store_true")
+    add_config_option(hostile)
     logs = sub.add_parser(
         "logs", help="the recorder under kill -9 and database outages: acknowledged vs recorded vs duplicated"
     )
@@ -247,7 +252,105 @@ def _bench_logs(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
+def hostile_prompts(size: int) -> dict[str, str]:
+    """The issue-13 cases, each ``size`` characters (deterministic)."""
+    import base64
+    import random
+
+    rnd = random.Random(13)
+    ssn = "".join(
+        f"{rnd.randrange(100, 899):03d}-{rnd.randrange(10, 99)}-{rnd.randrange(1000, 9999)} "
+        for _ in range(size // 12 + 1)
+    )
+    rows = [
+        {"id": i, "name": f"user{i}", "email": f"user{i}@corp.example.com", "score": i / 2} for i in range(size // 60)
+    ]
+    return {
+        "a": "a" * size,
+        "dots": "." * size,
+        "random_base64": base64.b64encode(rnd.randbytes(size * 3 // 4 + 3)).decode()[:size],
+        "ssn_like_digits": ssn[:size],
+        "digits_and_dashes": "".join(rnd.choice("0123456789-") for _ in range(size)),
+        "spaced_letters": " ".join(rnd.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(size // 2 + 1))[:size],
+        "json_blob": json.dumps(rows)[:size],
+        "paren_spaces": ("f(ab)" + " " * size)[: size - 1] + "x",
+        "for_in": ("for " + " in" * size)[: size - 1] + ":",
+    }
+
+
+async def _bench_hostile(args: argparse.Namespace) -> dict[str, Any]:
+    from promptfence.cli.inspector_cmd import build_engine
+
+    config = load_config(args.config)
+    config = dataclasses.replace(config, memory=dataclasses.replace(config.memory, enabled=False))
+    engine = build_engine(config)
+    lag = 0.0
+    stop = asyncio.Event()
+
+    async def probe() -> None:
+        nonlocal lag
+        while not stop.is_set():
+            started = time.perf_counter()
+            await asyncio.sleep(0.005)
+            lag = max(lag, time.perf_counter() - started - 0.005)
+
+    rows = []
+    probing = asyncio.ensure_future(probe())
+    try:
+        await engine.inspect("warm up: my SSN is 219-09-9999")
+        for name, text in hostile_prompts(args.size).items():
+            lag = 0.0
+            started = time.perf_counter()
+            inspection = await engine.inspect(text)
+            rows.append(
+                {
+                    "name": name,
+                    "seconds": round(time.perf_counter() - started, 3),
+                    "timed_out": [r.detector for r in inspection.runs if r.status.value == "timeout"],
+                    "failed": [r.detector for r in inspection.runs if r.failed and r.status.value != "timeout"],
+                    "max_loop_lag_ms": round(lag * 1000, 1),
+                    "notes": list(inspection.notes),
+                }
+            )
+    finally:
+        stop.set()
+        await probing
+        engine.close()
+    return {"bench": "hostile", "size": args.size, "detectors": [d.name for d in engine.detectors], "prompts": rows}
+
+
+def _bench_hostile_report(args: argparse.Namespace) -> int:
+    report = asyncio.run(_bench_hostile(args))
+    try:
+        from proxy.bench import hostile_stream_timings  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        streams: list[dict[str, object]] | None = None
+    else:
+        streams = hostile_stream_timings(args.stream_size)
+    report["streams"] = streams
+    if args.json:
+        json.dump(report, sys.stdout)
+        print()
+        return 0
+    print(f"single inspections of {report['size']} characters; detectors: {', '.join(report['detectors'])}")
+    print(f"{'CASE':<18} {'SECONDS':>8} {'LOOP LAG ms':>11}  TIMED OUT / NOTES")
+    for row in report["prompts"]:
+        extra = ",".join(row["timed_out"] + row["failed"]) or "-"
+        print(
+            f"{row['name']:<18} {row['seconds']:>8.2f} {row['max_loop_lag_ms']:>11.1f}  {extra} {' '.join(row['notes'])}"
+        )
+    if streams is None:
+        print("answer decoder cases unavailable: proxy.bench.hostile_stream_timings could not be imported")
+    else:
+        print(f"{'STREAM':<28} {'SECONDS':>8} {'BYTES':>10}  NOTE")
+        for row in streams:
+            print(f"{row['name']!s:<28} {float(str(row['seconds'])):>8.2f} {row['bytes']!s:>10}  {row['note']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.bench == "hostile":
+        return _bench_hostile_report(args)
     if args.bench == "logs":
         return _bench_logs(args)
     if args.bench == "vectors":
