@@ -20,6 +20,7 @@ from urllib.parse import parse_qs
 
 from proxy.wire import generic
 from proxy.wire.base import (
+    DEFAULT_MAX_EVENT,
     Answer,
     BlockReply,
     BlockReplyMaker,
@@ -125,58 +126,93 @@ def upload(request: RequestData) -> Extraction:
 # -- the answer frames ---------------------------------------------------------------------------
 
 _LENGTH = re.compile(r"[ \t\r\n]*(\d{1,12})\n")
+_WS = re.compile(r"[ \t\r\n]*")
+_PARTIAL_LENGTH = re.compile(r"\d{0,12}\Z")
+_JSON = json.JSONDecoder()
 
 
-def _utf16_index(text: str, units: int) -> int | None:
-    """The index in ``text`` after ``units`` UTF-16 code units, or None if text is shorter."""
-    if len(text.encode("utf-16-le")) // 2 < units:
-        return None
+def _skip_ws(text: str, pos: int) -> int:
+    match = _WS.match(text, pos)
+    return pos if match is None else match.end()
+
+
+def _utf16_end(text: str, start: int, units: int) -> int | None:
+    """The index in ``text`` after ``units`` UTF-16 code units from ``start``, or None if shorter."""
+    stop = start + units
+    window = text[start:stop]
+    if len(window.encode("utf-16-le", "surrogatepass")) == 2 * len(window):  # all BMP: one unit each
+        return stop if len(window) == units else None
     count = 0
-    for index, char in enumerate(text):
+    for index in range(start, len(text)):
         if count >= units:
             return index
-        count += 2 if ord(char) > 0xFFFF else 1
+        count += 2 if ord(text[index]) > 0xFFFF else 1
     return len(text) if count >= units else None
 
 
 class GeminiFrameDecoder:
-    MAX_BUFFER = 64 * 1024 * 1024
+    """Length-prefixed frames, decoded in linear time whatever the upstream sends.
 
-    def __init__(self) -> None:
+    Unparsed text is kept as parts (joined only when a parse can make progress), a parse that must
+    wait for more text sets how much more (the declared frame, or twice what is pending when the
+    length is unknown), positions move through the buffer instead of re-slicing it, a length over
+    ``max_frame`` is treated as wrong (the JSON that is there is parsed instead), and failed
+    re-synchronisation is charged to a work budget proportional to the input. Past ``max_frame``
+    characters pending, decoding stops and the answer's error says so.
+    """
+
+    def __init__(self, *, max_frame: int = DEFAULT_MAX_EVENT) -> None:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._buf = ""
+        self._max = max_frame
+        self._parts: list[str] = []
+        self._pending = 0  # characters in _parts
+        self._need = 0  # no new parse before this many characters are pending
+        self._received = 0
+        self._work = 0  # characters scanned by parses that failed
+        self._stopped: str | None = None
         self._guard_checked = False
         self._answer = Answer()
         self._final_status = False
         self._trailer = False
         self._bad_frames = 0
         self._app_error: int | None = None
-        self._overflow = False
 
     def feed(self, data: bytes) -> None:
-        if self._overflow:
+        if self._stopped is not None:
             return
-        self._buf += self._utf8.decode(data)
-        if len(self._buf) > self.MAX_BUFFER:
-            self._overflow, self._buf = True, ""
+        self._add(self._utf8.decode(data))
+        if self._pending >= self._need and self._pending:
+            self._frames(final=False)
+
+    def _add(self, text: str) -> None:
+        if not text:
             return
-        self._frames(final=False)
+        self._parts.append(text)
+        self._pending += len(text)
+        self._received += len(text)
+        if self._pending > self._max + 64:
+            self._stop(f"frame longer than {self._max} characters: not decoded past it")
+
+    def _stop(self, reason: str) -> None:
+        self._stopped = self._stopped or reason
+        self._parts, self._pending = [], 0
 
     def close(self) -> Answer:
-        self._buf += self._utf8.decode(b"", final=True)
-        self._frames(final=True)
+        if self._stopped is None:
+            self._add(self._utf8.decode(b"", final=True))
+        if self._stopped is None:
+            self._frames(final=True)
         answer = self._answer
         answer.complete = self._final_status or self._trailer
         notes = []
-        leftover = self._buf.strip()
-        if leftover:
+        if any(part.strip() for part in self._parts):
             notes.append("truncated frame at end of body")
         if self._bad_frames:
             notes.append(f"{self._bad_frames} undecodable frames")
         if self._app_error is not None:
             notes.append(f"the app reported error code {self._app_error}")
-        if self._overflow:
-            notes.append("answer larger than the decode buffer")
+        if self._stopped is not None:
+            notes.append(self._stopped)
         if answer.text is None and not notes:
             notes.append("no answer candidate in the body")
         if not answer.complete and not notes:
@@ -185,52 +221,80 @@ class GeminiFrameDecoder:
         return answer
 
     def _frames(self, *, final: bool) -> None:
+        buf = self._parts[0] if len(self._parts) == 1 else "".join(self._parts)
+        self._need = 0
+        pos = self._parse(buf, final)
+        if self._stopped is None:
+            rest = buf[pos:]
+            self._parts, self._pending = ([rest] if rest else []), len(rest)
+
+    def _wait(self, buf: str, pos: int, need: int | None = None) -> int:
+        """Stop parsing at ``pos`` until ``need`` characters (default: twice the rest) are pending."""
+        pending = len(buf) - pos
+        self._need = need if need is not None else 2 * pending + 1
+        return pos
+
+    def _parse(self, buf: str, final: bool) -> int:
+        pos = 0
         if not self._guard_checked:
-            stripped = self._buf.lstrip()
-            if len(stripped) < len(GUARD) and GUARD.startswith(stripped) and not final:
-                return
-            if stripped.startswith(GUARD):
-                self._buf = stripped[len(GUARD) :]
+            ws = _skip_ws(buf, 0)
+            if not final and len(buf) - ws < len(GUARD) and GUARD.startswith(buf[ws:]):
+                return self._wait(buf, 0)
+            if buf.startswith(GUARD, ws):
+                pos = ws + len(GUARD)
             self._guard_checked = True
-        for _ in range(100_000):  # bounded: each pass consumes input or stops
-            match = _LENGTH.match(self._buf)
+        while pos < len(buf) and self._stopped is None:
+            match = _LENGTH.match(buf, pos)
             if match is None:
-                if re.fullmatch(r"[ \t\r\n]*\d*", self._buf) or not self._resync(final):
-                    return
+                pos = _skip_ws(buf, pos)
+                if _PARTIAL_LENGTH.match(buf, pos):  # only the digits of a length so far
+                    return pos if final else self._wait(buf, pos, len(buf) - pos + 1)
+                progressed, pos = self._fallback(buf, pos, final)
+                if not progressed:
+                    return pos
                 continue
-            rest = self._buf[match.end() - 1 :]  # the newline after the digits counts
-            end = _utf16_index(rest, int(match.group(1)))
-            if end is None and not final:
-                return
-            frame = None if end is None else loads_or_none(rest[:end].strip())
-            if frame is None:
+            units = int(match.group(1))
+            start = match.end() - 1  # the newline after the digits counts
+            end = _utf16_end(buf, start, units) if units <= self._max else None
+            if end is None and not final and units <= self._max:
+                return self._wait(buf, pos, start - pos + units)  # units >= characters: enough
+            frame = None if end is None else loads_or_none(buf[start:end].strip())
+            if end is None or frame is None:
                 # A wrong length (or a truncated last frame): parse the JSON that is there.
-                self._buf = rest
-                if not self._fallback(final):
-                    return
+                progressed, pos = self._fallback(buf, start, final)
+                if not progressed:
+                    return pos
                 continue
-            self._buf = rest[end:]
+            pos = end
             self._frame(frame)
+        return pos
 
-    def _fallback(self, final: bool) -> bool:
-        text = self._buf.lstrip()
+    def _fallback(self, buf: str, at: int, final: bool) -> tuple[bool, int]:
+        at = _skip_ws(buf, at)
+        if at == len(buf):
+            return False, at
         try:
-            frame, end = json.JSONDecoder().raw_decode(text)
-        except (json.JSONDecodeError, RecursionError):
-            return self._resync(final)
-        self._buf = text[end:]
+            frame, end = _JSON.raw_decode(buf, at)
+        except json.JSONDecodeError as exc:
+            return self._resync(buf, at, final, max(exc.pos - at, 1))
+        except RecursionError:
+            return self._resync(buf, at, final, len(buf) - at)
         self._frame(frame)
-        return True
+        return True, end
 
-    def _resync(self, final: bool) -> bool:
+    def _resync(self, buf: str, at: int, final: bool, scanned: int) -> tuple[bool, int]:
         """Skip one line: an undecodable frame must not stall the rest. False: wait for more."""
-        text = self._buf.lstrip("\r\n")
-        _, newline, tail = text.partition("\n")
-        if not newline and not final:
-            return False
+        self._work += scanned
+        if self._work > 4 * self._received + (1 << 20):
+            self._stop("undecodable frames: gave up re-synchronising")
+            return False, at
+        newline = buf.find("\n", at)
+        if newline < 0 and not final:
+            return False, self._wait(buf, at)
         self._bad_frames += 1
-        self._buf = tail
-        return bool(tail.strip())
+        if newline < 0:
+            return False, len(buf)
+        return True, newline + 1
 
     def _frame(self, frame: Any) -> None:
         if not isinstance(frame, list):
