@@ -4,7 +4,9 @@ The :class:`PresidioDetector` builds one Presidio ``AnalyzerEngine`` when it is 
 and reuses it for every prompt. By default no spaCy model is needed: a blank English spaCy
 pipeline only tokenizes, and each token's lemma is its lower-cased text, so Presidio's
 context words ("ssn", "social security", "passport") still raise the score of a nearby
-match. A trained spaCy model can be named instead; it adds PERSON and LOCATION from its NER.
+match. The blank pipeline tokenizes only the blocks of text around matches, where context words
+are looked for (:class:`_LocalArtifacts`), not the whole prompt. A trained spaCy model can be
+named instead; it adds PERSON and LOCATION from its NER (and then tokenizes everything).
 
 Only pattern recognizers that suit a PII topic are registered (Presidio's default registry
 also flags dates, numbers, organisations and nationalities, which ordinary prompts are full
@@ -58,6 +60,7 @@ from presidio_analyzer.predefined_recognizers import (
     UsPassportRecognizer,
     UsSsnRecognizer,
 )
+from spacy.attrs import IDX, LENGTH
 from spacy.language import Language
 from spacy.tokens import Doc
 from spacy.tokens import Span as SpacySpan
@@ -476,8 +479,11 @@ class _TokenizingNlpEngine(NlpEngine):
     store gets large (a model is kept as loaded).
     """
 
-    def __init__(self, model: Language | None = None, context_words: Iterable[str] = ()) -> None:
+    def __init__(self, model: Language | None = None, context_words: Iterable[str] = (), *, local: bool = True) -> None:
         self._model = model
+        # Without a model, tokenize only around matches (see _LocalArtifacts); ``local=False``
+        # tokenizes the whole text as Presidio would (the tests compare the two).
+        self._local = local
         self._nlp: Language = model if model is not None else _blank_pipeline()
         # A recognizer's context word is never a stop word: spaCy lists "call", which would
         # otherwise be dropped before it could support a phone number.
@@ -494,11 +500,32 @@ class _TokenizingNlpEngine(NlpEngine):
 
     def process_text(self, text: str, language: str) -> NlpArtifacts:
         self._check_language(language)
+        if self._model is None and self._local:
+            return _LocalArtifacts(text, self, language)
         with self._lock:
             if self._model is None and len(self._nlp.vocab.strings) > _MAX_VOCAB_STRINGS:
                 self._nlp = _blank_pipeline()
             doc = self._nlp(text)
         return self._artifacts(doc, language)
+
+    def tokenize_block(self, block: str) -> list[tuple[int, int, str]]:
+        """``(offset, length, lemma)`` of each token of ``block``, as the blank pipeline splits it."""
+        with self._lock:
+            if len(self._nlp.vocab.strings) > _MAX_VOCAB_STRINGS:
+                self._nlp = _blank_pipeline()
+            doc = self._nlp.tokenizer(block)
+        if not len(doc):
+            return []
+        return [(int(i), int(n), block[i : i + n].lower()) for i, n in doc.to_array([IDX, LENGTH]).tolist()]
+
+    def is_keyword(self, lemma: str) -> bool:
+        """Whether Presidio's ``NlpArtifacts.set_keywords`` keeps ``lemma`` whole."""
+        return (
+            ":" not in lemma
+            and lemma not in self._stop_words
+            and not _is_punct(lemma)
+            and lemma not in ("-pron-", "be")
+        )
 
     def process_batch(
         self,
@@ -546,6 +573,105 @@ class _TokenizingNlpEngine(NlpEngine):
         return artifacts
 
 
+# Context is looked up in blocks of about this many characters, cut where whitespace ends (so
+# that each block tokenizes exactly as it would inside the whole text), and at most
+# _MAX_CONTEXT_BLOCKS blocks either side of a match: a context word further than that from a
+# match, past nothing but stop words and punctuation, is not seen.
+_CONTEXT_BLOCK_CHARS = 256
+_MAX_CONTEXT_BLOCKS = 16
+# A block boundary is searched for this far; a run of non-space characters longer than that is
+# cut anyway (its tokens at the cut may then differ from spaCy's over the whole run).
+_MAX_BOUNDARY_SEARCH = 256
+_SPACE_THEN_WORD = re.compile(r"\s(?=\S)")
+
+
+class _LocalTokens:
+    """Stands in for a Doc in :class:`_LocalArtifacts`: truthy, so Presidio asks for context."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class _LocalArtifacts(NlpArtifacts):
+    """NLP artifacts of a blank pipeline that tokenize only where a match needs context.
+
+    Presidio's only use of a blank pipeline's tokens is the context step: for each match, the
+    lemmas of the few keyword tokens before it. Tokenizing and lemmatising the whole text costs
+    seconds per megabyte of digits or punctuation (spaCy interns every new token), so the text
+    is tokenized block by block, on demand, and each block once. Blocks start right after
+    whitespace, where spaCy's tokenizer starts afresh, so their tokens are the ones the whole
+    text would have.
+    """
+
+    def __init__(self, text: str, engine: _TokenizingNlpEngine, language: str) -> None:
+        super().__init__(
+            entities=[],
+            tokens=_LocalTokens(),  # type: ignore[arg-type]
+            tokens_indices=[],
+            lemmas=[],
+            nlp_engine=engine,
+            language=language,
+        )
+        self.text = text
+        self._engine = engine
+        self._starts: list[int] = []  # block k is text[starts[k]:starts[k+1]]
+        self._blocks: dict[int, list[tuple[int, int, str]]] = {}
+        self._cut_blocks(len(text))
+
+    def _cut_blocks(self, length: int) -> None:
+        text, position = self.text, 0
+        while position < length:
+            self._starts.append(position)
+            target = position + _CONTEXT_BLOCK_CHARS
+            if target >= length:
+                break
+            found = _SPACE_THEN_WORD.search(text, target - 1, min(length, target + _MAX_BOUNDARY_SEARCH))
+            position = found.end() if found else min(length, target + _MAX_BOUNDARY_SEARCH)
+        self._starts.append(length)
+
+    def block_of(self, position: int) -> int:
+        return max(0, bisect.bisect_right(self._starts, position) - 1)
+
+    def block(self, k: int) -> list[tuple[int, int, str]]:
+        """Tokens of block ``k`` as (offset in the text, length, lemma)."""
+        tokens = self._blocks.get(k)
+        if tokens is None:
+            start, end = self._starts[k], self._starts[k + 1]
+            tokens = [(start + i, n, lemma) for i, n, lemma in self._engine.tokenize_block(self.text[start:end])]
+            self._blocks[k] = tokens
+        return tokens
+
+    @property
+    def block_count(self) -> int:
+        return len(self._starts) - 1
+
+    def context(self, start: int, before: int, after: int) -> list[str]:
+        """The keyword lemmas Presidio's enhancer collects around a match starting at ``start``:
+        up to ``before + 1`` back from (and ``after + 1`` on from) the token holding it."""
+        k = self.block_of(start)
+        # The token holding ``start``: the first whose end lies past it (Presidio's rule).
+        tokens = self.block(k)
+        index = next((i for i, (offset, length, _) in enumerate(tokens) if start < offset + length), None)
+        if index is None:
+            k, index = k + 1, 0
+        words: list[str] = []
+        for step, limit in ((-1, before + 1), (1, after + 1)):
+            block, remaining = k, limit
+            i: int | None = index
+            while remaining > 0 and 0 <= block < self.block_count and abs(block - k) <= _MAX_CONTEXT_BLOCKS:
+                tokens = self.block(block)
+                if i is None:
+                    i = len(tokens) - 1 if step < 0 else 0
+                while 0 <= i < len(tokens) and remaining > 0:
+                    lemma = tokens[i][2]
+                    if self._engine.is_keyword(lemma):
+                        words.append(lemma)
+                        remaining -= 1
+                    i += step
+                block, i = block + step, None
+        return list(set(words))
+
+
 class _KeywordList(list[str]):
     """Presidio's keyword list with set-speed ``in``: its context step asks, for every
     match, whether each nearby lemma is a keyword, which on a list is quadratic."""
@@ -569,6 +695,11 @@ class _ContextEnhancer(LemmaContextAwareEnhancer):
     def __init__(self) -> None:
         # Whole words: with substring matching "us" would match "use" and "business".
         super().__init__(context_matching_mode="whole_word")
+
+    def _extract_surrounding_words(self, nlp_artifacts: NlpArtifacts, word: str, start: int) -> list[str]:
+        if isinstance(nlp_artifacts, _LocalArtifacts):
+            return nlp_artifacts.context(start, self.context_prefix_count, self.context_suffix_count)
+        return list(super()._extract_surrounding_words(nlp_artifacts, word, start))
 
     @staticmethod
     def _find_index_of_match_token(word: str, start: int, tokens: Any, tokens_indices: list[int]) -> int:
@@ -687,8 +818,11 @@ class PresidioDetector:
         spacy_model: str | None = None,
         *,
         rules: Mapping[str, EntityRule] | None = None,
+        local_context: bool = True,
     ) -> None:
         self.version = f"presidio-analyzer {_package_version('presidio-analyzer')}"
+        # Without a model: tokenize only around matches (False: the whole text, as Presidio does).
+        self.local_context = local_context
         self.spacy_model = spacy_model
         self._rules: Mapping[str, EntityRule] = dict(ENTITY_RULES if rules is None else rules)
         model = _load_spacy_model(spacy_model) if spacy_model else None
@@ -706,7 +840,7 @@ class PresidioDetector:
         registry = RecognizerRegistry(recognizers=recognizers, supported_languages=[LANGUAGE])
         self._analyzer = AnalyzerEngine(
             registry=registry,
-            nlp_engine=_TokenizingNlpEngine(model, context_words),
+            nlp_engine=_TokenizingNlpEngine(model, context_words, local=local_context),
             supported_languages=[LANGUAGE],
             context_aware_enhancer=_ContextEnhancer(),
         )
@@ -719,7 +853,9 @@ class PresidioDetector:
 
     def worker_factory(self) -> Callable[[], PresidioDetector]:
         """A picklable way to build this detector again in a worker process."""
-        return functools.partial(PresidioDetector, self.spacy_model, rules=dict(self._rules))
+        return functools.partial(
+            PresidioDetector, self.spacy_model, rules=dict(self._rules), local_context=self.local_context
+        )
 
     @property
     def entities(self) -> tuple[str, ...]:
