@@ -11,6 +11,8 @@ that other prompts keep a worker; findings are capped per kind, and a cap says s
 The model-backed detectors (MiniLM intent, Prompt Guard, the LLM client, the neighbour memory)
 stay in threads: their time goes to torch and tokenizers, which release the GIL, or to network
 waits, and their input is bounded (windows are sampled past a limit, the LLM prompt is capped).
+A model detector that offers a ``prepare_factory`` (the intent head) has its pure-Python text
+preparation run in the pool first, so that only the model call runs in the inspector process.
 A late thread is abandoned, not killed; its result is discarded.
 
 A detector that raises or misses its deadline becomes a recorded :class:`DetectorRun` with its
@@ -78,6 +80,9 @@ def load_topic_map(path: Path = TOPIC_MAP_FILE) -> dict[str, dict[Topic, float]]
 ANALYSIS_TIMEOUT_NOTE = "analysis_timeout"
 ANALYSIS_FAILED_NOTE = "analysis_failed"
 FINDINGS_CAPPED_NOTE = "findings_capped:{detector}"
+
+# Pool operation that prepares a model detector's input: "<detector>:prepare".
+PREPARE_SUFFIX = ":prepare"
 
 DEFAULT_CHUNK_CHARS = 128 * 1024
 # Longer than any single thing a rule matches (a 4096-bit PEM key is about 3,300 characters),
@@ -226,14 +231,20 @@ class InspectionEngine:
         self.chunk_overlap = chunk_overlap
         self.max_findings_per_kind = max_findings_per_kind
         if pool is None and processes > 0:
-            factories = {
-                d.name: d.worker_factory()  # type: ignore[attr-defined]
-                for d in self.detectors
-                if d is not self.memory and callable(getattr(d, "worker_factory", None))
-            }
+            factories: dict[str, Any] = {}
+            for d in self.detectors:
+                if d is self.memory:
+                    continue
+                if callable(getattr(d, "worker_factory", None)):
+                    factories[d.name] = d.worker_factory()  # type: ignore[attr-defined]
+                elif callable(getattr(d, "prepare_factory", None)) and callable(getattr(d, "detect_prepared", None)):
+                    factories[d.name + PREPARE_SUFFIX] = d.prepare_factory()  # type: ignore[attr-defined]
             pool = WorkerPool(factories, processes=processes)
         self.pool = pool
-        self.isolated = frozenset(pool.factories) if pool is not None else frozenset()
+        served = frozenset(pool.factories) if pool is not None else frozenset()
+        self.isolated = frozenset(n for n in served if not n.endswith(PREPARE_SUFFIX))
+        # Model detectors whose text preparation runs in the pool (only the model call in a thread).
+        self.prepared = frozenset(n.removesuffix(PREPARE_SUFFIX) for n in served if n.endswith(PREPARE_SUFFIX))
         size = pool.processes if pool is not None else 1
         # Calls one inspection may have in the pool at once: leave a worker for other prompts.
         self.parallel = parallel if parallel is not None else max(1, size - 1)
@@ -246,11 +257,11 @@ class InspectionEngine:
         if closer is not None:
             closer()
 
-    async def _pooled(self, op: str, text: str, slots: asyncio.Semaphore) -> Any:
+    async def _pooled(self, op: str, text: str, slots: asyncio.Semaphore, share: float = 1.0) -> Any:
         """One call in the worker pool; its worker is killed if the caller stops waiting."""
         assert self.pool is not None
         async with slots:
-            future, ticket = self.pool.submit(op, text)
+            future, ticket = self.pool.submit(op, text, share)
             try:
                 return await asyncio.wrap_future(future)
             except asyncio.CancelledError:
@@ -261,13 +272,26 @@ class InspectionEngine:
         self, name: str, text: str, slots: asyncio.Semaphore
     ) -> tuple[Sequence[Finding], tuple[str, ...]]:
         pieces = chunk_spans(len(text), self.chunk_chars, self.chunk_overlap)
-        results = await asyncio.gather(*(self._pooled(name, text[a:b], slots) for a, b in pieces))
+        share = 1.0 / len(pieces)  # a per-inspection budget (Presidio's phone tries) split evenly
+        results = await asyncio.gather(*(self._pooled(name, text[a:b], slots, share) for a, b in pieces))
         findings = [_shift(f, a) for (a, _b), (found, _notes) in zip(pieces, results, strict=True) for f in found]
         notes = tuple(dict.fromkeys(n for _found, piece_notes in results for n in piece_notes))
         kept, capped = _cap_per_kind(findings, self.max_findings_per_kind)
         if capped:
             notes = (*notes, FINDINGS_CAPPED_NOTE.format(detector=name))
         return kept, notes
+
+    async def _detect_prepared(
+        self, detector: Detector, text: str, slots: asyncio.Semaphore
+    ) -> tuple[Sequence[Finding], tuple[str, ...]]:
+        """Prepare the model input in the pool (pure Python over the whole text), then run only
+        the model call in a thread: the inspector's event loop keeps the GIL."""
+        # One call per inspection, outside its slots: the model call after it should not queue
+        # behind the inspection's own chunks.
+        prepared = await self._pooled(detector.name + PREPARE_SUFFIX, text, asyncio.Semaphore(1))
+        loop = asyncio.get_running_loop()
+        found, notes = await loop.run_in_executor(self._executor, detector.detect_prepared, prepared)  # type: ignore[attr-defined]
+        return tuple(found), tuple(notes)
 
     def _detect_threaded(self, detector: Detector, text: str) -> tuple[Sequence[Finding], tuple[str, ...]]:
         detect_with_notes = getattr(detector, "detect_with_notes", None)
@@ -305,6 +329,8 @@ class InspectionEngine:
         started = time.perf_counter()
         if detector.name in self.isolated:
             future: Any = self._detect_pooled(detector.name, text, slots)
+        elif detector.name in self.prepared:
+            future = self._detect_prepared(detector, text, slots)
         else:
             future = loop.run_in_executor(self._executor, self._detect_threaded, detector, text)
         try:

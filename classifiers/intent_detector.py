@@ -8,14 +8,22 @@ a laptop without downloads. This detector embeds the prompt with the MiniLM mode
 instructions") add evidence of a different kind, so the engine's noisy-or combines them.
 
 Long prompts are embedded window by window: the document's mean vector says what the prompt
-is about, the most suspicious window catches an instruction buried in a long paste.
+is about, the most suspicious window catches an instruction buried in a long paste. Past
+``max_windows`` windows, windows are sampled evenly across the whole text (each at most
+``MAX_WINDOW_CHARS``), noted as ``sampled:intent``.
+
+The text preparation (sections, de-obfuscated views, windows, phrase cues) is pure Python over
+the whole prompt and holds the GIL; the engine runs it in its worker pool
+(:meth:`IntentDetector.prepare_factory`), leaving only the model call (torch, which releases
+the GIL) to the inspector's thread: :meth:`detect_prepared`.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from classifiers.normalize import SECTION_BREAK, embedding_view, english_score
-from inference.embedder import Embedder
+from inference.embedder import Embedder, EmbedderSpec, windows
 from promptfence.core import Finding, Span, Topic
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -119,6 +127,47 @@ class LinearHead:
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
 
 
+SAMPLED_NOTE = "sampled:intent"
+
+
+@dataclass(frozen=True)
+class IntentInput:
+    """What the model step needs of a prompt: the windows of each meaningful section (see
+    :func:`meaningful_views`) and the phrase cues that matched (id, start, end)."""
+
+    sections: tuple[tuple[str, ...], ...]
+    cues: tuple[tuple[str, int, int], ...]
+    sampled: bool = False
+
+
+@dataclass(frozen=True)
+class IntentPreparer:
+    """Builds :class:`IntentInput` from a prompt; picklable, so it runs in a worker process."""
+
+    window_words: int
+    overlap_words: int
+    max_windows: int
+
+    def prepare(self, text: str) -> IntentInput:
+        sections: list[tuple[str, ...]] = []
+        sampled = False
+        if text.strip():
+            for view in meaningful_views(text):
+                pieces = windows(view, self.window_words, self.overlap_words, self.max_windows)
+                sampled = sampled or pieces.sampled
+                sections.append(tuple(pieces))
+        cues = []
+        for cue in CUES:
+            match = cue.pattern.search(text)
+            if match:
+                cues.append((cue.cue_id, match.start(), match.end()))
+        return IntentInput(tuple(sections), tuple(cues), sampled)
+
+
+def _build_preparer(window_words: int, overlap_words: int, max_windows: int) -> IntentPreparer:
+    return IntentPreparer(window_words, overlap_words, max_windows)
+
+
 class IntentDetector:
     name = "intent"
 
@@ -130,10 +179,21 @@ class IntentDetector:
                 f"intent head expects {self.head.weights.shape[1]}-d embeddings, {embedder.name} gives {embedder.dimension}"
             )
         self.version = f"{self.head.version}+{embedder.name}"
+        spec = getattr(embedder, "spec", None)
+        if not isinstance(spec, EmbedderSpec):
+            spec = EmbedderSpec(path=Path("."))
+        self.preparer = IntentPreparer(spec.window_words, spec.overlap_words, spec.max_windows)
+
+    def prepare_factory(self) -> Callable[[], IntentPreparer]:
+        """A picklable way to build this detector's text preparation in a worker process."""
+        p = self.preparer
+        return functools.partial(_build_preparer, p.window_words, p.overlap_words, p.max_windows)
 
     def scores(self, text: str) -> dict[Topic, float]:
         """Per-topic probability: the whole prompt's meaning, or its most suspicious window."""
-        windows = self.embedder.embed_windows(text)
+        return self._scores(self.embedder.embed_windows(text))
+
+    def _scores(self, windows: npt.NDArray[np.float32]) -> dict[Topic, float]:
         mean = windows.mean(axis=0, keepdims=True)
         mean /= max(float(np.linalg.norm(mean)), 1e-9)
         doc = self.head.probabilities(mean)[0]
@@ -159,9 +219,24 @@ class IntentDetector:
         return best
 
     def detect(self, text: str) -> Sequence[Finding]:
+        return self.detect_prepared(self.preparer.prepare(text))[0]
+
+    def detect_with_notes(self, text: str) -> tuple[Sequence[Finding], tuple[str, ...]]:
+        return self.detect_prepared(self.preparer.prepare(text))
+
+    def detect_prepared(self, prepared: IntentInput) -> tuple[Sequence[Finding], tuple[str, ...]]:
+        """Findings from a prepared prompt: one model call for every window of every section."""
         findings: list[Finding] = []
-        if text.strip():
-            for topic, score in self.section_scores(text).items():
+        texts = [w for section in prepared.sections for w in section]
+        if texts:
+            vectors = self.embedder.embed(texts)
+            best: dict[Topic, float] = {}
+            at = 0
+            for section in prepared.sections:
+                for topic, score in self._scores(vectors[at : at + len(section)]).items():
+                    best[topic] = max(best.get(topic, 0.0), score)
+                at += len(section)
+            for topic, score in best.items():
                 if score >= 0.2:
                     findings.append(
                         Finding(
@@ -173,17 +248,12 @@ class IntentDetector:
                             f"embedding head {self.head.version}",
                         )
                     )
-        for cue in CUES:
-            match = cue.pattern.search(text)
-            if match:
-                findings.append(
-                    Finding(
-                        self.name,
-                        f"cue.{cue.cue_id}",
-                        cue.topic,
-                        cue.score,
-                        Span(match.start(), match.end()),
-                        f"phrase cue {cue.cue_id}",
-                    )
+        scores = {cue.cue_id: cue for cue in CUES}
+        for cue_id, start, end in prepared.cues:
+            cue = scores[cue_id]
+            findings.append(
+                Finding(
+                    self.name, f"cue.{cue.cue_id}", cue.topic, cue.score, Span(start, end), f"phrase cue {cue.cue_id}"
                 )
-        return findings
+            )
+        return findings, ((SAMPLED_NOTE,) if prepared.sampled else ())

@@ -166,9 +166,11 @@ _WARM_UP_TEXT = (
     "card 4111 1111 1111 1111, 10 Main Street, Springfield, born 1/2/1990."
 )
 
-# Failed candidates phonenumbers may try per region and call (its default is 65535): each costs
-# up to a millisecond of pure Python on long digit runs. Running out is noted like a cap.
+# Failed candidates phonenumbers may try per region and inspection (its default is 65535): each
+# costs up to a millisecond of pure Python on long digit runs. A chunk of a long prompt gets its
+# share of the budget (at least _PHONE_MIN_TRIES). Running out is noted like a cap.
 _PHONE_MAX_TRIES = 100
+_PHONE_MIN_TRIES = 8
 
 # Matches each pattern (and the phone matcher, per region) may yield per call: Presidio spends
 # tens of microseconds of Python on every match (validation, explanation, context words), so
@@ -185,6 +187,7 @@ class _CallState(threading.local):
     def __init__(self) -> None:
         self.capped = False
         self.timed_out = False
+        self.phone_tries = _PHONE_MAX_TRIES
 
 
 _STATE = _CallState()
@@ -314,7 +317,7 @@ class _PhoneRecognizer(PhoneRecognizer):
 
     ``phonenumbers`` tries up to 65535 candidates per region by default, which takes
     seconds on a long run of digits; :data:`_PHONE_MAX_TRIES` failed candidates per region
-    bound it (real numbers are found all the same).
+    and inspection (a chunk's share of them) bound it (real numbers are found all the same).
     """
 
     NAME = "PhoneRecognizer"
@@ -325,7 +328,7 @@ class _PhoneRecognizer(PhoneRecognizer):
         results: list[RecognizerResult] = []
         leniency = self.leniency if self.leniency is not None else 1
         for region in self.supported_regions:
-            matcher = phonenumbers.PhoneNumberMatcher(text, region, leniency=leniency, max_tries=_PHONE_MAX_TRIES)
+            matcher = phonenumbers.PhoneNumberMatcher(text, region, leniency=leniency, max_tries=_STATE.phone_tries)
             for count, match in enumerate(matcher):
                 if count >= MAX_MATCHES_PER_PATTERN:
                     _STATE.capped = True
@@ -583,6 +586,7 @@ _MAX_CONTEXT_BLOCKS = 16
 # cut anyway (its tokens at the cut may then differ from spaCy's over the whole run).
 _MAX_BOUNDARY_SEARCH = 256
 _SPACE_THEN_WORD = re.compile(r"\s(?=\S)")
+_LETTER = re.compile(r"[^\W\d_]")
 
 
 class _LocalTokens:
@@ -616,6 +620,7 @@ class _LocalArtifacts(NlpArtifacts):
         self._engine = engine
         self._starts: list[int] = []  # block k is text[starts[k]:starts[k+1]]
         self._blocks: dict[int, list[tuple[int, int, str]]] = {}
+        self._lettered: list[int] | None = None  # blocks holding a letter, cumulative
         self._cut_blocks(len(text))
 
     def _cut_blocks(self, length: int) -> None:
@@ -641,6 +646,18 @@ class _LocalArtifacts(NlpArtifacts):
             self._blocks[k] = tokens
         return tokens
 
+    def _letters_near(self, k: int) -> bool:
+        """Whether a block within reach of block ``k`` (either side) holds a letter."""
+        if self._lettered is None:
+            counts = [0]
+            for b in range(self.block_count):
+                has = _LETTER.search(self.text, self._starts[b], self._starts[b + 1]) is not None
+                counts.append(counts[-1] + has)
+            self._lettered = counts
+        lo = max(0, k - _MAX_CONTEXT_BLOCKS)
+        hi = min(self.block_count, k + _MAX_CONTEXT_BLOCKS + 1)
+        return self._lettered[hi] > self._lettered[lo]
+
     @property
     def block_count(self) -> int:
         return len(self._starts) - 1
@@ -649,6 +666,10 @@ class _LocalArtifacts(NlpArtifacts):
         """The keyword lemmas Presidio's enhancer collects around a match starting at ``start``:
         up to ``before + 1`` back from (and ``after + 1`` on from) the token holding it."""
         k = self.block_of(start)
+        if not self._letters_near(k):
+            # Every context word has a letter: with none within reach, none can support the
+            # match (Presidio would collect only numbers and symbols), so skip tokenizing.
+            return []
         # The token holding ``start``: the first whose end lies past it (Presidio's rule).
         tokens = self.block(k)
         index = next((i for i, (offset, length, _) in enumerate(tokens) if start < offset + length), None)
@@ -837,6 +858,8 @@ class PresidioDetector:
                 )
             )
         context_words = [w for r in recognizers for w in (r.context or ())]
+        # _LocalArtifacts skips context lookups where no letter is within reach.
+        assert all(_LETTER.search(w) for w in context_words), "a context word without a letter"
         registry = RecognizerRegistry(recognizers=recognizers, supported_languages=[LANGUAGE])
         self._analyzer = AnalyzerEngine(
             registry=registry,
@@ -865,9 +888,17 @@ class PresidioDetector:
     def detect(self, text: str) -> Sequence[Finding]:
         return self.detect_with_notes(text)[0]
 
-    def detect_with_notes(self, text: str) -> tuple[Sequence[Finding], tuple[str, ...]]:
-        """Findings, and notes when a pattern reached its match cap or timed out."""
+    # The engine passes each chunk's share of the prompt (classifiers/workers.py).
+    takes_share = True
+
+    def detect_with_notes(self, text: str, share: float = 1.0) -> tuple[Sequence[Finding], tuple[str, ...]]:
+        """Findings, and notes when a pattern reached its match cap or timed out.
+
+        ``share``: the part of the prompt ``text`` is (a chunk), which gets that part of the
+        inspection's budget of failed phone-number candidates.
+        """
         _STATE.capped = _STATE.timed_out = False
+        _STATE.phone_tries = max(_PHONE_MIN_TRIES, round(_PHONE_MAX_TRIES * min(max(share, 0.0), 1.0)))
         findings = self._detect(text)
         notes = ((CAPPED_NOTE,) if _STATE.capped else ()) + ((REGEX_TIMEOUT_NOTE,) if _STATE.timed_out else ())
         return findings, notes

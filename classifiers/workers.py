@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from promptfence.core import Detector
-
 log = logging.getLogger("promptfence.inspector")
 
 ANALYSE = "analyse"
@@ -41,9 +39,12 @@ PRELOAD = [
     "classifiers.code_detector",
     "classifiers.secrets_detector",
     "classifiers.presidio_detector",
+    "classifiers.intent_detector",
 ]
 
-DetectorFactory = Callable[[], Detector]
+# A factory builds a detector, or (for a model detector) an object whose ``prepare(text)``
+# returns that detector's model input: see IntentDetector.prepare_factory.
+DetectorFactory = Callable[[], Any]
 
 
 class WorkerTimeout(Exception):
@@ -72,15 +73,21 @@ def _worker_main(conn: Connection, factories: Mapping[str, DetectorFactory]) -> 
             return
         if message is None:
             return
-        op, text = message
+        op, text, share = message
         try:
             if op == ANALYSE:
                 result: Any = analyse(text)
             else:
                 detector = detectors[op]
+                prepare = getattr(detector, "prepare", None)
                 detect_with_notes = getattr(detector, "detect_with_notes", None)
-                if detect_with_notes is not None:
-                    found, notes = detect_with_notes(text)
+                if prepare is not None:  # a model detector's text preparation (its input, not findings)
+                    result = prepare(text)
+                elif detect_with_notes is not None:
+                    if getattr(detector, "takes_share", False):
+                        found, notes = detect_with_notes(text, share=share)
+                    else:
+                        found, notes = detect_with_notes(text)
                     result = (tuple(found), tuple(notes))
                 else:
                     result = (tuple(detector.detect(text)), ())
@@ -207,9 +214,11 @@ class WorkerPool:
 
     # -- calls -----------------------------------------------------------------------------
 
-    def submit(self, op: str, text: str) -> tuple[Future[Any], _Ticket]:
+    def submit(self, op: str, text: str, share: float = 1.0) -> tuple[Future[Any], _Ticket]:
+        """Run ``op`` on ``text`` in a worker. ``share`` is the part of the whole prompt that
+        ``text`` is (a chunk), for detectors with a per-inspection budget (``takes_share``)."""
         ticket = _Ticket()
-        return self._io.submit(self._call, op, text, ticket), ticket
+        return self._io.submit(self._call, op, text, ticket, share), ticket
 
     def abandon(self, ticket: _Ticket) -> None:
         with self._lock:
@@ -218,7 +227,7 @@ class WorkerPool:
         if worker is not None:
             self._replace(worker)
 
-    def _call(self, op: str, text: str, ticket: _Ticket) -> Any:
+    def _call(self, op: str, text: str, ticket: _Ticket, share: float = 1.0) -> Any:
         worker = self._idle.get()
         with self._lock:
             if ticket.abandoned or self._closed:
@@ -226,7 +235,7 @@ class WorkerPool:
                 raise WorkerTimeout(op)
             ticket.worker = worker
         try:
-            worker.conn.send((op, text))
+            worker.conn.send((op, text, share))
             reply = worker.conn.recv()
         except (EOFError, OSError):
             with self._lock:

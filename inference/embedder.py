@@ -10,6 +10,7 @@ maximum length and a secret or jailbreak buried at the end of a long document wo
 from __future__ import annotations
 
 import os
+import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -122,18 +123,66 @@ class SentenceTransformerEmbedder:
         return self.embed(windows(text, self.spec.window_words, self.spec.overlap_words, self.spec.max_windows))
 
 
-def windows(text: str, size: int, overlap: int, limit: int) -> list[str]:
+# A window is cut to this many characters: the model reads at most its maximum sequence length
+# (256 word pieces for MiniLM, each piece at most a 100-character word), so a 96-word window
+# longer than this is a pathological paste whose tail the model would never see anyway.
+MAX_WINDOW_CHARS = 4096
+# Texts longer than this are not split into words whole: ``limit`` windows are taken at evenly
+# spaced offsets across the text instead (split and join of megabytes hold the GIL).
+SAMPLE_DIRECTLY_CHARS = 128 * 1024
+# On such texts, at most this many windows of at most SAMPLED_WINDOW_CHARS each: the model's
+# time (about 25 ms a window on two cores) must stay a small part of the inspection's budget.
+SAMPLED_WINDOWS = 16
+SAMPLED_WINDOW_CHARS = 1024
+_WORDS = re.compile(r"\S+")
+
+
+class Windows(list[str]):
+    """Window texts; ``sampled`` when the text had more windows than the limit, so only an
+    even sample across it (start, middle and end included) is embedded."""
+
+    sampled: bool = False
+
+
+def windows(text: str, size: int, overlap: int, limit: int) -> Windows:
     """Overlapping word windows; texts shorter than one window come back whole.
 
     Past ``limit`` windows the rest is sampled evenly, so a huge paste costs bounded time but
-    its middle and end are still looked at.
+    its middle and end are still looked at (``sampled`` says so).
     """
+    result = Windows()
+    if len(text) > SAMPLE_DIRECTLY_CHARS:
+        result.extend(_sampled_windows(text, size, min(limit, SAMPLED_WINDOWS)))
+        result.sampled = True
+        return result
     words = text.split()
     if len(words) <= size:
-        return [text]
+        result.append(text[:MAX_WINDOW_CHARS])
+        return result
     step = max(1, size - overlap)
     starts = list(range(0, max(1, len(words) - overlap), step))
     if len(starts) > limit:
         picks = np.linspace(0, len(starts) - 1, limit).round().astype(int)
         starts = [starts[i] for i in sorted(set(picks.tolist()))]
-    return [" ".join(words[s : s + size]) for s in starts]
+        result.sampled = True
+    result.extend(" ".join(words[s : s + size])[:MAX_WINDOW_CHARS] for s in starts)
+    return result
+
+
+def _sampled_windows(text: str, size: int, limit: int) -> list[str]:
+    """``limit`` windows of ``size`` words starting at evenly spaced offsets, the last one
+    ending with the text; the work is bounded by the windows' length, not the text's."""
+    length = len(text)
+    span = min(length, SAMPLED_WINDOW_CHARS)  # characters scanned for one window's words
+    offsets = np.linspace(0, max(0, length - span), limit).round().astype(int).tolist()
+    result: list[str] = []
+    for offset in dict.fromkeys(offsets):
+        words = []
+        for match in _WORDS.finditer(text, offset, min(length, offset + SAMPLED_WINDOW_CHARS)):
+            words.append(match.group())
+            if len(words) >= size:
+                break
+        piece = " ".join(words)[:SAMPLED_WINDOW_CHARS]
+        if piece:
+            result.append(piece)
+    return result or [text[:SAMPLED_WINDOW_CHARS]]
