@@ -176,12 +176,18 @@ def _sampled_windows(text: str, size: int, limit: int) -> list[str]:
     span = min(length, SAMPLED_WINDOW_CHARS)  # characters scanned for one window's words
     offsets = np.linspace(0, max(0, length - span), limit).round().astype(int).tolist()
     result: list[str] = []
+    last = offsets[-1]
     for offset in dict.fromkeys(offsets):
-        words = []
-        for match in _WORDS.finditer(text, offset, min(length, offset + SAMPLED_WINDOW_CHARS)):
-            words.append(match.group())
-            if len(words) >= size:
-                break
+        end = min(length, offset + SAMPLED_WINDOW_CHARS)
+        found = [m.group() for m in _WORDS.finditer(text, offset, end)] if offset == last else []
+        if offset != last:
+            for match in _WORDS.finditer(text, offset, end):
+                found.append(match.group())
+                if len(found) > size:
+                    break
+        if len(found) > 1 and 0 < offset < length and not (text[offset - 1].isspace() or text[offset].isspace()):
+            found = found[1:]  # the tail of a word cut by the offset (kept when it is all there is)
+        words = found[-size:] if offset == last else found[:size]
         piece = " ".join(words)[:SAMPLED_WINDOW_CHARS]
         if piece:
             result.append(piece)
