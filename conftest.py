@@ -27,6 +27,7 @@ INSPECTOR_SIDE = frozenset(
         "test_neighbour_memory.py",
         "test_normalize.py",
         "test_presidio_detector.py",
+        "test_presidio_local_context.py",
         "test_prompt_guard.py",
         "test_secrets_detector.py",
         "test_topic_llm.py",
