@@ -11,9 +11,14 @@ with that tool as well as with :func:`open_sealed`::
 
 Encryption is HPKE (RFC 9180) base mode with DHKEM(X25519, HKDF-SHA256), HKDF-SHA256 and
 ChaCha20-Poly1305, empty ``info`` and empty AAD. Each blob is a fresh single-shot context, so
-the sequence number is 0 and the nonce is ``base_nonce``. The key schedule is written out here
-on top of ``cryptography`` primitives to avoid a runtime dependency on a less audited HPKE
-package; the tests check it against ``pyhpke`` and the matched-data-cli test vector.
+the sequence number is 0 and the nonce is ``base_nonce``.
+
+Sealing and opening use ``cryptography``'s own RFC 9180 implementation
+(``cryptography.hazmat.primitives.hpke``) where the installed version has it (the proxy's
+environment pins a current one). The key schedule written out below on ``cryptography``
+primitives is the fallback for an older ``cryptography`` and the cross-check: the tests seal with
+each and open with the other, run both against the RFC 9180 test vectors (A.2.1) and against
+``pyhpke``, and open the matched-data-cli test vector with both.
 """
 
 from __future__ import annotations
@@ -26,12 +31,18 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+try:  # RFC 9180 HPKE in the library (recent cryptography releases)
+    from cryptography.hazmat.primitives import hpke as _hpke
+except ImportError:  # an older cryptography: the key schedule below does it
+    _hpke = None  # type: ignore[assignment]
 
 __all__ = [
     "KeyFileError",
@@ -57,6 +68,14 @@ _KEM_SUITE_ID = b"KEM\x00\x20"  # DHKEM(X25519, HKDF-SHA256)
 _HPKE_SUITE_ID = b"HPKE\x00\x20\x00\x01\x00\x03"  # KEM 0x0020, KDF 0x0001, AEAD 0x0003
 _MODE_BASE = b"\x00"
 _AUTH_FAILED = "cannot open sealed payload: authentication failed (wrong private key or corrupted data)"
+_LOW_ORDER = "public key is a low-order X25519 point and cannot be sealed to"
+
+Implementation = Literal["library", "handwritten"]
+# cryptography's HPKE suite for this format, or None where the installed version has no HPKE.
+LIBRARY_SUITE = (
+    _hpke.Suite(_hpke.KEM.X25519, _hpke.KDF.HKDF_SHA256, _hpke.AEAD.CHACHA20_POLY1305) if _hpke is not None else None
+)
+DEFAULT_IMPLEMENTATION: Implementation = "library" if LIBRARY_SUITE is not None else "handwritten"
 
 
 class SealingError(Exception):
@@ -105,30 +124,55 @@ def key_id(public_key: bytes) -> str:
     return hashlib.sha256(public_key).hexdigest()[:16]
 
 
-def seal(public_key: bytes, plaintext: bytes) -> str:
+def seal(public_key: bytes, plaintext: bytes, *, implementation: Implementation | None = None) -> str:
     """Encrypt ``plaintext`` so only the holder of the matching private key can read it.
 
     Returns the matched-data-cli v3 blob as an ASCII base64 string. Raises ``ValueError`` if
     ``public_key`` is not a usable raw X25519 public key (a configuration error, so it is not
-    a :class:`SealingError`).
+    a :class:`SealingError`). ``implementation`` picks the HPKE code (default: the library's
+    where installed); both produce the same format, and either opens the other's blobs.
     """
     _check_len("public key", public_key, ValueError)
     recipient = X25519PublicKey.from_public_bytes(public_key)
-    ephemeral = X25519PrivateKey.generate()
-    enc = ephemeral.public_key().public_bytes_raw()
-    try:
-        dh = ephemeral.exchange(recipient)
-    except ValueError:
-        raise ValueError("public key is a low-order X25519 point and cannot be sealed to") from None
-    key, nonce = _key_schedule(dh, enc, public_key)
-    sealed = ChaCha20Poly1305(key).encrypt(nonce, plaintext, None)
+    if (implementation or DEFAULT_IMPLEMENTATION) == "library":
+        enc, sealed = _library_seal(recipient, plaintext)
+    else:
+        enc, sealed = _handwritten_seal(public_key, plaintext)
     ciphertext, tag = sealed[:-_TAG_LEN], sealed[-_TAG_LEN:]
     length = len(ciphertext).to_bytes(_LEN_FIELD, "little")
     blob = bytes((FORMAT_VERSION,)) + enc + length + ciphertext + tag
     return base64.b64encode(blob).decode("ascii")
 
 
-def open_sealed(private_key: bytes, blob: str) -> bytes:
+def _library_seal(recipient: X25519PublicKey, plaintext: bytes) -> tuple[bytes, bytes]:
+    if LIBRARY_SUITE is None:
+        raise ValueError("this cryptography has no HPKE (cryptography.hazmat.primitives.hpke)")
+    try:
+        out = LIBRARY_SUITE.encrypt(plaintext, recipient)
+    except ValueError:  # the shared secret is all zero
+        raise ValueError(_LOW_ORDER) from None
+    return out[:KEY_LEN], out[KEY_LEN:]
+
+
+def _handwritten_seal(
+    public_key: bytes, plaintext: bytes, *, info: bytes = b"", aad: bytes = b"", ephemeral_ikm: bytes | None = None
+) -> tuple[bytes, bytes]:
+    """RFC 9180 SetupBaseS + Seal (sequence 0): ``(enc, ciphertext || tag)``. ``ephemeral_ikm``
+    derives the ephemeral key (DeriveKeyPair) instead of generating it: for the test vectors."""
+    if ephemeral_ikm is None:
+        ephemeral = X25519PrivateKey.generate()
+    else:
+        ephemeral = X25519PrivateKey.from_private_bytes(derive_private_key(ephemeral_ikm))
+    enc = ephemeral.public_key().public_bytes_raw()
+    try:
+        dh = ephemeral.exchange(X25519PublicKey.from_public_bytes(public_key))
+    except ValueError:
+        raise ValueError(_LOW_ORDER) from None
+    _shared, key, nonce = _key_schedule(dh, enc, public_key, info)
+    return enc, ChaCha20Poly1305(key).encrypt(nonce, plaintext, aad or None)
+
+
+def open_sealed(private_key: bytes, blob: str, *, implementation: Implementation | None = None) -> bytes:
     """Decrypt a blob made by :func:`seal` (or by Cloudflare's WAF payload logging).
 
     Raises :class:`SealingError` on any failure: bad base64, truncated or malformed blob,
@@ -157,15 +201,24 @@ def open_sealed(private_key: bytes, blob: str) -> bytes:
         )
     recipient = X25519PrivateKey.from_private_bytes(private_key)
     try:
-        dh = recipient.exchange(X25519PublicKey.from_public_bytes(enc))
-    except ValueError:
-        # A low-order ephemeral key yields an all-zero secret; RFC 9180 says reject it.
+        if (implementation or DEFAULT_IMPLEMENTATION) == "library":
+            if LIBRARY_SUITE is None:
+                raise SealingError("cannot open sealed payload: this cryptography has no HPKE")
+            return LIBRARY_SUITE.decrypt(enc + raw[_HEADER_LEN:], recipient)
+        return _handwritten_open(recipient, enc, raw[_HEADER_LEN:])
+    except (InvalidTag, ValueError):
+        # Wrong key or tampered data; or a low-order ephemeral key, whose all-zero secret
+        # RFC 9180 says to reject.
         raise SealingError(_AUTH_FAILED) from None
-    key, nonce = _key_schedule(dh, enc, recipient.public_key().public_bytes_raw())
-    try:
-        return ChaCha20Poly1305(key).decrypt(nonce, raw[_HEADER_LEN:], None)
-    except InvalidTag:
-        raise SealingError(_AUTH_FAILED) from None
+
+
+def _handwritten_open(
+    recipient: X25519PrivateKey, enc: bytes, sealed: bytes, *, info: bytes = b"", aad: bytes = b""
+) -> bytes:
+    """RFC 9180 SetupBaseR + Open (sequence 0); ``InvalidTag`` / ``ValueError`` when it fails."""
+    dh = recipient.exchange(X25519PublicKey.from_public_bytes(enc))
+    _shared, key, nonce = _key_schedule(dh, enc, recipient.public_key().public_bytes_raw(), info)
+    return ChaCha20Poly1305(key).decrypt(nonce, sealed, aad or None)
 
 
 # --- RFC 9180 key schedule -------------------------------------------------------------------
@@ -183,17 +236,23 @@ def _labeled_expand(suite_id: bytes, prk: bytes, label: bytes, info: bytes, leng
     return HKDFExpand(hashes.SHA256(), length, labeled_info).derive(prk)
 
 
-def _key_schedule(dh: bytes, enc: bytes, recipient_public: bytes) -> tuple[bytes, bytes]:
-    """DHKEM ExtractAndExpand then the base-mode KeySchedule; returns (key, base_nonce)."""
+def _key_schedule(dh: bytes, enc: bytes, recipient_public: bytes, info: bytes = b"") -> tuple[bytes, bytes, bytes]:
+    """DHKEM ExtractAndExpand then the base-mode KeySchedule: (shared_secret, key, base_nonce)."""
     eae_prk = _labeled_extract(_KEM_SUITE_ID, b"", b"eae_prk", dh)
     shared_secret = _labeled_expand(_KEM_SUITE_ID, eae_prk, b"shared_secret", enc + recipient_public, 32)
     psk_id_hash = _labeled_extract(_HPKE_SUITE_ID, b"", b"psk_id_hash", b"")
-    info_hash = _labeled_extract(_HPKE_SUITE_ID, b"", b"info_hash", b"")
+    info_hash = _labeled_extract(_HPKE_SUITE_ID, b"", b"info_hash", info)
     context = _MODE_BASE + psk_id_hash + info_hash
     secret = _labeled_extract(_HPKE_SUITE_ID, shared_secret, b"secret", b"")
     key = _labeled_expand(_HPKE_SUITE_ID, secret, b"key", context, 32)
     base_nonce = _labeled_expand(_HPKE_SUITE_ID, secret, b"base_nonce", context, 12)
-    return key, base_nonce
+    return shared_secret, key, base_nonce
+
+
+def derive_private_key(ikm: bytes) -> bytes:
+    """RFC 9180 DeriveKeyPair for X25519 (section 7.1.3): the private key made from ``ikm``."""
+    dkp_prk = _labeled_extract(_KEM_SUITE_ID, b"", b"dkp_prk", ikm)
+    return _labeled_expand(_KEM_SUITE_ID, dkp_prk, b"sk", b"", KEY_LEN)
 
 
 def _check_len(what: str, key: bytes, error: type[Exception]) -> None:

@@ -18,7 +18,6 @@ import base64
 import socket
 import ssl
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +27,7 @@ import pytest
 
 from proxy.identity import hash_password
 from tests.support.deployment import ProxyDeployment, start_proxy
-from tests.support.procs import free_port
+from tests.support.procs import free_port, proxy_python
 
 pytestmark = pytest.mark.slow
 
@@ -368,7 +367,7 @@ def test_a_users_file_with_a_weak_or_oversized_hash_stops_the_proxy_naming_file_
     text = text.replace(f"listen_port: {dep.proxy_port}", f"listen_port: {free_port()}")
     config.write_text(text)
     result = subprocess.run(
-        [sys.executable, "-m", "promptfence", "proxy", "--config", str(config)],
+        [proxy_python(), "-m", "promptfence", "proxy", "--config", str(config)],
         capture_output=True,
         text=True,
         env=dep.env,

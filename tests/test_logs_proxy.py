@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +23,7 @@ from logs.spool import spool_size
 from logs.store import LogStore
 from tests.support.deployment import Standin, curl, proxy_config, start_standin
 from tests.support.logdb import BACKENDS, LogDB, make_log_db
-from tests.support.procs import child_env, free_port, port_open, stop, wait_for
+from tests.support.procs import child_env, free_port, inspector_python, port_open, proxy_python, stop, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -50,7 +49,7 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     config.write_text(f"data_dir: {root / 'home'}\ninspector:\n  port: {inspector_port}\n")
     with (root / "inspector.out").open("wb") as out:
         inspector = subprocess.Popen(
-            [sys.executable, "-m", "promptfence", "inspector", "--config", str(config)],
+            [inspector_python(), "-m", "promptfence", "inspector", "--config", str(config)],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -96,7 +95,7 @@ class Proxy:
         self.outputs.append(out)
         with out.open("wb") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "promptfence", "proxy", "--config", str(self.config)],
+                [proxy_python(), "-m", "promptfence", "proxy", "--config", str(self.config)],
                 env=self.upstream.env,
                 stdout=fh,
                 stderr=subprocess.STDOUT,

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.support.procs import child_env
+from tests.support.procs import child_env, inspector_python, proxy_python
 
 HEAVY = ["torch", "transformers", "sentence_transformers", "presidio_analyzer", "spacy", "faiss"]
 
@@ -27,7 +26,7 @@ print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in HEAVY)))
 
 def test_proxy_never_imports_model_libraries(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
+        [proxy_python(), "-c", SCRIPT],
         capture_output=True,
         text=True,
         env=child_env(tmp_path / "home"),
@@ -39,7 +38,7 @@ def test_proxy_never_imports_model_libraries(tmp_path: Path) -> None:
     assert loaded == []
     # The check itself works: the inspector side does load them.
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, classifiers.presidio_detector; print('presidio_analyzer' in sys.modules)"],
+        [inspector_python(), "-c", "import sys, classifiers.presidio_detector; print('presidio_analyzer' in sys.modules)"],
         capture_output=True,
         text=True,
         env=child_env(tmp_path / "home"),

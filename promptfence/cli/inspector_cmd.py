@@ -47,6 +47,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
+    from promptfence.runtimes import INSPECTOR, require
+
+    require(INSPECTOR)
+
     from classifiers.service import build_app
 
     config = load_config(args.config)

@@ -136,6 +136,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from promptfence.runtimes import PROXY, require
+
+    require(PROXY)
     config = load_config(args.config)
     asyncio.run(_serve(config))
     return 0

@@ -7,6 +7,10 @@ inspector builds (:func:`promptfence.cli.inspector_cmd.build_engine`); the polic
 configured one, and ``--policy OTHER.yaml`` shows what a changed policy would decide
 differently. Output is a table per flow or JSON lines; it never contains prompt or answer
 text, only their sizes and digests, topics and decisions.
+
+Reading flows needs mitmproxy (the proxy's environment), the detectors need the inspector's: run
+where only one is installed, replay hands the prompts to the other environment's Python
+(:mod:`promptfence.runtimes`) over a pipe, one JSON line per prompt each way.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from promptfence.cli import add_config_option
 from promptfence.config import Config, load_config
 from promptfence.core import Decision, DetectorStatus, Inspection
+from promptfence.errors import PromptFenceError
 
 if TYPE_CHECKING:
     from proxy.replay import ReplayedFlow
@@ -132,24 +138,69 @@ def _table(rows: list[Row], with_other: bool) -> None:
 
 async def _inspect_all(config: Config, flows: list[ReplayedFlow]) -> list[Inspection]:
     needs_engine = any(f.extract_error is None and f.operation.has_prompt for f in flows)
-    engine = None
+    prompts = [f.operation.prompt for f in flows if f.extract_error is None and f.operation.has_prompt]
+    inspected: list[Inspection] = []
     if needs_engine:
-        from promptfence.cli.inspector_cmd import build_engine
-
-        engine = build_engine(config)
+        inspected = await _inspect_prompts(config, prompts)
+    found = iter(inspected)
     out: list[Inspection] = []
-    try:
-        for flow in flows:
-            if flow.extract_error is not None:
-                out.append(Inspection.failure("extractor", DetectorStatus.INVALID_OUTPUT, flow.extract_error))
-            elif flow.operation.has_prompt and engine is not None:
-                out.append(await engine.inspect(flow.operation.prompt))
-            else:
-                out.append(Inspection(findings=(), topics={}, runs=()))
-    finally:
-        if engine is not None:
-            engine.close()
+    for flow in flows:
+        if flow.extract_error is not None:
+            out.append(Inspection.failure("extractor", DetectorStatus.INVALID_OUTPUT, flow.extract_error))
+        elif flow.operation.has_prompt:
+            out.append(next(found))
+        else:
+            out.append(Inspection(findings=(), topics={}, runs=()))
     return out
+
+
+async def _inspect_prompts(config: Config, prompts: list[str]) -> list[Inspection]:
+    """Each prompt inspected by the inspector's detectors: here, or in the inspector's environment."""
+    from promptfence.runtimes import INSPECTOR, interpreter
+
+    python = interpreter(INSPECTOR)
+    if python != sys.executable:
+        return _inspect_in(python, config, prompts)
+    from promptfence.cli.inspector_cmd import build_engine
+
+    engine = build_engine(config)
+    try:
+        return [await engine.inspect(prompt) for prompt in prompts]
+    finally:
+        engine.close()
+
+
+def _inspect_in(python: str, config: Config, prompts: list[str]) -> list[Inspection]:
+    argv = [python, "-m", "promptfence.cli.replay_cmd"]
+    if config.source:
+        argv += ["--config", str(Path(config.source).resolve())]
+    lines = "".join(json.dumps({"prompt": p}, ensure_ascii=True) + "\n" for p in prompts)
+    done = subprocess.run(argv, input=lines.encode("ascii"), capture_output=True, check=False)
+    if done.returncode != 0:
+        raise PromptFenceError(
+            f"inspection in the inspector's environment ({python}) failed with status {done.returncode}:"
+            f" {done.stderr.decode('utf-8', 'replace').strip().splitlines()[-1:]}"
+        )
+    out = done.stdout.decode("ascii", "replace").splitlines()
+    answers = [Inspection.from_dict(json.loads(line)) for line in out if line.startswith("{")]
+    if len(answers) != len(prompts):
+        raise PromptFenceError(f"the inspector's environment answered {len(answers)} of {len(prompts)} prompts")
+    return answers
+
+
+async def _serve_pipe(config: Config) -> None:
+    """The other end of :func:`_inspect_in`: prompts in on stdin, inspections out on stdout."""
+    from promptfence.cli.inspector_cmd import build_engine
+
+    engine = build_engine(config)
+    try:
+        for line in sys.stdin:
+            if line.strip():
+                inspection = await engine.inspect(json.loads(line)["prompt"])
+                sys.stdout.write(json.dumps(inspection.to_dict(), ensure_ascii=True) + "\n")
+    finally:
+        engine.close()
+    sys.stdout.flush()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -191,3 +242,9 @@ def run(args: argparse.Namespace) -> int:
             summary += f"; {changed} decided differently by {', '.join(args.policy)}"
         print(summary, file=sys.stderr)
     return 0
+
+
+if __name__ == "__main__":  # the inspector-side end of the pipe (see _inspect_in)
+    _pipe = argparse.ArgumentParser(prog="promptfence.cli.replay_cmd")
+    add_config_option(_pipe)
+    asyncio.run(_serve_pipe(load_config(_pipe.parse_args().config)))

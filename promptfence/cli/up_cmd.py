@@ -1,7 +1,9 @@
 """``promptfence up``: start the inspector, then the proxy, print how to use them, stop both on Ctrl-C.
 
 The two run as child processes (the same ``promptfence`` entry point) because they are two
-processes in production too: the proxy must stay small, the inspector holds the models.
+processes in production too: the proxy must stay small, the inspector holds the models. Each
+runs on its own environment's Python (:mod:`promptfence.runtimes`): the proxy on a current
+Python with mitmproxy 12, the inspector on the Python its torch wheel needs.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from promptfence.cli import add_config_option
 from promptfence.cli.keys_cmd import ensure_default_recipient
 from promptfence.config import Config, load_config
 from promptfence.errors import PromptFenceError
+from promptfence.runtimes import INSPECTOR, PROXY, interpreter
 
 STARTUP_TIMEOUT_S = 180.0
 PR_SET_PDEATHSIG = 1
@@ -30,8 +33,8 @@ class StartupFailed(PromptFenceError):
     pass
 
 
-def _child(command: str, config_path: str | None) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "promptfence", command]
+def _child(python: str, command: str, config_path: str | None) -> subprocess.Popen[bytes]:
+    argv = [python, "-m", "promptfence", command]
     if config_path:
         argv += ["--config", str(Path(config_path).resolve())]
     # Own session: Ctrl-C reaches only this parent, which then stops the children in order.
@@ -121,6 +124,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     config_path = args.config or config.source
+    # Both environments are found before anything starts: a missing one is a clear error.
+    inspector_python, proxy_python = interpreter(INSPECTOR), interpreter(PROXY)
     config.ensure_data_dir()
     new_key = ensure_default_recipient(config)
     children: list[subprocess.Popen[bytes]] = []
@@ -130,10 +135,10 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        inspector = _child("inspector", config_path)
+        inspector = _child(inspector_python, "inspector", config_path)
         children.append(inspector)
         _wait_http(f"{config.inspector.base_url}/healthz", inspector, "inspector")
-        proxy = _child("proxy", config_path)
+        proxy = _child(proxy_python, "proxy", config_path)
         children.append(proxy)
         _wait_port(config.proxy.listen_host, config.proxy.listen_port, config.ca_cert_path, proxy)
         print(_banner(config, new_key), flush=True)

@@ -19,7 +19,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.procs import child_env, free_port, port_open, repo_root, stop, wait_for
+from tests.support.procs import child_env, free_port, port_open, proxy_python, repo_root, stop, wait_for
 from tests.support.tls import ServerCert, make_server_cert
 
 GENAI_HOSTS = ["chatgpt.com", "chat.openai.com", "claude.ai", "gemini.google.com", "www.perplexity.ai"]
@@ -209,7 +209,7 @@ def start_proxy(
     proxy_log = root / "proxy.log"
     with proxy_log.open("wb") as log:
         proxy = subprocess.Popen(
-            [sys.executable, "-m", "promptfence", *command, "--config", str(config)],
+            [proxy_python(), "-m", "promptfence", *command, "--config", str(config)],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -63,3 +63,17 @@ def child_env(home: Path) -> dict[str, str]:
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy"):
         env.pop(var, None)
     return env
+
+
+def proxy_python() -> str:
+    """The Python that runs ``promptfence proxy`` (its own environment, mitmproxy 12)."""
+    from promptfence.runtimes import PROXY, interpreter
+
+    return interpreter(PROXY)
+
+
+def inspector_python() -> str:
+    """The Python that runs ``promptfence inspector`` (the environment with torch and Presidio)."""
+    from promptfence.runtimes import INSPECTOR, interpreter
+
+    return interpreter(INSPECTOR)

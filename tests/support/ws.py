@@ -27,7 +27,7 @@ import aiohttp
 from aiohttp import web
 
 from tests.support.deployment import Standin, proxy_config, run_cli, start_standin
-from tests.support.procs import child_env, free_port, port_open, repo_root, stop, wait_for
+from tests.support.procs import child_env, free_port, port_open, proxy_python, repo_root, stop, wait_for
 
 SERVER_PUSH = "Server push: SSN 219-09-9999 [[topic:PII=0.95]]"
 
@@ -212,7 +212,7 @@ def start_ws_proxy(root: Path, *, hosts: list[str], extra_config: str = "") -> W
         assert init.returncode == 0, init.stderr
         with proxy_log.open("wb") as log:
             proxy = subprocess.Popen(
-                [sys.executable, "-m", "promptfence", "proxy", "--config", str(config)],
+                [proxy_python(), "-m", "promptfence", "proxy", "--config", str(config)],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
