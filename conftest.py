@@ -21,6 +21,7 @@ INSPECTOR_SIDE = frozenset(
         "test_code_detector.py",
         "test_engine.py",
         "test_eval_cmd.py",
+        "test_hostile_budgets.py",
         "test_hostile_deadlines.py",
         "test_inspector_answers.py",
         "test_intent_detector.py",
