@@ -107,6 +107,8 @@ class _Worker:
         self.process.start()
         child.close()
         self.conn: Connection = parent
+        self._kill_lock = threading.Lock()
+        self._killed = False
 
     def wait_ready(self, timeout: float) -> bool:
         try:
@@ -117,6 +119,12 @@ class _Worker:
             return False
 
     def kill(self) -> None:
+        """Idempotent and thread-safe: a deadline's replacement and the pool's close may both
+        kill one worker, and closing its pipe twice could close a descriptor reused meanwhile."""
+        with self._kill_lock:
+            if self._killed:
+                return
+            self._killed = True
         if self.process.is_alive():
             self.process.kill()
         self.process.join(5)
@@ -186,9 +194,13 @@ class WorkerPool:
         """Kill ``dead`` and start its successor, off the caller's thread."""
 
         def run() -> None:
-            dead.kill()
             with self._lock:
-                self._all.discard(dead)
+                self._all.discard(dead)  # first: close() must not kill it a second time
+                closed = self._closed
+            dead.kill()
+            if closed:
+                return
+            with self._lock:
                 if self._closed:
                     return
                 self.restarts += 1
