@@ -244,16 +244,16 @@ class PromptFenceAddon:
             inspection = Inspection.failure("extractor", DetectorStatus.UNINSPECTABLE, uninspectable)
         elif unknown and not operation.has_prompt:
             return  # an unmapped request with no text in it (binary, empty JSON): passes unrecorded
-        elif operation.has_prompt or extraction.other_text.strip():
-            inspection = await self._inspect(operation, scrub(extraction.other_text))
+        elif operation.has_prompt or extraction.other_text:
+            inspection = await self._inspect(operation, extraction.other_text)
         else:
             inspection = Inspection(findings=(), topics={}, runs=())
         if has_invalid_code_points(extraction.prompt):
             inspection = dataclasses.replace(inspection, notes=(*inspection.notes, INVALID_UNICODE_NOTE))
         decision = self._enforce(flow, match, operation, self.policy.decide(operation, inspection))
         state = FlowState(operation, inspection, decision, started, str(uuid.uuid4()), time.time(), host)
-        if extraction.other_text.strip():
-            state.sealed_prompt = operation.prompt + OTHER_FIELDS_SEPARATOR + scrub(extraction.other_text)
+        if extraction.other_text:
+            state.sealed_prompt = operation.prompt + OTHER_FIELDS_SEPARATOR + extraction.other_text
         flow.metadata[METADATA_KEY] = state
         log.info(
             "flow=%s op=%s prompt_chars=%d topics=%s failed=%s action=%s rules=%s outcome=%s",

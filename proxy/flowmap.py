@@ -118,7 +118,8 @@ def extract(flow: http.HTTPFlow, match: Match, max_body: int) -> tuple[Extractio
         extraction = EXTRACTORS[name](data)
         if name not in FULL_READ_EXTRACTORS:
             other = other_fields_text(data, extraction, match.app.opaque_fields)
-            extraction = dataclasses.replace(extraction, other_text=other)
+            # Scrubbed here, once, like every other extracted text (see operation_of).
+            extraction = dataclasses.replace(extraction, other_text=scrub(other) if other.strip() else "")
         return extraction, None
     except ExtractionError as exc:
         return Extraction(), f"could not decode request: {exc}"
