@@ -25,6 +25,7 @@ INSPECTOR_SIDE = frozenset(
         "test_hostile_deadlines.py",
         "test_inspector_answers.py",
         "test_intent_detector.py",
+        "test_linear_patterns.py",
         "test_neighbour_memory.py",
         "test_normalize.py",
         "test_presidio_detector.py",

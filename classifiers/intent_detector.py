@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import re2  # type: ignore[import-untyped]
 
 from classifiers.normalize import SECTION_BREAK, embedding_view, english_score
 from inference.embedder import Embedder, EmbedderSpec, windows
@@ -44,14 +45,23 @@ class Cue:
     cue_id: str
     topic: Topic
     score: float
-    pattern: re.Pattern[str]
+    pattern: Any  # an RE2 pattern
+
+
+_CUE_OPTIONS = re2.Options()
+_CUE_OPTIONS.case_sensitive = False
+_CUE_OPTIONS.log_errors = False
 
 
 def _cue(cue_id: str, topic: Topic, score: float, pattern: str) -> Cue:
-    return Cue(cue_id, topic, score, re.compile(pattern, re.IGNORECASE))
+    """A phrase cue on RE2: a case-insensitive ``re`` search over a megabyte took ~80 ms a cue.
+
+    RE2's ``\\s`` is ASCII; Unicode spaces count too (``\\b`` stays ASCII, which can only add
+    matches next to non-ASCII letters)."""
+    return Cue(cue_id, topic, score, re2.compile(pattern.replace(r"\s", r"[\s\p{Z}]"), _CUE_OPTIONS))
 
 
-# Linear-time patterns (no nested quantifiers); each names an unmistakable move.
+# Each names an unmistakable move.
 CUES: tuple[Cue, ...] = (
     _cue(
         "ignore_instructions",

@@ -227,6 +227,7 @@ def _fold_char(ch: str) -> str:
 
 
 def _mostly_latin(text: str) -> bool:
+    text = _statistics_sample(text)
     latin = sum(1 for c in text if "a" <= c.lower() <= "z")
     letters = sum(1 for c in text if c.isalpha())
     return letters == 0 or latin / letters >= 0.6
@@ -255,9 +256,24 @@ def _fold_confusables(text: str) -> str:
     return _WORD.sub(fold, text)
 
 
+# english_score reads at most this much of a text: evenly spaced slices of a long one (a share
+# of common words is a statistic; counting every word of a megabyte took 0.3 s a call).
+_SCORE_SAMPLE_CHARS = 64 * 1024
+_SCORE_SLICES = 32
+
+
+def _statistics_sample(text: str) -> str:
+    """``text``, or evenly spaced slices of it (start and end included) when it is long."""
+    if len(text) <= _SCORE_SAMPLE_CHARS:
+        return text
+    width = _SCORE_SAMPLE_CHARS // _SCORE_SLICES
+    step = (len(text) - width) / (_SCORE_SLICES - 1)
+    return " ".join(text[round(i * step) : round(i * step) + width] for i in range(_SCORE_SLICES))
+
+
 def english_score(text: str) -> float:
     """Share of words that are common English words: high for prose, near 0 for ciphertext."""
-    words = [w.lower() for w in _WORD.findall(text)]
+    words = _WORD.findall(_statistics_sample(text).lower())
     if not words:
         return 0.0
     return sum(1 for w in words if w in _COMMON_WORDS) / len(words)

@@ -43,6 +43,25 @@ _RE2_OPTIONS.log_errors = False
 _RE2_OPTIONS.max_mem = 64 << 20
 
 
+class _KeywordSet:
+    """Which of the rules' keywords occur in a text, in one linear pass (an RE2 set): testing
+    each of ~500 keywords with ``in`` scanned a 128 KB chunk ~500 times."""
+
+    def __init__(self, keywords: Iterable[str]) -> None:
+        self.keywords = tuple(dict.fromkeys(keywords))
+        self._set: Any = None
+        if self.keywords:
+            self._set = re2.Set.SearchSet(_RE2_OPTIONS)
+            for keyword in self.keywords:
+                self._set.Add(re2.escape(keyword))
+            self._set.Compile()
+
+    def present(self, lowered: str) -> frozenset[str]:
+        if self._set is None:
+            return frozenset()
+        return frozenset(self.keywords[i] for i in self._set.Match(lowered) or ())
+
+
 def compile_re2(pattern: str) -> Any:
     """Compile with RE2 (linear-time matching); raises ``re2.error`` for unsupported syntax."""
     return re2.compile(pattern, _RE2_OPTIONS)
@@ -664,6 +683,7 @@ class SecretsDetector:
             rules += ds_rules
             rejected += ds_rejected
         self.rules: tuple[SecretRule, ...] = tuple(rules)
+        self._keywords = _KeywordSet(k for rule in self.rules for k in rule.keywords)
         self.rejected: tuple[RejectedRule, ...] = tuple(rejected)
         meta = config.get("meta") or {}
         self.version = f"1.0+rules.{meta.get('version', '0')}"
@@ -679,9 +699,10 @@ class SecretsDetector:
         if not text:
             return []
         lowered = text.lower()
+        present = self._keywords.present(lowered)
         candidates: list[_Candidate] = []
         for rule in self.rules:
-            if rule.keywords and not any(k in lowered for k in rule.keywords):
+            if rule.keywords and present.isdisjoint(rule.keywords):
                 continue
             found = 0
             for match in rule.regex.finditer(text):

@@ -278,6 +278,33 @@ def hostile_prompts(size: int) -> dict[str, str]:
     }
 
 
+def process_tree_cpu_s(root: int | None = None) -> float:
+    """CPU seconds (user + system) used so far by ``root`` (this process) and every process
+    below it (the worker pool): a figure that other load on the machine does not inflate."""
+    root = os.getpid() if root is None else root
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    total = 0.0
+    for pid, seconds in used.items():
+        walk = pid
+        while walk not in (0, 1) and walk != root:
+            walk = parents.get(walk, 0)
+        if walk == root:
+            total += seconds
+    return total
+
+
 async def _bench_hostile(args: argparse.Namespace) -> dict[str, Any]:
     from promptfence.cli.inspector_cmd import build_engine
 
@@ -295,6 +322,7 @@ async def _bench_hostile(args: argparse.Namespace) -> dict[str, Any]:
             lag = max(lag, time.perf_counter() - started - 0.005)
 
     rows = []
+    load_before = os.getloadavg()[0]
     prompts = hostile_prompts(args.size)  # built before the probe starts: it takes a second
     probing = asyncio.ensure_future(probe())
     try:
@@ -302,12 +330,14 @@ async def _bench_hostile(args: argparse.Namespace) -> dict[str, Any]:
         for name, text in prompts.items():
             await asyncio.sleep(0.02)  # let the probe's tick in flight finish before the reset
             lag = 0.0
+            cpu = process_tree_cpu_s()
             started = time.perf_counter()
             inspection = await engine.inspect(text)
             rows.append(
                 {
                     "name": name,
                     "seconds": round(time.perf_counter() - started, 3),
+                    "cpu_s": round(process_tree_cpu_s() - cpu, 2),
                     "timed_out": [r.detector for r in inspection.runs if r.status.value == "timeout"],
                     "failed": [r.detector for r in inspection.runs if r.failed and r.status.value != "timeout"],
                     "max_loop_lag_ms": round(lag * 1000, 1),
@@ -318,7 +348,13 @@ async def _bench_hostile(args: argparse.Namespace) -> dict[str, Any]:
         stop.set()
         await probing
         engine.close()
-    return {"bench": "hostile", "size": args.size, "detectors": [d.name for d in engine.detectors], "prompts": rows}
+    return {
+        "bench": "hostile",
+        "size": args.size,
+        "detectors": [d.name for d in engine.detectors],
+        "load_average": load_before,
+        "prompts": rows,
+    }
 
 
 def _bench_hostile_report(args: argparse.Namespace) -> int:
@@ -335,11 +371,13 @@ def _bench_hostile_report(args: argparse.Namespace) -> int:
         print()
         return 0
     print(f"single inspections of {report['size']} characters; detectors: {', '.join(report['detectors'])}")
-    print(f"{'CASE':<18} {'SECONDS':>8} {'LOOP LAG ms':>11}  TIMED OUT / NOTES")
+    print(f"load average before: {report['load_average']:.2f} (other processes share the cores)")
+    print(f"{'CASE':<18} {'SECONDS':>8} {'CPU s':>6} {'LOOP LAG ms':>11}  TIMED OUT / NOTES")
     for row in report["prompts"]:
         extra = ",".join(row["timed_out"] + row["failed"]) or "-"
         print(
-            f"{row['name']:<18} {row['seconds']:>8.2f} {row['max_loop_lag_ms']:>11.1f}  {extra} {' '.join(row['notes'])}"
+            f"{row['name']:<18} {row['seconds']:>8.2f} {row['cpu_s']:>6.2f} {row['max_loop_lag_ms']:>11.1f}"
+            f"  {extra} {' '.join(row['notes'])}"
         )
     if streams is None:
         print("answer decoder cases unavailable: proxy.bench.hostile_stream_timings could not be imported")
