@@ -221,7 +221,8 @@ class GeminiFrameDecoder:
             self._frames(final=True)
         answer = self._answer
         answer.unknown_shapes = self.unknown_shapes
-        answer.complete = self._final_status or self._trailer
+        # An error reply is a whole body but not a whole answer.
+        answer.complete = (self._final_status or self._trailer) and self._app_error is None
         notes = []
         if any(part.strip() for part in self._parts):
             notes.append("truncated frame at end of body")

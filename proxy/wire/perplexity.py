@@ -141,12 +141,12 @@ class PerplexityStreamDecoder(SSEAnswerDecoder):
                 break
         else:
             answer.text = self._text_answer
-        answer.complete = self._ended or self._completed
+        answer.complete = (self._ended or self._completed) and not self._failed
         app = ["the app reported status FAILED"] if self._failed else []
         if self._failed_patches:
             app.append(f"{self._failed_patches} diff_block patches did not apply")
         answer.error = self._notes(
-            ended=answer.complete, end="before end_of_stream", app=app, no_answer="no answer carrier in the stream"
+            ended=self._ended or self._completed, end="before end_of_stream", app=app, no_answer="no answer carrier in the stream"
         )
         return answer
 

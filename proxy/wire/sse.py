@@ -81,12 +81,14 @@ class SSEDecoder:
         self._closed_truncated = self.truncated
         if not dispatch_pending:
             return events
-        if self._parts and not self._line_over:
+        if self._line_over:  # the unterminated last line was too long: its event is dropped (counted)
+            self._line_over, self._pending_fields, self._event_over = False, True, True
+        elif self._parts:
             line = "".join(self._parts)
             self._parts, self._line_len = [], 0
             self.tail_unterminated = True
             self._line_done(line, events)
-        if self._pending_fields and not self._event_over and self._has_data:
+        if self._pending_fields and (self._event_over or self._has_data):
             self._dispatch(events)
         return events
 
