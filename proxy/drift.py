@@ -12,11 +12,13 @@ per app operation:
 - ``unknown_shapes``: answer streams holding well-formed events of a shape the decoder does not know;
 - ``unmapped_text``: requests to a catalogue host that no operation maps but that carry text.
 
-Each request and each answer is one *observation*, a problem or not (an unmapped request with
-text is always one). Over the last ``window`` observations of an operation, once there are at
-least ``min_observations``, a problem share at or over ``alarm_rate`` raises the alarm: **one**
-warning line naming the app, the operation and the counts (never any text), then silence until
-the share falls under half the rate (an info line says it cleared) and rises again.
+Requests and answers are watched in two windows per operation (an answer that breaks must
+raise the alarm even though its request extracted fine): each request or answer is a problem
+or not (an unmapped request with text always is). When, over the last ``window`` requests or
+the last ``window`` answers of an operation (at least ``min_observations`` of them), the
+problem share reaches ``alarm_rate``, the alarm is raised: **one** warning line naming the app,
+the operation and the counts (never any text), then silence until both shares fall under half
+the rate (an info line says it cleared) and one rises again.
 
 Counters are read through :meth:`DriftMonitor.snapshot` (typed, for the metrics endpoint to
 come and for tests) and written, at most every ``write_interval_s`` and atomically, to a small
@@ -144,7 +146,13 @@ class _Counters:
     last_seen: float | None = None
     alarm: bool = False
     alarms: int = 0
-    recent: deque[bool] = field(default_factory=deque)
+    requests: deque[bool] = field(default_factory=deque)
+    answers: deque[bool] = field(default_factory=deque)
+
+    def worst(self) -> tuple[int, int]:
+        """(problems, observations) of the window with the higher problem share."""
+        windows = [(sum(w), len(w)) for w in (self.requests, self.answers) if w]
+        return max(windows, key=lambda pw: pw[0] / pw[1], default=(0, 0))
 
 
 class DriftMonitor:
@@ -173,14 +181,14 @@ class DriftMonitor:
             ops.extracted += 1
         else:
             ops.extraction_failed += 1
-        self._observe(operation, ops, problem=not extracted)
+        self._observe(operation, ops, ops.requests, problem=not extracted)
 
     def unmapped(self, app: str, operation: str) -> None:
         """A request to a catalogue host that no operation maps, carrying text."""
         ops = self._op(app, operation)
         ops.seen += 1
         ops.unmapped_text += 1
-        self._observe(operation, ops, problem=True)
+        self._observe(operation, ops, ops.requests, problem=True)
 
     def answer(self, app: str, operation: str, *, decoded: bool, unknown_shapes: int = 0) -> None:
         """An answer stream ended: decoded cleanly (text, no note) or not; unknown event shapes in it."""
@@ -191,7 +199,7 @@ class DriftMonitor:
             ops.decode_errors += 1
         if unknown_shapes:
             ops.unknown_shapes += 1
-        self._observe(operation, ops, problem=not decoded or unknown_shapes > 0)
+        self._observe(operation, ops, ops.answers, problem=not decoded or unknown_shapes > 0)
 
     # -- reading ----------------------------------------------------------------------------
     def snapshot(self) -> DriftSnapshot:
@@ -210,8 +218,8 @@ class DriftMonitor:
                     unknown_shapes=c.unknown_shapes,
                     unmapped_text=c.unmapped_text,
                     last_seen=c.last_seen,
-                    recent_observations=len(c.recent),
-                    recent_problems=sum(c.recent),
+                    recent_observations=c.worst()[1],
+                    recent_problems=c.worst()[0],
                     alarm=c.alarm,
                     alarms=c.alarms,
                 )
@@ -234,20 +242,21 @@ class DriftMonitor:
     def _op(self, app: str, operation: str) -> _Counters:
         ops = self._ops.get(operation)
         if ops is None:
-            ops = self._ops[operation] = _Counters(app, recent=deque(maxlen=self.settings.window))
+            window = self.settings.window
+            ops = self._ops[operation] = _Counters(app, requests=deque(maxlen=window), answers=deque(maxlen=window))
         ops.last_seen = self._clock()
         return ops
 
-    def _observe(self, operation: str, ops: _Counters, *, problem: bool) -> None:
-        ops.recent.append(problem)
-        count, problems = len(ops.recent), sum(ops.recent)
+    def _observe(self, operation: str, ops: _Counters, window: deque[bool], *, problem: bool) -> None:
+        window.append(problem)
+        count, problems = len(window), sum(window)
         rate = problems / count
         settings = self.settings
         if not ops.alarm and count >= settings.min_observations and rate >= settings.alarm_rate:
             ops.alarm = True
             ops.alarms += 1
             log.warning(
-                "DRIFT ALARM app=%s op=%s: %d of the last %d requests/answers failed "
+                "DRIFT ALARM app=%s op=%s: %d of the last %d %s failed "
                 "(extraction failed %d, decode errors %d, unknown event shapes %d, unmapped text %d since start; "
                 "threshold %.0f%%): the app may have changed its wire format and this operation may "
                 "no longer be inspected or recorded in full; see `promptfence apps status`",
@@ -255,6 +264,7 @@ class DriftMonitor:
                 operation,
                 problems,
                 count,
+                "answers" if window is ops.answers else "requests",
                 ops.extraction_failed,
                 ops.decode_errors,
                 ops.unknown_shapes,
@@ -263,7 +273,8 @@ class DriftMonitor:
             )
             self.write_state()
             return
-        if ops.alarm and rate < settings.alarm_rate / 2:
+        worst_problems, worst_count = ops.worst()
+        if ops.alarm and worst_problems / worst_count < settings.alarm_rate / 2:
             ops.alarm = False
             log.info("drift alarm cleared app=%s op=%s: %d of the last %d failed", ops.app, operation, problems, count)
         self._changed()

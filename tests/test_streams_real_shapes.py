@@ -116,7 +116,7 @@ def test_the_sse_parser_keeps_whatwg_by_default_and_dispatches_the_pending_event
     assert [(e.event, e.data) for e in events] == [("x", "[DONE]")]
     assert lenient.truncated and not lenient.tail_unterminated
     cut = SSEDecoder()
-    cut.feed(b"data: {\"type\": \"mess")
+    cut.feed(b'data: {"type": "mess')
     assert [e.data for e in cut.close(dispatch_pending=True)] == ['{"type": "mess']
     assert cut.tail_unterminated
 

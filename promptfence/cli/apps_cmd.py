@@ -2,7 +2,7 @@
 
 ``apps status`` prints, per app operation of the catalogue, what the running proxy counted
 since it started (seen, extracted, decoded, unknown event shapes, last seen) and whether the
-drift alarm is raised. The proxy rewrites ``<data_dir>/drift-state.json`` atomically every few
+drift alarm is raised (exit status 1 while an alarm is raised, for monitoring). The proxy rewrites ``<data_dir>/drift-state.json`` atomically every few
 seconds (see :mod:`proxy.drift`); this command only reads that file, so it needs no connection to
 the proxy and works on a stopped one (its last counters). No prompt or answer text is involved.
 """
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         for row in rows:
             print(json.dumps({**asdict(row), "recent_rate": row.recent_rate}, sort_keys=True))
-        return 0
+        return 1 if snapshot is not None and snapshot.alarms else 0
     now = time.time()
     if snapshot is None:
         print(f"no drift state at {path}: the proxy has not run with this data directory yet")
