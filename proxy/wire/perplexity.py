@@ -140,15 +140,38 @@ class PerplexityStreamDecoder(SSEAnswerDecoder):
                 answer.text = "".join(chunks)
                 break
         else:
-            answer.text = self._text_answer
+            answer.text = self._text_answer if self._text_answer is not None else self._workflow_text()
         answer.complete = (self._ended or self._completed) and not self._failed
         app = ["the app reported status FAILED"] if self._failed else []
         if self._failed_patches:
             app.append(f"{self._failed_patches} diff_block patches did not apply")
         answer.error = self._notes(
-            ended=self._ended or self._completed, end="before end_of_stream", app=app, no_answer="no answer carrier in the stream"
+            ended=self._ended or self._completed,
+            end="before end_of_stream",
+            app=app,
+            no_answer="no answer carrier in the stream",
         )
         return answer
+
+    def _workflow_text(self) -> str | None:
+        """Carrier D (``workflow_block``, no ``ask_text`` at all): the last ``text_payload``'s chunks."""
+        found: str | None = None
+        for (_usage, field), doc in self._diff.items():
+            if field != "workflow_block":
+                continue
+            stack: list[tuple[Any, int]] = [(doc, 0)]
+            while stack:  # depth-first, in document order; bounded depth
+                node, depth = stack.pop()
+                if depth > 12:
+                    continue
+                if isinstance(node, dict):
+                    chunks = dict_get(node.get("text_payload"), "chunks")
+                    if isinstance(chunks, list):
+                        found = "".join(t for t in map(jsonpatch.text, chunks) if t is not None)
+                    stack.extend((child, depth + 1) for child in reversed(list(node.values())))
+                elif isinstance(node, list):
+                    stack.extend((child, depth + 1) for child in reversed(node))
+        return found
 
     def _diff_doc(self, usage: str) -> Any:
         return self._diff.get((usage, "markdown_block"))
