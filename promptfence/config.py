@@ -25,6 +25,19 @@ DEFAULT_CONFIG_NAME = "promptfence.yaml"
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    """The wire-format drift alarm (``proxy/drift.py``): per app operation, when ``alarm_rate``
+    of the last ``window`` requests/answers (at least ``min_observations``) failed to extract,
+    decode, or met unknown event shapes or unmapped text, one alarm line is logged."""
+
+    alarm_rate: float = 0.5
+    window: int = 50
+    min_observations: int = 5
+    # <data_dir>/drift-state.json is rewritten at most this often for `promptfence apps status`.
+    write_interval_s: float = 2.0
+
+
+@dataclass(frozen=True)
 class ProxyConfig:
     """The mitmproxy process."""
 
@@ -46,6 +59,7 @@ class ProxyConfig:
     # uninspectable, not as an inspector failure: size is the sender's lever to slow inspection,
     # so on_error: allow must not turn it into a pass.
     timeout_uninspectable_chars: int = 65536
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
 
 @dataclass(frozen=True)
@@ -315,6 +329,11 @@ class Config:
     @property
     def logs_health_path(self) -> Path:
         return self.logs.health_path or self.data_dir / "logs-health.json"
+
+    @property
+    def drift_state_path(self) -> Path:
+        """Where the proxy keeps its drift counters for ``promptfence apps status``."""
+        return self.data_dir / "drift-state.json"
 
     @property
     def default_private_key(self) -> Path:

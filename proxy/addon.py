@@ -37,6 +37,7 @@ from promptfence.errors import RecordNotDurable
 from proxy.block_reply import BLOCK_REPLIES
 from proxy.catalogue import Catalogue, Match
 from proxy.coaching import WarnLedger
+from proxy.drift import DriftMonitor
 from proxy.extraction import Extraction
 from proxy.flowmap import (
     INVALID_UNICODE_NOTE,
@@ -130,9 +131,11 @@ class PromptFenceAddon:
         policy: DecisionPort,
         recorder: RecordPort,
         identity: IdentityResolver | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.identity = identity or ClientAddressIdentity()
+        self.drift = drift or DriftMonitor()  # the wire-format drift alarm (proxy/drift.py)
         self.inspector = inspector
         self.policy = policy
         self.recorder = recorder
@@ -240,6 +243,7 @@ class PromptFenceAddon:
         operation = operation_of(
             flow, match, extraction, self.identity.identify(flow), extraction.conversation_id, host
         )
+        self._count_drift(match, operation, extraction, uninspectable)
         if uninspectable is not None:
             inspection = Inspection.failure("extractor", DetectorStatus.UNINSPECTABLE, uninspectable)
         elif unknown and not operation.has_prompt:
@@ -278,6 +282,31 @@ class PromptFenceAddon:
             if not decision.blocks:
                 headers["X-PromptFence"] = "warned"
             flow.response = http.Response.make(reply.status, reply.body, headers)
+
+    def _count_drift(
+        self, match: Match, operation: Operation, extraction: Extraction, uninspectable: str | None
+    ) -> None:
+        """Tell the drift alarm what this request showed: an unmapped request with text, an
+        extractor that failed on the body, or a prompt operation whose body held text where the
+        extractor found no prompt (the app moved it); never raises into the request."""
+        try:
+            app, op = match.app.app, match.operation.operation_id
+            if match.operation.kind is OperationKind.UNKNOWN:
+                if operation.has_prompt or uninspectable is not None:
+                    self.drift.unmapped(app, op)
+                return
+            if match.operation.extractor is None:
+                return
+            failed = uninspectable is not None and uninspectable.startswith("could not decode request")
+            moved = (
+                match.operation.kind is OperationKind.SEND_PROMPT
+                and not operation.has_prompt
+                and not extraction.attachments
+                and bool(extraction.other_text)
+            )
+            self.drift.request(app, op, extracted=not (failed or moved))
+        except Exception as exc:  # counting must never cost the request
+            log.error("drift count failed (%s)", type(exc).__name__)
 
     async def _record_decision(self, flow: http.HTTPFlow, state: FlowState, *, forwarded: bool) -> bool:
         """Write the record before anything is forwarded. False when it could not be made
@@ -347,6 +376,9 @@ class PromptFenceAddon:
 
     def client_disconnected(self, client: connection.Client) -> None:
         self._tunnels.pop(client.id, None)
+
+    def done(self) -> None:
+        self.drift.write_state()  # the last counters, for `promptfence apps status`
 
     async def _inspect(self, operation: Operation, other_text: str = "") -> Inspection:
         """The inspector's answer, or a failure that says which kind and how long it took.
@@ -466,6 +498,13 @@ class PromptFenceAddon:
         except Exception as exc:  # a broken decoder costs the answer's copy, never the record
             log.error("flow=%s answer not decoded (%s)", flow.id, type(exc).__name__)
             answer = Answer(error=f"decoder failed: {type(exc).__name__}")
+        if answer is not None and answer_status == "complete":
+            self.drift.answer(
+                state.operation.app,
+                state.operation.operation_id,
+                decoded=answer.text is not None and answer.error is None,
+                unknown_shapes=answer.unknown_shapes,
+            )
         if answer is not None:
             log.info(
                 "flow=%s op=%s answer_chars=%s response_bytes=%d decode=%s",

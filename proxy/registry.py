@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import TypeVar
 
 from proxy.wire import chatgpt, claude, gemini, generic, perplexity
-from proxy.wire.base import BlockReplyMaker, DecoderFactory, Extractor
+from proxy.wire.base import BlockReplyMaker, DecoderFactory, Extractor, SocketDecoderFactory
 
 WIRE_MODULES: tuple[ModuleType, ...] = (generic, chatgpt, claude, gemini, perplexity)
 
@@ -34,4 +34,6 @@ def _merge(attribute: str) -> dict[str, T]:
 EXTRACTORS: Mapping[str, Extractor] = _merge("EXTRACTORS")
 DECODERS: Mapping[str, DecoderFactory] = _merge("DECODERS")
 BLOCK_REPLIES: Mapping[str, BlockReplyMaker] = _merge("BLOCK_REPLIES")
+# Answers over WebSockets, by "<app>.websocket": the socket guard decodes an app's server messages.
+SOCKET_DECODERS: Mapping[str, SocketDecoderFactory] = _merge("SOCKET_DECODERS")
 DEFAULT_BLOCK_REPLY = generic.DEFAULT_BLOCK_REPLY

@@ -16,6 +16,11 @@ upgraded, every client-to-server message (text, or binary that decodes as UTF-8)
    unexpected error, drops the message and closes with 1011.
 
 Server-to-client messages pass untouched; so does every message of a host outside the catalogue.
+A copy of each server message of an app with a socket answer decoder (``<app>.websocket`` in
+:data:`proxy.registry.SOCKET_DECODERS`: ChatGPT's WebSocket delivery, Perplexity's socket.io)
+is decoded into the same :class:`~proxy.wire.base.Answer` as a streamed answer; each finished
+turn (and each turn still open when the socket ends) is recorded as operation
+``<app>.websocket_answer`` with its conversation id, and counted by the drift alarm.
 The app is the tunnel's (CONNECT target, client SNI, upstream SNI) before the Host header: any
 catalogue host among them makes the socket guarded. A 101 on a catalogue host that mitmproxy does not relay as
 a WebSocket (it would become a raw TCP tunnel) is killed.
@@ -56,9 +61,12 @@ from promptfence.errors import RecordNotDurable
 from proxy.addon import DecisionPort, RecordPort
 from proxy.canonical import canonical_host
 from proxy.catalogue import AppSpec, Catalogue
+from proxy.drift import DriftMonitor
 from proxy.flowmap import scrub
 from proxy.identity import ClientAddressIdentity, IdentityResolver
 from proxy.inspection_call import InspectionPort, inspect_within
+from proxy.registry import SOCKET_DECODERS
+from proxy.wire.base import Answer, SocketAnswerDecoder
 
 log = logging.getLogger("promptfence.proxy")
 
@@ -69,6 +77,7 @@ DEFAULT_INSPECT_TIMEOUT_S = 10.0
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_JSON_DEPTH = 64
 CLOSED_KEY = "promptfence.websocket_closed"  # flow.metadata: why the guard closed this socket
+ANSWERS_KEY = "promptfence.websocket_answers"  # flow.metadata: the socket's answer decoder
 DETECTOR = "websocket"  # the name an uninspectable message's failed run carries
 
 NOT_RECORDED_MESSAGE = "PromptFence stopped this message: it could not be recorded. Try again later."
@@ -253,6 +262,7 @@ class WebSocketGuard:
         inspect_timeout_s: float | None = None,
         max_message_bytes: int | None = None,
         closer: WebSocketCloser | None = None,
+        drift: DriftMonitor | None = None,
     ) -> None:
         self.catalogue = catalogue
         self.inspector = inspector
@@ -262,6 +272,7 @@ class WebSocketGuard:
         self.inspect_timeout_s = inspect_timeout_s
         self.max_message_bytes = max_message_bytes
         self.closer = closer or MitmproxyCloser()
+        self.drift = drift or DriftMonitor()
         self._tunnels: dict[str, str] = {}  # client connection id -> its CONNECT target
 
     def _app(self, flow: http.HTTPFlow) -> tuple[AppSpec, str] | None:
@@ -307,9 +318,18 @@ class WebSocketGuard:
         if found is not None:
             log.info("flow=%s websocket to app=%s: client messages are inspected", flow.id, found[0].app)
 
-    def websocket_end(self, flow: http.HTTPFlow) -> None:
+    async def websocket_end(self, flow: http.HTTPFlow) -> None:
         if CLOSED_KEY in flow.metadata and flow.websocket is not None:
             log.info("flow=%s websocket closed by PromptFence (code %s)", flow.id, flow.websocket.close_code)
+        decoder = flow.metadata.pop(ANSWERS_KEY, None)
+        if decoder is not None:
+            try:
+                answers = decoder.close()
+            except Exception as exc:  # a decoder bug costs the answer's copy only
+                log.error("flow=%s websocket answers not decoded (%s)", flow.id, type(exc).__name__)
+                return
+            for answer in answers:
+                await self._record_answer(flow, answer, socket_ended=True)
 
     async def websocket_message(self, flow: http.HTTPFlow) -> None:
         """Hold the newest message until it is inspected, decided and recorded; drop it unless
@@ -323,6 +343,7 @@ class WebSocketGuard:
                 _drop(message)  # closing: nothing more from the client, nor the close's empty trigger
                 return
             if not message.from_client:
+                await self._answers(flow, message)
                 return
             found = self._app(flow)
             if found is None:
@@ -333,6 +354,77 @@ class WebSocketGuard:
             if message is not None:
                 _drop(message)
             self._close(flow, CLOSE_INTERNAL_ERROR, INTERNAL_ERROR_MESSAGE)
+
+    # -- answers from the server ---------------------------------------------------------------
+    async def _answers(self, flow: http.HTTPFlow, message: WebSocketMessage) -> None:
+        """Decode a copy of a server message; the message itself is already on its way."""
+        if message.injected:
+            return
+        decoder: SocketAnswerDecoder | None = flow.metadata.get(ANSWERS_KEY)
+        if decoder is None:
+            found = self._app(flow)
+            factory = SOCKET_DECODERS.get(f"{found[0].app}.websocket") if found is not None else None
+            if factory is None:
+                return
+            decoder = flow.metadata[ANSWERS_KEY] = factory()
+        try:
+            answers = decoder.message(message.content)
+        except Exception as exc:  # never into the socket: only our copy is lost
+            log.error("flow=%s websocket answer not decoded (%s)", flow.id, type(exc).__name__)
+            flow.metadata.pop(ANSWERS_KEY, None)
+            return
+        for answer in answers:
+            await self._record_answer(flow, answer, socket_ended=False)
+
+    async def _record_answer(self, flow: http.HTTPFlow, answer: Answer, *, socket_ended: bool) -> None:
+        """One turn's answer as its own record (the prompt went over HTTP; the conversation id joins them)."""
+        found = self._app(flow)
+        if found is None:
+            return
+        app, host = found
+        if socket_ended and not answer.complete:
+            answer.error = "; ".join(filter(None, [answer.error, "socket closed before the turn ended"]))
+        operation = Operation(
+            app=app.app,
+            app_type=app.app_type,
+            operation_id=f"{app.app}.websocket_answer",
+            kind=OperationKind.OTHER,
+            identity=self.identity.identify(flow),
+            prompt="",
+            conversation_id=None if answer.conversation_id is None else scrub(answer.conversation_id),
+            message_id=None if answer.message_id is None else scrub(answer.message_id),
+            host=host,
+            path=flow.request.path.split("?", 1)[0],
+        )
+        inspection = Inspection(findings=(), topics={}, runs=())
+        decision = self.policy.decide(operation, inspection)
+        self.drift.answer(
+            app.app,
+            operation.operation_id,
+            decoded=answer.text is not None and answer.error is None,
+            unknown_shapes=answer.unknown_shapes,
+        )
+        record = LogRecord(
+            record_id=str(uuid.uuid4()),
+            timestamp=time.time(),
+            operation=operation,
+            inspection=inspection,
+            decision=decision,
+            payload=Payload(prompt="", response=None if answer.text is None else scrub(answer.text)),
+            response_decode_error=answer.error,
+            answer_status="complete",
+        )
+        log.info(
+            "flow=%s op=%s answer_chars=%s decode=%s",
+            flow.id,
+            operation.operation_id,
+            "-" if answer.text is None else len(answer.text),
+            answer.error or "ok",
+        )
+        try:
+            await self.recorder.record(record)
+        except Exception as exc:  # the answer already reached the user; the recorder spools
+            log.error("flow=%s websocket answer record not written (%s)", flow.id, type(exc).__name__)
 
     # -- one client message ------------------------------------------------------------------
     async def _guard(self, flow: http.HTTPFlow, message: WebSocketMessage, app: AppSpec, host: str) -> None:

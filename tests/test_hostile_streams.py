@@ -106,7 +106,8 @@ def test_gemini_many_frames_in_one_piece_and_an_answer_after_a_wrong_length() ->
 
 
 def _chatgpt(events: int) -> bytes:
-    return bench.chatgpt_append_deltas(0) + b'event: delta\ndata: {"v":"abcd"}\n\n' * events + b"data: [DONE]\n\n"
+    finished = b'event: delta\ndata: {"p":"/message/status","o":"replace","v":"finished_successfully"}\n\n'
+    return bench.chatgpt_append_deltas(0) + b'event: delta\ndata: {"v":"abcd"}\n\n' * events + finished + b"data: [DONE]\n\n"
 
 
 def test_chatgpt_appends_build_the_text_in_parts() -> None:

@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "bench": "measure speed (bench inspect: inspector throughput and latency)",
     "viewer": "serve the prompt-log web viewer (decryption happens in the browser)",
     "feedback": "mark a log record's topic as a false or true positive",
+    "apps": "the app catalogue and the wire-format drift alarm (apps status)",
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 from typing import TYPE_CHECKING, Any
@@ -32,6 +33,7 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     from policies.reload import ReloadingPolicySet
     from proxy.addon import PromptFenceAddon
     from proxy.catalogue import load_catalogue
+    from proxy.drift import DriftMonitor, DriftSettings
     from proxy.identity import build_identity
     from proxy.master import build_dump_master
     from proxy.websocket_guard import WebSocketGuard
@@ -60,14 +62,21 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     }
     if config.proxy.upstream_ca is not None:
         settings["ssl_verify_upstream_trusted_ca"] = str(config.proxy.upstream_ca)
+    try:
+        drift_settings = DriftSettings(**dataclasses.asdict(config.proxy.drift))
+    except ValueError as exc:
+        raise ConfigError(str(exc), source=config.source, field="proxy.drift") from None
+    config.ensure_data_dir()
+    drift = DriftMonitor(drift_settings, config.drift_state_path)
+    drift.write_state()  # a fresh file: `apps status` shows this run's counters, not the last run's
     master = build_dump_master(
-        PromptFenceAddon(catalogue, client, policies, recorder, identity),
+        PromptFenceAddon(catalogue, client, policies, recorder, identity, drift),
         listen_host=config.proxy.listen_host,
         listen_port=config.proxy.listen_port,
         confdir=config.mitmproxy_confdir,
         settings=settings,
         # Client WebSocket messages to catalogue hosts: inspected, decided and recorded alike.
-        extra_addons=[WebSocketGuard(catalogue, client, policies, recorder, identity)],
+        extra_addons=[WebSocketGuard(catalogue, client, policies, recorder, identity, drift=drift)],
     )
     return master, recorder, client
 

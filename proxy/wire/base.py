@@ -56,6 +56,9 @@ class Answer:
 
     ``text`` is None when no answer text was found; ``error`` says why decoding was incomplete
     (never quoting the body), e.g. "truncated frame" or "unknown event shape".
+    ``unknown_shapes`` counts well-formed events of a shape the decoder does not know: not an
+    error of this answer (the app may have added a harmless event), but the drift alarm's signal
+    that the app is changing; it takes no part in comparisons.
     """
 
     text: str | None = field(default=None, repr=False)
@@ -64,6 +67,7 @@ class Answer:
     title: str | None = field(default=None, repr=False)
     complete: bool = False
     error: str | None = None
+    unknown_shapes: int = field(default=0, compare=False)
 
 
 class AnswerDecoder(Protocol):
@@ -75,6 +79,23 @@ class AnswerDecoder(Protocol):
 
 
 DecoderFactory = Callable[[], AnswerDecoder]
+
+
+class SocketAnswerDecoder(Protocol):
+    """Answers that arrive over a WebSocket: fed every server-to-client message of one socket.
+
+    :meth:`message` returns the answers that message completed (one socket can carry several
+    turns); :meth:`close` returns those still open when the socket ended (incomplete, noted so).
+    Bounded like the stream decoders: a message is at most ``DEFAULT_MAX_EVENT`` characters and
+    only a few turns are open at once."""
+
+    def message(self, content: bytes) -> list[Answer]: ...
+
+    def close(self) -> list[Answer]: ...
+
+
+SocketDecoderFactory = Callable[[], SocketAnswerDecoder]
+MAX_OPEN_TURNS = 8  # turns decoded at once on one socket; the oldest is closed past it
 
 
 @dataclass(frozen=True)

@@ -5,20 +5,28 @@ encodings: delta encoding v1 (``event: delta`` with ``{p, o, v, c}`` JSON-Pointe
 missing ``p``/``o``/``c`` are inherited from the previous delta) and the legacy full-snapshot
 format (every event a whole ``{message, conversation_id, error}``; the user's prompt is echoed,
 so only ``assistant`` messages count). Both end with ``data: [DONE]``.
+
+``[DONE]`` ends the stream, not necessarily the answer: an answer is complete only when its
+message says so (``status: finished_successfully``, ``end_turn: true`` or
+``metadata.is_complete``); a stream cut after an ``in_progress`` snapshot is noted as such.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import time
 import uuid
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from proxy.wire import jsonpatch
 from proxy.wire.base import (
     DEFAULT_ANSWER_LIMIT,
     DEFAULT_MAX_EVENT,
+    MAX_OPEN_TURNS,
     Answer,
     BlockReply,
     BlockReplyMaker,
@@ -27,6 +35,7 @@ from proxy.wire.base import (
     ExtractionError,
     Extractor,
     RequestData,
+    SocketDecoderFactory,
     answer_reply,
     dict_get,
     json_object,
@@ -125,6 +134,36 @@ def file_metadata(request: RequestData) -> Extraction:
 # -- the answer stream ---------------------------------------------------------------------------
 
 
+# Typed side events of the stream that carry no answer text (ignored, never "unknown shapes").
+KNOWN_TYPES = frozenset(
+    {
+        "title_generation",
+        "message_stream_complete",
+        "conversation_detail_metadata",
+        "resume_conversation_token",
+        "input_message",
+        "stream_handoff",
+        "server_ste_metadata",
+        "message_marker",
+        "moderation",
+        "url_moderation",
+        "conversation_async_status",
+    }
+)
+
+
+def _finished(message: Any) -> bool:
+    """The message says it is whole: finished status, end of turn, or ``is_complete``."""
+    text = jsonpatch.text
+    if not isinstance(message, dict):
+        return False
+    return (
+        text(message.get("status")) == "finished_successfully"
+        or message.get("end_turn") is True
+        or dict_get(message.get("metadata"), "is_complete") is True
+    )
+
+
 def _message_text(message: Any) -> str | None:
     """The text of an answer-bearing assistant message, else None (tool, thinking, user echo).
 
@@ -163,14 +202,21 @@ class ChatGPTStreamDecoder(SSEAnswerDecoder):
 
     def _finish(self) -> Answer:
         answer = self._answer
+        finished = False
+        status: str | None = None
         for doc in reversed(self._docs.values()):
-            text = _message_text(dict_get(doc, "message"))
+            message = dict_get(doc, "message")
+            text = _message_text(message)
             if text is not None:
                 answer.text = text
-                answer.message_id = opt_str(jsonpatch.text(dict_get(dict_get(doc, "message"), "id")))
+                answer.message_id = opt_str(jsonpatch.text(dict_get(message, "id")))
+                finished = _finished(message)
+                status = jsonpatch.text(dict_get(message, "status"))
                 break
-        answer.complete = self._done
+        answer.complete = self._done and finished
         app = []
+        if self._done and answer.text is not None and not finished:
+            app.append(f"[DONE] before the answer finished (status {status or 'missing'})")
         if self._failed_ops:
             app.append(f"{self._failed_ops} delta operations did not apply")
         if self._app_error:
@@ -179,6 +225,11 @@ class ChatGPTStreamDecoder(SSEAnswerDecoder):
             ended=self._done, end="without [DONE]", app=app, no_answer="no assistant answer in the stream"
         )
         return answer
+
+    @property
+    def done(self) -> bool:
+        """``[DONE]`` arrived: the stream (not necessarily the answer) is over."""
+        return self._done
 
     def _conversation(self, value: Any) -> None:
         cid = opt_str(value)
@@ -203,6 +254,8 @@ class ChatGPTStreamDecoder(SSEAnswerDecoder):
             self._delta(value)
         elif isinstance(value, dict):
             self._plain(value)
+        elif value is not None:
+            self._unknown += 1
 
     def _plain(self, value: Mapping[str, Any]) -> None:
         """A non-delta line: a legacy snapshot, a typed side event or an error."""
@@ -222,6 +275,10 @@ class ChatGPTStreamDecoder(SSEAnswerDecoder):
             self._app_error = True
         elif kind is None and self._encoding == "v1" and "v" in value:
             self._delta(value)  # a delta whose ``event: delta`` line was left out
+        elif kind is None and "conversation_id" in value:
+            self._conversation(value.get("conversation_id"))  # a snapshot with no message yet
+        elif kind not in KNOWN_TYPES:
+            self._unknown += 1
 
     def _delta(self, value: Any) -> None:
         if not isinstance(value, dict):
@@ -275,13 +332,90 @@ class ChatGPTStreamDecoder(SSEAnswerDecoder):
         key = self._key()
         current = self._docs.get(key)
         grows = len(v) if op in ("append", "add") and isinstance(v, str) else 0
-        if not self._grow(grows + jsonpatch.cost(current, op, path)):
-            return  # past the answer limit: noted once in the answer's error
+        needed = grows + jsonpatch.cost(current, op, path)
+        if needed and not self._grow(needed):
+            return  # past the answer limit: noted once in the answer's error (O(1) edits still apply)
         doc, ok = jsonpatch.apply(current, op, path, v, builders=True)
         if key in self._docs or ok:
             self._docs[key] = doc
         if not ok:
             self._failed_ops += 1
+
+
+# -- answers over a WebSocket ----------------------------------------------------------------------
+
+_TURN_KEYS = ("conversation_id", "websocket_request_id", "topic_id", "response_id")
+
+
+def _sse_pieces(value: Any, key: str = "", depth: int = 0) -> Iterator[tuple[str, bytes | None]]:
+    """The SSE bytes a socket message carries, with the turn they belong to.
+
+    2024: ``{type: "http.response.body", body: base64(SSE bytes), conversation_id}`` (inside an
+    Azure Web PubSub ``{type: "message", data: {...}, sequenceId}`` envelope); 2025:
+    ``encoded_item``, raw delta-v1 SSE text, under a ``conversation-turn-…`` topic. ``None`` as
+    the bytes: a piece that is not valid base64 (counted as undecodable by the caller)."""
+    if depth > 6 or not isinstance(value, dict):
+        return
+    for name in _TURN_KEYS:
+        found = opt_str(value.get(name))
+        if found:
+            key = found
+            break
+    body = value.get("body")
+    if isinstance(body, str) and (value.get("type") == "http.response.body" or "conversation_id" in value):
+        try:
+            yield key, base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            yield key, None
+    item = value.get("encoded_item")
+    if isinstance(item, str):
+        yield key, item.encode("utf-8", "replace")
+    for child in value.values():
+        if isinstance(child, dict):
+            yield from _sse_pieces(child, key, depth + 1)
+
+
+class ChatGPTSocketDecoder:
+    """ChatGPT's WebSocket delivery: each turn's SSE bytes fed to its own stream decoder.
+
+    A turn ends with its ``[DONE]``; turns still open when the socket closes are returned
+    incomplete ("stream ended without [DONE]"). Server messages that carry no answer (acks,
+    pings, ``conversation-update``) are ignored; JSON that is not JSON is counted."""
+
+    def __init__(self, *, max_message: int = DEFAULT_MAX_EVENT) -> None:
+        self._turns: OrderedDict[str, ChatGPTStreamDecoder] = OrderedDict()
+        self._max = max_message
+        self.undecodable = 0
+
+    def message(self, content: bytes) -> list[Answer]:
+        if len(content) > self._max:
+            self.undecodable += 1
+            return []
+        value = loads_or_none(content.decode("utf-8", "replace"))
+        if value is None:
+            if content.strip():
+                self.undecodable += 1
+            return []
+        done: list[Answer] = []
+        for key, data in _sse_pieces(value):
+            decoder = self._turns.get(key)
+            if decoder is None:
+                if len(self._turns) >= MAX_OPEN_TURNS:
+                    done.append(self._end(next(iter(self._turns))))
+                decoder = self._turns[key] = ChatGPTStreamDecoder()
+            if data is None:
+                decoder._undecodable += 1
+                continue
+            decoder.feed(data)
+            if decoder.done:
+                done.append(self._end(key))
+        return done
+
+    def _end(self, key: str) -> Answer:
+        return self._turns.pop(key).close()
+
+    def close(self) -> list[Answer]:
+        return [self._end(key) for key in list(self._turns)]
 
 
 # -- block reply ---------------------------------------------------------------------------------
@@ -321,4 +455,5 @@ EXTRACTORS: Mapping[str, Extractor] = {
     "chatgpt.file_metadata": file_metadata,
 }
 DECODERS: Mapping[str, DecoderFactory] = {"chatgpt.sse": ChatGPTStreamDecoder}
+SOCKET_DECODERS: Mapping[str, SocketDecoderFactory] = {"chatgpt.websocket": ChatGPTSocketDecoder}
 BLOCK_REPLIES: Mapping[str, BlockReplyMaker] = {"chatgpt.assistant_notice": assistant_notice}

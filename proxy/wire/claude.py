@@ -25,6 +25,7 @@ from proxy.wire.base import (
     Extraction,
     Extractor,
     RequestData,
+    SocketDecoderFactory,
     answer_reply,
     dict_get,
     json_403,
@@ -115,6 +116,10 @@ def conversation_ref(request: RequestData) -> Extraction:
     return Extraction(conversation_id=_conversation_from_path(request.path))
 
 
+# Event types that carry no answer text (ignored, never "unknown shapes").
+KNOWN_TYPES = frozenset({"content_block_stop", "message_delta", "ping", "message_limit"})
+
+
 class ClaudeStreamDecoder(SSEAnswerDecoder):
     """Joins ``text_delta`` text per content block (index order); thinking and tool JSON stay out."""
 
@@ -176,6 +181,8 @@ class ClaudeStreamDecoder(SSEAnswerDecoder):
                 self._stopped = True
         elif kind is None and isinstance(value.get("error"), dict):
             self._app_error = True
+        elif kind not in KNOWN_TYPES:
+            self._unknown += 1
 
 
 def error_403(message: str, extraction: Extraction) -> BlockReply:
@@ -229,3 +236,4 @@ BLOCK_REPLIES: Mapping[str, BlockReplyMaker] = {
     "claude.error_403": error_403,
     "claude.assistant_notice": assistant_notice,
 }
+SOCKET_DECODERS: Mapping[str, SocketDecoderFactory] = {}

@@ -6,6 +6,12 @@ anti-XSSI guard ``)]}'`` and then repeat ``<length>\\n<JSON>\\n`` frames, the le
 UTF-16 code units of the newline after the digits, the JSON and the trailing newline. Each
 ``wrb.fr`` envelope holds another JSON string whose candidates carry the **whole answer so
 far**: the last snapshot wins; snapshots are never concatenated.
+
+What the real responses add to that: a body may hold a bare JSON array with no length line
+(``)]}'``, a blank line, then one array, possibly over several lines, when the request did not
+ask for chunks); an error envelope ``["wrb.fr",null,null,null,null,[N]]`` has its code at
+``[5][0]`` (or, with error details, at ``[5][2][0][1][0]``); a body that ends with the
+``di`` / ``af.httprm`` trailer and no ``e`` frame is complete.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from proxy.wire.base import (
     ExtractionError,
     Extractor,
     RequestData,
+    SocketDecoderFactory,
     answer_reply,
     dig,
     json_value,
@@ -131,6 +138,15 @@ _PARTIAL_LENGTH = re.compile(r"\d{0,12}\Z")
 _JSON = json.JSONDecoder()
 
 
+# Bookkeeping envelopes that end a response: the ``e`` frame, or ``di`` / ``af.httprm`` without it.
+TRAILER_TAGS = frozenset({"e", "di", "af.httprm"})
+
+
+def _cut_short(buf: str, exc: json.JSONDecodeError) -> bool:
+    """The JSON failed only because the text ends too soon (more may come), not because it is wrong."""
+    return exc.pos >= len(buf.rstrip()) or exc.msg.startswith("Unterminated string")
+
+
 def _skip_ws(text: str, pos: int) -> int:
     match = _WS.match(text, pos)
     return pos if match is None else match.end()
@@ -176,6 +192,7 @@ class GeminiFrameDecoder:
         self._trailer = False
         self._bad_frames = 0
         self._app_error: int | None = None
+        self.unknown_shapes = 0  # envelopes of a tag we do not know (the drift alarm's signal)
 
     def feed(self, data: bytes) -> None:
         if self._stopped is not None:
@@ -203,7 +220,9 @@ class GeminiFrameDecoder:
         if self._stopped is None:
             self._frames(final=True)
         answer = self._answer
-        answer.complete = self._final_status or self._trailer
+        answer.unknown_shapes = self.unknown_shapes
+        # An error reply is a whole body but not a whole answer.
+        answer.complete = (self._final_status or self._trailer) and self._app_error is None
         notes = []
         if any(part.strip() for part in self._parts):
             notes.append("truncated frame at end of body")
@@ -276,6 +295,8 @@ class GeminiFrameDecoder:
         try:
             frame, end = _JSON.raw_decode(buf, at)
         except json.JSONDecodeError as exc:
+            if not final and _cut_short(buf, exc):
+                return False, self._wait(buf, at)  # a bare array still arriving: wait, do not skip it
             return self._resync(buf, at, final, max(exc.pos - at, 1))
         except RecursionError:
             return self._resync(buf, at, final, len(buf) - at)
@@ -314,9 +335,13 @@ class GeminiFrameDecoder:
                         self._inner(inner)
                 elif isinstance(dig(envelope, 5), list):
                     code = dig(envelope, 5, 2, 0, 1, 0)
-                    self._app_error = code if isinstance(code, int) else -1
-            elif tag == "e":
+                    if not isinstance(code, int):
+                        code = dig(envelope, 5, 0)
+                    self._app_error = code if isinstance(code, int) and not isinstance(code, bool) else -1
+            elif tag in TRAILER_TAGS:
                 self._trailer = True
+            else:
+                self.unknown_shapes += 1
 
     def _inner(self, inner: Any) -> None:
         cid, rid = dig(inner, 1, 0), dig(inner, 1, 1)
@@ -394,3 +419,4 @@ EXTRACTORS: Mapping[str, Extractor] = {
 }
 DECODERS: Mapping[str, DecoderFactory] = {"gemini.frames": GeminiFrameDecoder}
 BLOCK_REPLIES: Mapping[str, BlockReplyMaker] = {"gemini.assistant_notice": assistant_notice}
+SOCKET_DECODERS: Mapping[str, SocketDecoderFactory] = {}

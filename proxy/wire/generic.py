@@ -18,6 +18,7 @@ from proxy.wire.base import (
     ExtractionError,
     Extractor,
     RequestData,
+    SocketDecoderFactory,
     json_403,
 )
 
@@ -275,3 +276,4 @@ BLOCK_REPLIES: Mapping[str, BlockReplyMaker] = {
     "text.plain_403": plain_text_403,
 }
 DEFAULT_BLOCK_REPLY = "text.plain_403"
+SOCKET_DECODERS: Mapping[str, SocketDecoderFactory] = {}

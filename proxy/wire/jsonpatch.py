@@ -129,7 +129,8 @@ def apply(doc: Any, op: str, path: str, value: Any, *, builders: bool = False) -
     """Apply one operation; returns (document, applied).
 
     ``add`` (RFC 6902: inserts into lists), ``replace`` (sets, creating a missing key),
-    ``append`` (string concatenation or list extension; a missing target is set),
+    ``append`` (string concatenation, list extension, or an object merged into an object
+    shallowly, as ChatGPT appends to ``/message/metadata``; a missing target is set),
     ``remove``, ``truncate`` (cut a string or list to ``value`` items) and JSON-Patch's
     ``copy``/``move``/``test`` are not needed by any app and count as not applied.
     """
@@ -201,6 +202,9 @@ def _appended(current: Any, value: Any, builders: bool) -> tuple[Any, bool]:
         built = TextBuilder(current)
         built.append(value)
         return built, True
+    if isinstance(current, dict) and isinstance(value, dict):  # shallow merge: keys of value win
+        current.update(copy.deepcopy(value))
+        return current, True
     if isinstance(current, list):  # documents own their lists (values are deep-copied in)
         if isinstance(value, list):
             current.extend(copy.deepcopy(value))

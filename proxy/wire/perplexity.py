@@ -12,7 +12,9 @@ id (``context_uuid``) arrives only in the stream.
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,6 +22,7 @@ from proxy.wire import jsonpatch
 from proxy.wire.base import (
     DEFAULT_ANSWER_LIMIT,
     DEFAULT_MAX_EVENT,
+    MAX_OPEN_TURNS,
     Answer,
     BlockReply,
     BlockReplyMaker,
@@ -27,6 +30,7 @@ from proxy.wire.base import (
     Extraction,
     Extractor,
     RequestData,
+    SocketDecoderFactory,
     answer_reply,
     dict_get,
     json_object,
@@ -87,8 +91,9 @@ def thread(request: RequestData) -> Extraction:
 
 
 def _final_answer(text: Any) -> str | None:
-    """Carrier A: ``text`` -> steps -> FINAL ``content.answer`` -> ``answer`` (JSON in JSON)."""
-    steps = loads_or_none(text)
+    """Carrier A: ``text`` -> steps -> FINAL ``content.answer`` -> ``answer`` (JSON in JSON;
+    each level may also arrive already parsed, as a list or an object)."""
+    steps = text if isinstance(text, (list, dict)) else loads_or_none(text)
     holder: Any = None
     if isinstance(steps, list):
         for step in steps:
@@ -97,6 +102,8 @@ def _final_answer(text: Any) -> str | None:
     elif isinstance(steps, dict):
         holder = steps
     answer = dict_get(holder, "answer")
+    if isinstance(answer, dict) and isinstance(answer.get("answer"), str):
+        return str(answer["answer"])
     if isinstance(answer, str):
         inner = loads_or_none(answer)
         if isinstance(inner, dict) and isinstance(inner.get("answer"), str):
@@ -119,6 +126,7 @@ class PerplexityStreamDecoder(SSEAnswerDecoder):
         self._ended = False
         self._completed = False
         self._failed = False
+        self._failed_patches = 0
 
     def _finish(self) -> Answer:
         answer = self._answer
@@ -132,13 +140,38 @@ class PerplexityStreamDecoder(SSEAnswerDecoder):
                 answer.text = "".join(chunks)
                 break
         else:
-            answer.text = self._text_answer
-        answer.complete = self._ended or self._completed
+            answer.text = self._text_answer if self._text_answer is not None else self._workflow_text()
+        answer.complete = (self._ended or self._completed) and not self._failed
         app = ["the app reported status FAILED"] if self._failed else []
+        if self._failed_patches:
+            app.append(f"{self._failed_patches} diff_block patches did not apply")
         answer.error = self._notes(
-            ended=answer.complete, end="before end_of_stream", app=app, no_answer="no answer carrier in the stream"
+            ended=self._ended or self._completed,
+            end="before end_of_stream",
+            app=app,
+            no_answer="no answer carrier in the stream",
         )
         return answer
+
+    def _workflow_text(self) -> str | None:
+        """Carrier D (``workflow_block``, no ``ask_text`` at all): the last ``text_payload``'s chunks."""
+        found: str | None = None
+        for (_usage, field), doc in self._diff.items():
+            if field != "workflow_block":
+                continue
+            stack: list[tuple[Any, int]] = [(doc, 0)]
+            while stack:  # depth-first, in document order; bounded depth
+                node, depth = stack.pop()
+                if depth > 12:
+                    continue
+                if isinstance(node, dict):
+                    chunks = dict_get(node.get("text_payload"), "chunks")
+                    if isinstance(chunks, list):
+                        found = "".join(t for t in map(jsonpatch.text, chunks) if t is not None)
+                    stack.extend((child, depth + 1) for child in reversed(list(node.values())))
+                elif isinstance(node, list):
+                    stack.extend((child, depth + 1) for child in reversed(node))
+        return found
 
     def _diff_doc(self, usage: str) -> Any:
         return self._diff.get((usage, "markdown_block"))
@@ -165,6 +198,12 @@ class PerplexityStreamDecoder(SSEAnswerDecoder):
             if event.data.strip():
                 self._undecodable += 1
             return
+        if event.event != "message":
+            self._unknown += 1  # an event name we do not know; its envelope is still read
+        self._envelope(value)
+
+    def _envelope(self, value: Mapping[str, Any]) -> None:
+        """One answer envelope, from an SSE ``message`` or a socket.io ``query_progress``."""
         answer = self._answer
         answer.conversation_id = opt_str(value.get("context_uuid")) or answer.conversation_id
         answer.message_id = opt_str(value.get("backend_uuid")) or answer.message_id
@@ -200,14 +239,17 @@ class PerplexityStreamDecoder(SSEAnswerDecoder):
                 return
             doc = self._diff.get((usage, field))
             for patch in patches:
-                if not isinstance(patch, dict):
+                path = dict_get(patch, "path")
+                if not isinstance(patch, dict) or not isinstance(path, str) or not isinstance(patch.get("op"), str):
+                    self._failed_patches += 1  # counted and noted: never dropped silently with its text
                     continue
-                path = patch.get("path")
-                op, where, value = str(patch.get("op")), path if isinstance(path, str) else "/", patch.get("value")
+                op, value = str(patch["op"]), patch.get("value")
                 grows = len(value) if op in ("add", "append") and isinstance(value, str) else 0
-                if not self._grow(grows + jsonpatch.cost(doc, op, where)):
+                if not self._grow(grows + jsonpatch.cost(doc, op, path)):
                     break  # past the answer limit: noted once in the answer's error
-                doc, _ok = jsonpatch.apply(doc, op, where, value, builders=True)
+                doc, ok = jsonpatch.apply(doc, op, path, value, builders=True)
+                if not ok:
+                    self._failed_patches += 1
             self._diff[(usage, field)] = doc
             if field == "markdown_block" and isinstance(doc, dict):
                 if isinstance(doc.get("chunks"), list):
@@ -233,6 +275,102 @@ class PerplexityStreamDecoder(SSEAnswerDecoder):
         if isinstance(markdown.get("answer"), str):
             self._terminal[usage] = markdown["answer"]
             self._terminal_from[usage] = "markdown"
+
+    @property
+    def finished(self) -> bool:
+        """The envelope said the answer is final (``end_of_stream`` or a completed status)."""
+        return self._ended or self._completed or self._failed
+
+    def envelope(self, value: Mapping[str, Any]) -> None:
+        """Feed one envelope that did not come as SSE (socket.io)."""
+        self._envelope(value)
+
+    def end(self) -> Answer:
+        """The answer from the envelopes fed so far (the socket path's :meth:`close`)."""
+        answer = self._finish()
+        answer.unknown_shapes = self._unknown
+        return answer
+
+
+# socket.io over engine.io: "4" (message) + "2" (event) or "3" (ack), an optional "/namespace,",
+# an optional ack id, then the JSON array: 42["query_progress",{...}], 431[{...}], 42/ns,7["x",{}].
+_SOCKETIO = re.compile(r"4([23])(?:/[^,\[]{0,200},)?(\d{0,20})(?=\[)")
+ANSWER_EVENTS = ("query_progress", "query_answered")
+
+
+class PerplexitySocketDecoder:
+    """Perplexity's socket.io delivery (before its SSE endpoint, and Labs still): each
+    ``query_progress`` / ``query_answered`` event or ack payload is one envelope of the SSE
+    format, per ``backend_uuid``; Labs' ``<model>_query_progress`` carries a cumulative ``output``.
+    A turn ends with a completed (or failed) status or ``final``."""
+
+    def __init__(self, *, max_message: int = DEFAULT_MAX_EVENT) -> None:
+        self._turns: OrderedDict[str, PerplexityStreamDecoder] = OrderedDict()
+        self._labs: dict[str, Answer] = {}
+        self._max = max_message
+        self.undecodable = 0
+
+    def message(self, content: bytes) -> list[Answer]:
+        if len(content) > self._max:
+            self.undecodable += 1
+            return []
+        text = content.decode("utf-8", "replace")
+        match = _SOCKETIO.match(text)
+        if match is None:
+            return []  # engine.io pings, upgrades, connects: no answer
+        packet = loads_or_none(text[match.end() :])
+        if not isinstance(packet, list):
+            self.undecodable += 1
+            return []
+        if match.group(1) == "2":
+            name, payloads = packet[0] if packet else None, packet[1:]
+            if not isinstance(name, str):
+                return []
+        else:
+            name, payloads = None, packet
+        done: list[Answer] = []
+        for payload in payloads:
+            if not isinstance(payload, dict):
+                continue
+            if isinstance(name, str) and name.endswith("_query_progress") and name not in ANSWER_EVENTS:
+                done.extend(self._lab(name, payload))
+            elif name is None or name in ANSWER_EVENTS:
+                done.extend(self._ask(payload, final=name == "query_answered"))
+        return done
+
+    def _ask(self, payload: Mapping[str, Any], *, final: bool) -> list[Answer]:
+        if not any(k in payload for k in ("text", "blocks", "status", "backend_uuid")):
+            return []  # an ack of something else (threads, uploads)
+        key = opt_str(payload.get("backend_uuid")) or opt_str(payload.get("uuid")) or ""
+        done: list[Answer] = []
+        decoder = self._turns.get(key)
+        if decoder is None:
+            if len(self._turns) >= MAX_OPEN_TURNS:
+                done.append(self._turns.pop(next(iter(self._turns))).end())
+            decoder = self._turns[key] = PerplexityStreamDecoder()
+        decoder.envelope(payload)
+        if final or decoder.finished:
+            done.append(self._turns.pop(key).end())
+        return done
+
+    def _lab(self, name: str, payload: Mapping[str, Any]) -> list[Answer]:
+        answer = self._labs.setdefault(name, Answer())
+        if isinstance(payload.get("output"), str):
+            answer.text = payload["output"]
+        status = payload.get("status")
+        if payload.get("final") is True or status in ("completed", "failed"):
+            answer.complete = status != "failed"
+            answer.error = "the app reported status failed" if status == "failed" else None
+            return [self._labs.pop(name)]
+        return []
+
+    def close(self) -> list[Answer]:
+        answers = [self._turns.pop(key).end() for key in list(self._turns)]
+        for answer in self._labs.values():
+            answer.error = "socket closed before the answer was final"
+            answers.append(answer)
+        self._labs.clear()
+        return answers
 
 
 def assistant_notice(message: str, extraction: Extraction) -> BlockReply:
@@ -272,4 +410,5 @@ EXTRACTORS: Mapping[str, Extractor] = {
     "perplexity.thread": thread,
 }
 DECODERS: Mapping[str, DecoderFactory] = {"perplexity.sse": PerplexityStreamDecoder}
+SOCKET_DECODERS: Mapping[str, SocketDecoderFactory] = {"perplexity.websocket": PerplexitySocketDecoder}
 BLOCK_REPLIES: Mapping[str, BlockReplyMaker] = {"perplexity.assistant_notice": assistant_notice}

@@ -7,6 +7,13 @@ blank line only when its data buffer is not empty; ``id`` with NUL is ignored; `
 be all digits. At end of stream an unterminated event is discarded, as the standard says, and
 :attr:`SSEDecoder.truncated` reports it so callers can note "truncated".
 
+**At close, the apps' way.** Real answer streams often end ``data: [DONE]\n`` and then close the
+connection, without the blank line that would dispatch the event. ``close(dispatch_pending=True)``
+(what :class:`SSEAnswerDecoder` uses) dispatches such a pending event when it has data, the last
+line too when it has no line end; :attr:`SSEDecoder.truncated` still says the stream ended inside
+an event, and :attr:`SSEDecoder.tail_unterminated` that the dispatched event's last line had no
+end (it may be cut), so a decoder can tell "cut" from "undecodable".
+
 **Bounded and linear.** The upstream decides how long a line is; a 16 MB line without a newline
 must not cost 16 MB x chunks. Only newly fed text is scanned for line ends, an unterminated line
 is kept as a list of parts joined once, and a line or an event's data longer than ``max_event``
@@ -49,6 +56,8 @@ class SSEDecoder:
         self._last_id = ""
         self._retry: int | None = None
         self._pending_fields = False
+        self._closed_truncated: bool | None = None
+        self.tail_unterminated = False
         self.oversized = 0
 
     @property
@@ -58,14 +67,30 @@ class SSEDecoder:
     @property
     def truncated(self) -> bool:
         """True when the stream ended inside a line or inside an event (after :meth:`close`)."""
+        if self._closed_truncated is not None:
+            return self._closed_truncated
         return bool(self._parts) or self._line_over or self._pending_fields
 
     def feed(self, data: bytes) -> list[SSEEvent]:
         return self._text(self._utf8.decode(data))
 
-    def close(self) -> list[SSEEvent]:
-        """Flush the UTF-8 decoder; an unterminated event is not dispatched (WHATWG)."""
-        return self._text(self._utf8.decode(b"", final=True))
+    def close(self, *, dispatch_pending: bool = False) -> list[SSEEvent]:
+        """Flush the UTF-8 decoder; an unterminated event is not dispatched (WHATWG) unless
+        ``dispatch_pending``: then a pending event with data is, its unterminated last line too."""
+        events = self._text(self._utf8.decode(b"", final=True))
+        self._closed_truncated = self.truncated
+        if not dispatch_pending:
+            return events
+        if self._line_over:  # the unterminated last line was too long: its event is dropped (counted)
+            self._line_over, self._pending_fields, self._event_over = False, True, True
+        elif self._parts:
+            line = "".join(self._parts)
+            self._parts, self._line_len = [], 0
+            self.tail_unterminated = True
+            self._line_done(line, events)
+        if self._pending_fields and (self._event_over or self._has_data):
+            self._dispatch(events)
+        return events
 
     def _text(self, text: str) -> list[SSEEvent]:
         if not text:
@@ -139,8 +164,10 @@ class SSEDecoder:
 class SSEAnswerDecoder:
     """The second stage's common part: SSE events to :meth:`_event`, then the app's :meth:`_finish`.
 
-    Subclasses fold events into ``self._answer`` and count what they could not read in
-    ``self._undecodable``; :meth:`_notes` words what went wrong the same way for every app.
+    Subclasses fold events into ``self._answer``, count what they could not read in
+    ``self._undecodable`` and well-formed events of a shape they do not know in
+    ``self._unknown`` (the drift alarm's signal: not an error of this answer);
+    :meth:`_notes` words what went wrong the same way for every app.
     Text that accumulates across events goes through :meth:`_grow` first: past ``answer_limit``
     characters nothing more is added, and the answer's error says so.
     """
@@ -149,6 +176,7 @@ class SSEAnswerDecoder:
         self._sse = SSEDecoder(max_event)
         self._answer = Answer()
         self._undecodable = 0
+        self._unknown = 0
         self._answer_limit = answer_limit
         self._answer_chars = 0
         self._capped = False
@@ -166,9 +194,16 @@ class SSEAnswerDecoder:
             self._event(event)
 
     def close(self) -> Answer:
-        for event in self._sse.close():
+        events = self._sse.close(dispatch_pending=True)
+        for index, event in enumerate(events):
+            before = self._undecodable
             self._event(event)
-        return self._finish()
+            cut = self._sse.tail_unterminated and index == len(events) - 1
+            if cut and self._undecodable > before:
+                self._undecodable = before  # a cut last line: "truncated event" says it, not "undecodable"
+        answer = self._finish()
+        answer.unknown_shapes = self._unknown
+        return answer
 
     def _event(self, event: SSEEvent) -> None:
         raise NotImplementedError

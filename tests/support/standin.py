@@ -7,6 +7,8 @@ The other apps' send-prompt paths answer with their wire fixture's stream
 (tests/fixtures/apps/<app>/send_prompt/response.body), and ``/stream/slow`` on any host
 streams three chunks over about three seconds (a slow non-GenAI download). A request with
 ``X-Standin-Delay: S`` gets the first part of its answer at once and the rest S seconds later.
+A send-prompt request with ``X-Standin-Fixture: PATH`` (relative to tests/fixtures/) is answered
+with that file's bytes instead, in two chunks (an app that changed its stream shape).
 
 With INSPECTOR_PORT it also serves a stand-in inspector over plain HTTP on that port
 (``POST /v1/inspect`` answers "nothing found" unless the prompt carries ``[[topic:NAME=score]]``
@@ -39,6 +41,7 @@ ANSWER_EVENTS = [
     '"conversation_id": "CONV", "error": null}, "c": 0}\n\n',
     'event: delta\ndata: {"p": "/message/content/parts/0", "o": "append", "v": "Stand-in answer"}\n\n',
     'event: delta\ndata: {"v": " from upstream."}\n\n',
+    'event: delta\ndata: {"p": "/message/status", "o": "replace", "v": "finished_successfully"}\n\n',
     'data: {"type": "message_stream_complete", "conversation_id": "CONV"}\n\n',
     "data: [DONE]\n\n",
 ]
@@ -75,6 +78,8 @@ def build_app(received: Path) -> web.Application:
 
     async def conversation(request: web.Request) -> web.StreamResponse:
         await record(request)
+        if "X-Standin-Fixture" in request.headers:
+            return await chosen_fixture(request, "text/event-stream; charset=utf-8")
         data = json.loads(await request.read() or b"{}")
         conv = data.get("conversation_id") or "c-standin"
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
@@ -87,9 +92,23 @@ def build_app(received: Path) -> web.Application:
         await resp.write_eof()
         return resp
 
+    async def chosen_fixture(request: web.Request, content_type: str) -> web.StreamResponse:
+        path = (FIXTURES.parent / request.headers["X-Standin-Fixture"]).resolve()
+        if FIXTURES.parent not in path.parents or not path.is_file():
+            raise web.HTTPNotFound()
+        body = path.read_bytes()
+        resp = web.StreamResponse(headers={"Content-Type": content_type})
+        await resp.prepare(request)
+        await resp.write(body[: len(body) // 2])
+        await resp.write(body[len(body) // 2 :])
+        await resp.write_eof()
+        return resp
+
     def fixture_stream(app: str, content_type: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         async def handler(request: web.Request) -> web.StreamResponse:
             await record(request)
+            if "X-Standin-Fixture" in request.headers:
+                return await chosen_fixture(request, content_type)
             body = (FIXTURES / app / "send_prompt" / "response.body").read_bytes()
             resp = web.StreamResponse(headers={"Content-Type": content_type})
             await resp.prepare(request)
