@@ -65,15 +65,22 @@ def gzip_bomb(size: int) -> bytes:
     return b"".join(parts) + compressor.flush()
 
 
-def _time(decoder: AnswerDecoder, body: bytes, encoding: str = "") -> tuple[float, str | None]:
+def _time(decoder: AnswerDecoder, body: bytes, encoding: str = "") -> tuple[float, float, str | None]:
+    """Seconds decoding the whole body, the longest single call (how long one chunk holds the
+    proxy's event loop: other flows run between chunks), and the answer's note."""
     tap = ResponseTap(decoder, encoding)
+    longest = 0.0
     started = time.perf_counter()
     for start in range(0, len(body), CHUNK):
         piece = body[start : start + CHUNK]
+        before = time.perf_counter()
         if tap(piece) is not piece:
             raise AssertionError("the tap changed the user's bytes")
+        longest = max(longest, time.perf_counter() - before)
+    before = time.perf_counter()
     answer = tap.finish()
-    return time.perf_counter() - started, None if answer is None else answer.error
+    longest = max(longest, time.perf_counter() - before)
+    return time.perf_counter() - started, longest, None if answer is None else answer.error
 
 
 CASES: list[tuple[str, Callable[[int], bytes], Callable[[], AnswerDecoder], str]] = [
@@ -86,16 +93,27 @@ CASES: list[tuple[str, Callable[[int], bytes], Callable[[], AnswerDecoder], str]
 
 
 def hostile_stream_timings(size_bytes: int = 16 * 2**20) -> list[dict[str, object]]:
-    """One dict per hostile stream: name, seconds (decoding through the tap), bytes (on the wire),
-    note (the answer's error: how the bound that cut decoding was recorded; never content)."""
+    """One dict per hostile stream: name, seconds (decoding through the tap), longest_call_ms (the
+    longest the tap held the event loop for one 16 KiB chunk), bytes (on the wire), note (the
+    answer's error: how the bound that cut decoding was recorded; never content)."""
     results: list[dict[str, object]] = []
     for name, make, decoder, encoding in CASES:
         body = make(size_bytes)
-        seconds, note = _time(decoder(), body, encoding)
-        results.append({"name": name, "seconds": round(seconds, 3), "bytes": len(body), "note": note or ""})
+        seconds, longest, note = _time(decoder(), body, encoding)
+        results.append(
+            {
+                "name": name,
+                "seconds": round(seconds, 3),
+                "longest_call_ms": round(longest * 1000, 1),
+                "bytes": len(body),
+                "note": note or "",
+            }
+        )
     return results
 
 
 if __name__ == "__main__":
     for row in hostile_stream_timings():
-        print(f"{row['name']:45s} {row['bytes']:>10} B {row['seconds']:>8} s  {row['note']}")
+        print(
+            f"{row['name']:45s} {row['bytes']:>10} B {row['seconds']:>8} s {row['longest_call_ms']:>7} ms  {row['note']}"
+        )

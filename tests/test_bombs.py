@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from proxy.request_body import Uninspectable, decoded_body
-from proxy.tap import ResponseTap
+from proxy.tap import MAX_INFLATION, RATIO_FREE_BYTES, ResponseTap
 from proxy.wire.claude import ClaudeStreamDecoder
 
 MiB = 2**20
@@ -75,8 +75,10 @@ def test_a_bomb_costs_tens_of_mb_at_most(kind: str, side: str) -> None:
         assert outcome == f"body over {8 * MiB} bytes once {kind}-decoded"
     else:
         error, decoded = outcome.rsplit("|", 1)
-        assert f"answer larger than {4 * MiB} bytes: not decoded past it" in error
-        assert int(decoded) == 4 * MiB  # decoding stopped exactly at the limit, not after a whole chunk
+        # Fed as the network delivers it, the bomb trips the inflation limit before the 4 MiB
+        # decode limit (which test_the_tap_checks_its_limit_per_piece_of_one_chunk pins exactly).
+        assert f"response inflates more than {MAX_INFLATION}:1" in error
+        assert RATIO_FREE_BYTES <= int(decoded) <= RATIO_FREE_BYTES + MAX_INFLATION * 16384
 
 
 def test_the_tap_checks_its_limit_per_piece_of_one_chunk() -> None:
@@ -122,3 +124,33 @@ def test_a_multi_member_gzip_answer_is_decoded_by_the_tap() -> None:
     assert tap(wire) == wire
     answer = tap.finish()
     assert answer is not None and answer.text == "Paris" and answer.error is None
+
+
+def test_a_chunk_never_inflates_past_the_ratio_limit() -> None:
+    """A 1000:1 answer fed as the network delivers it (16 KiB chunks): decoding stops once it
+    inflates past MAX_INFLATION times the wire bytes, so one call never decodes megabytes."""
+    bomb = gzip_zeros(2**30, line=b"data: " + b"0" * 1016 + b"\n\n")
+    tap = ResponseTap(ClaudeStreamDecoder(), "gzip")
+    most = 0
+    for start in range(0, len(bomb), 16 * 1024):
+        before = tap.decoded_bytes
+        piece = bomb[start : start + 16 * 1024]
+        assert tap(piece) is piece
+        most = max(most, tap.decoded_bytes - before)
+    answer = tap.finish()
+    assert answer is not None and answer.error is not None
+    assert f"response inflates more than {MAX_INFLATION}:1" in answer.error
+    assert RATIO_FREE_BYTES <= tap.decoded_bytes <= MAX_INFLATION * tap.response_bytes
+    assert most <= RATIO_FREE_BYTES + MAX_INFLATION * 16 * 1024
+
+
+def test_ordinary_compressed_answers_are_not_taken_for_bombs() -> None:
+    """Real answers compress 5-30x; a repetitive SSE answer in 16 KiB chunks decodes whole."""
+    events = b"".join(b'data: {"type":"content_block_delta","delta":{"text":"word %d "}}\n\n' % i for i in range(150_000))
+    wire = gzip.compress(events)
+    assert len(events) / len(wire) < MAX_INFLATION
+    tap = ResponseTap(ClaudeStreamDecoder(), "gzip")
+    for start in range(0, len(wire), 16 * 1024):
+        tap(wire[start : start + 16 * 1024])
+    tap.finish()
+    assert tap.decoded_bytes == len(events)

@@ -188,4 +188,4 @@ def test_the_benchmark_streams_finish_well_within_a_minute_at_4_mb() -> None:
     rows = json.loads(done.stdout)
     assert [r["name"] for r in rows] == [name for name, *_ in bench.CASES]
     assert all(r["bytes"] > 0.99 * 4 * 2**20 or "gzip" in r["name"] for r in rows)
-    assert "answer larger than" in rows[-1]["note"]
+    assert "response inflates more than" in rows[-1]["note"]

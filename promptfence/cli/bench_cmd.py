@@ -382,9 +382,12 @@ def _bench_hostile_report(args: argparse.Namespace) -> int:
     if streams is None:
         print("answer decoder cases unavailable: proxy.bench.hostile_stream_timings could not be imported")
     else:
-        print(f"{'STREAM':<28} {'SECONDS':>8} {'BYTES':>10}  NOTE")
+        print(f"{'STREAM':<45} {'SECONDS':>8} {'LONGEST CALL ms':>15} {'BYTES':>10}  NOTE")
         for row in streams:
-            print(f"{row['name']!s:<28} {float(str(row['seconds'])):>8.2f} {row['bytes']!s:>10}  {row['note']}")
+            print(
+                f"{row['name']!s:<45} {float(str(row['seconds'])):>8.2f} {row.get('longest_call_ms', '-')!s:>15}"
+                f" {row['bytes']!s:>10}  {row['note']}"
+            )
     return 0
 
 
