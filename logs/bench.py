@@ -201,6 +201,9 @@ class Relay:
             except OSError:
                 client.close()
                 continue
+            # The timeout was for the dial only: an idle pooled connection must not be cut after
+            # five quiet seconds (that would be an outage the benchmark did not ask for).
+            upstream.settimeout(None)
             with self._lock:
                 self._conns.append(upstream)
             for a, b in ((client, upstream), (upstream, client)):
