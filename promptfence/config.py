@@ -46,6 +46,9 @@ class ProxyConfig:
     # uninspectable, not as an inspector failure: size is the sender's lever to slow inspection,
     # so on_error: allow must not turn it into a pass.
     timeout_uninspectable_chars: int = 65536
+    # /metrics (Prometheus), /healthz and /readyz of the proxy process; port 0: not served.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 8734
 
 
 @dataclass(frozen=True)

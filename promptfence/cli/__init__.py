@@ -2,6 +2,11 @@
 
 Subcommands import their modules lazily so ``promptfence proxy`` never loads the inspector's
 model code (torch, transformers, Presidio) and ``promptfence logs`` starts instantly.
+
+A running service prints its start-up lines, one line per inspected operation (the proxy's
+decision line, no text), warnings and errors; ``promptfence --verbose ...`` adds the rest
+(mitmproxy's connection lines, Alembic, every log write and answer). What is quieted is data:
+:data:`QUIET_LOGGERS` and :data:`CHATTER`.
 """
 
 from __future__ import annotations
@@ -35,6 +40,50 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# Libraries whose INFO lines are noise in a running service: mitmproxy (4-5 lines per request),
+# Alembic (its migration context, even when there is nothing to migrate), faiss (which CPU build
+# it loaded, with the ModuleNotFoundError of the one it did not), Presidio (each recognizer).
+QUIET_LOGGERS: dict[str, int] = {
+    "mitmproxy": logging.WARNING,
+    "alembic": logging.WARNING,
+    "faiss": logging.WARNING,
+    "presidio-analyzer": logging.WARNING,
+    "sentence_transformers": logging.WARNING,
+    "httpx": logging.WARNING,
+}
+# Our own INFO lines beside the one per operation (format strings' starts, per logger): the log
+# write of each record and the answer's size. Shown with --verbose.
+CHATTER: dict[str, tuple[str, ...]] = {
+    "promptfence.logs": ("record %s %s %s (",),
+    "promptfence.proxy": ("flow=%s op=%s answer_chars=",),
+}
+
+
+class ChatterFilter(logging.Filter):
+    """Drops the INFO records of :data:`CHATTER` (a logger filter: it runs before any handler)."""
+
+    def __init__(self, prefixes: tuple[str, ...]) -> None:
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.levelno <= logging.INFO and isinstance(record.msg, str) and record.msg.startswith(self.prefixes)
+        )
+
+
+def configure_quiet(verbose: bool) -> None:
+    """Apply :data:`QUIET_LOGGERS` and :data:`CHATTER` unless ``verbose``."""
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else level)
+    for name, prefixes in CHATTER.items():
+        logger = logging.getLogger(name)
+        for existing in [f for f in logger.filters if isinstance(f, ChatterFilter)]:
+            logger.removeFilter(existing)
+        if not verbose:
+            logger.addFilter(ChatterFilter(prefixes))
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -49,6 +98,12 @@ def _module(name: str) -> ModuleType:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptfence", description="Self-hosted AI prompt protection.")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print library INFO lines (mitmproxy connections, Alembic) and every log write",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -58,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "proxy":
+    if args.command in ("proxy", "capture"):
         # mitmproxy's own terminal log handler prints the proxy's records; a second one would double them.
         logging.getLogger().setLevel(logging.INFO)
     else:
@@ -67,6 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+    configure_quiet(args.verbose)
     try:
         result: int = _module(args.command).run(args)
         return result
