@@ -5,7 +5,7 @@ model code (torch, transformers, Presidio) and ``promptfence logs`` starts insta
 
 A running service prints its start-up lines, one line per inspected operation (the proxy's
 decision line, no text), warnings and errors; ``promptfence --verbose ...`` adds the rest
-(mitmproxy's connection lines, Alembic, every log write and answer). What is quieted is data:
+(mitmproxy's connection lines, Alembic, every stored log write and answer). What is quieted is data:
 :data:`QUIET_LOGGERS` and :data:`CHATTER`.
 """
 
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -40,48 +41,55 @@ COMMANDS: dict[str, str] = {
 }
 
 
-# Libraries whose INFO lines are noise in a running service: mitmproxy (4-5 lines per request),
-# Alembic (its migration context, even when there is nothing to migrate), faiss (which CPU build
-# it loaded, with the ModuleNotFoundError of the one it did not), Presidio (each recognizer).
+# Libraries whose INFO lines are noise in a running service: Alembic (its migration context,
+# even when there is nothing to migrate), faiss (which CPU build it loaded, with the
+# ModuleNotFoundError of the one it did not), Presidio (each recognizer it loads).
 QUIET_LOGGERS: dict[str, int] = {
-    "mitmproxy": logging.WARNING,
     "alembic": logging.WARNING,
     "faiss": logging.WARNING,
     "presidio-analyzer": logging.WARNING,
     "sentence_transformers": logging.WARNING,
-    "httpx": logging.WARNING,
 }
-# Our own INFO lines beside the one per operation (format strings' starts, per logger): the log
-# write of each record and the answer's size. Shown with --verbose.
-CHATTER: dict[str, tuple[str, ...]] = {
-    "promptfence.logs": ("record %s %s %s (",),
-    "promptfence.proxy": ("flow=%s op=%s answer_chars=",),
+# INFO lines that repeat for every request, per logger, by their rendered message: mitmproxy's
+# connection lifecycle (4-5 lines per request), mitmproxy's own listening line (we print ours),
+# the log write of each stored record, the answer's size. What is unusual stays visible (a
+# client dropping mid-request, a TLS failure, a spooled or lost record). Shown with --verbose.
+CHATTER: dict[str, tuple[re.Pattern[str], ...]] = {
+    "mitmproxy.proxy.server": (re.compile(r"^(?:client|server) (?:connect|disconnect)\b|^client kill connection"),),
+    "mitmproxy.addons.proxyserver": (re.compile(r"proxy listening at"),),
+    "promptfence.logs": (re.compile(r"^record \S+ \S+ stored \("),),
+    "promptfence.proxy": (re.compile(r"^flow=\S+ op=\S+ answer_chars="),),
 }
 
 
 class ChatterFilter(logging.Filter):
-    """Drops the INFO records of :data:`CHATTER` (a logger filter: it runs before any handler)."""
+    """Drops INFO (and DEBUG) records matching :data:`CHATTER` (a logger filter: it runs before
+    any handler, so before the redacting filter rewrites the message)."""
 
-    def __init__(self, prefixes: tuple[str, ...]) -> None:
+    def __init__(self, patterns: tuple[re.Pattern[str], ...]) -> None:
         super().__init__()
-        self.prefixes = prefixes
+        self.patterns = patterns
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (
-            record.levelno <= logging.INFO and isinstance(record.msg, str) and record.msg.startswith(self.prefixes)
-        )
+        if record.levelno > logging.INFO:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a record that cannot render is not ours to judge
+            return True
+        return not any(p.search(message) for p in self.patterns)
 
 
 def configure_quiet(verbose: bool) -> None:
     """Apply :data:`QUIET_LOGGERS` and :data:`CHATTER` unless ``verbose``."""
     for name, level in QUIET_LOGGERS.items():
         logging.getLogger(name).setLevel(logging.NOTSET if verbose else level)
-    for name, prefixes in CHATTER.items():
+    for name, patterns in CHATTER.items():
         logger = logging.getLogger(name)
         for existing in [f for f in logger.filters if isinstance(f, ChatterFilter)]:
             logger.removeFilter(existing)
         if not verbose:
-            logger.addFilter(ChatterFilter(prefixes))
+            logger.addFilter(ChatterFilter(patterns))
 
 
 def add_config_option(parser: argparse.ArgumentParser) -> None:

@@ -135,8 +135,10 @@ def _inspector(config: Config, url: str | None) -> Callable[[str], Inspection]:
 
         return remote
     from promptfence.cli.inspector_cmd import build_engine
+    from promptfence.cli.progress import stage
 
-    engine = build_engine(config)
+    with stage("loading detectors"):
+        engine = build_engine(config)
 
     def local(prompt: str) -> Inspection:
         return asyncio.run(engine.inspect(prompt))
