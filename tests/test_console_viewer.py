@@ -83,29 +83,13 @@ def _record(
         prompt=prompt,
         conversation_id=conversation,
     )
-    return LogRecord(str(uuid.uuid4()), timestamp, op, inspection, decision, Payload(prompt, None), answer_status="none")
+    return LogRecord(
+        str(uuid.uuid4()), timestamp, op, inspection, decision, Payload(prompt, None), answer_status="none"
+    )
 
 
-@dataclass
-class Site:
-    url: str
-    store: LogStore
-    key: Path
-    other_key: Path
-    admin_key_id: str
-    blocked: str
-    failed: str
-    shared: str
-    requests: list[tuple[str, str, bytes]] = field(default_factory=list)
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    admin, other = KeyPair.generate(), KeyPair.generate()
-    write_key_pair(admin, tmp_path / "admin.key", tmp_path / "admin.pub")
-    write_key_pair(other, tmp_path / "other.key", tmp_path / "other.pub")
-    store = LogStore(f"sqlite:///{tmp_path / 'logs.db'}", [Recipient.from_file(tmp_path / "admin.pub")])
-    t = time.time() - 600
+def records(t: float) -> tuple[LogRecord, LogRecord, LogRecord, LogRecord]:
+    """The four records both console tests read: blocked with evidence, fail-closed, Share, low."""
     evidence = Inspection(
         findings=(
             Finding("presidio", "pii.EMAIL_ADDRESS", Topic.PII, 0.7, _span(PROMPT, EMAIL), "EmailRecognizer"),
@@ -150,6 +134,29 @@ def site(tmp_path: Path) -> Iterator[Site]:
         conversation="conv-low",
         timestamp=t + 180,
     )
+    return blocked, failed, shared, low
+
+
+@dataclass
+class Site:
+    url: str
+    store: LogStore
+    key: Path
+    other_key: Path
+    admin_key_id: str
+    blocked: str
+    failed: str
+    shared: str
+    requests: list[tuple[str, str, bytes]] = field(default_factory=list)
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    admin, other = KeyPair.generate(), KeyPair.generate()
+    write_key_pair(admin, tmp_path / "admin.key", tmp_path / "admin.pub")
+    write_key_pair(other, tmp_path / "other.key", tmp_path / "other.pub")
+    store = LogStore(f"sqlite:///{tmp_path / 'logs.db'}", [Recipient.from_file(tmp_path / "admin.pub")])
+    blocked, failed, shared, low = records(time.time() - 600)
     for record in (blocked, failed, shared, low):
         store.write(record)
     requests: list[tuple[str, str, bytes]] = []
@@ -289,7 +296,9 @@ def test_evidence_after_decryption_honest_wrong_key_and_fail_closed_reason(site:
     shown = browser.execute_script("return getComputedStyle(arguments[0], '::after').content;", ssn_mark)
     assert "US_SSN 0.85" in shown  # the label is drawn next to the span
 
-    rows = {r.get_attribute("data-detector"): r for r in turn.find_elements(By.CSS_SELECTOR, "table.detectors tbody tr")}
+    rows = {
+        r.get_attribute("data-detector"): r for r in turn.find_elements(By.CSS_SELECTOR, "table.detectors tbody tr")
+    }
     assert set(rows) == {"presidio", "secrets", "intent"}
     assert rows["presidio"].text.split() == ["presidio", "ok", "12.5"]
     assert "detector-failed" in rows["intent"].get_attribute("class")

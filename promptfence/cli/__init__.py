@@ -55,7 +55,10 @@ QUIET_LOGGERS: dict[str, int] = {
 # the log write of each stored record, the answer's size. What is unusual stays visible (a
 # client dropping mid-request, a TLS failure, a spooled or lost record). Shown with --verbose.
 CHATTER: dict[str, tuple[re.Pattern[str], ...]] = {
-    "mitmproxy.proxy.server": (re.compile(r"^(?:client|server) (?:connect|disconnect)\b|^client kill connection"),),
+    "mitmproxy.proxy.server": (
+        re.compile(r"^(?:client|server) (?:connect|disconnect)\b|^client kill connection"),
+        re.compile(r"^Streaming (?:request|response) (?:from|to) "),
+    ),
     "mitmproxy.addons.proxyserver": (re.compile(r"proxy listening at"),),
     "promptfence.logs": (re.compile(r"^record \S+ \S+ stored \("),),
     "promptfence.proxy": (re.compile(r"^flow=\S+ op=\S+ answer_chars="),),
