@@ -185,32 +185,32 @@ def _inspect_in(python: str, config: Config, prompts: list[str]) -> list[Inspect
     from promptfence.cli.progress import Progress
 
     lines = "".join(json.dumps({"prompt": p}, ensure_ascii=True) + "\n" for p in prompts)
-    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert child.stdin is not None and child.stdout is not None and child.stderr is not None
-    stdin, stderr_pipe = child.stdin, child.stderr
-    errors: list[bytes] = []
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+        stdin, stderr_pipe = child.stdin, child.stderr
+        errors: list[bytes] = []
 
-    def feed() -> None:  # a writer thread: the child answers while it still reads
-        try:
-            stdin.write(lines.encode("ascii"))
-        except BrokenPipeError:
-            pass
-        finally:
-            stdin.close()
+        def feed() -> None:  # a writer thread: the child answers while it still reads
+            try:
+                stdin.write(lines.encode("ascii"))
+            except BrokenPipeError:
+                pass
+            finally:
+                stdin.close()
 
-    writer = threading.Thread(target=feed, daemon=True)
-    reader = threading.Thread(target=lambda: errors.append(stderr_pipe.read()), daemon=True)
-    writer.start()
-    reader.start()
-    out: list[str] = []
-    # The bar starts at 0 while the child loads its detectors, and moves with each answer.
-    with Progress("loading detectors, inspecting prompts", len(prompts)) as progress:
-        for raw in child.stdout:
-            out.append(raw.decode("ascii", "replace"))
-            progress.advance()
-    returncode = child.wait()
-    writer.join()
-    reader.join()
+        writer = threading.Thread(target=feed, daemon=True)
+        reader = threading.Thread(target=lambda: errors.append(stderr_pipe.read()), daemon=True)
+        writer.start()
+        reader.start()
+        out: list[str] = []
+        # The bar starts at 0 while the child loads its detectors, and moves with each answer.
+        with Progress("loading detectors, inspecting prompts", len(prompts)) as progress:
+            for raw in child.stdout:
+                out.append(raw.decode("ascii", "replace"))
+                progress.advance()
+        returncode = child.wait()
+        writer.join()
+        reader.join()
     if returncode != 0:
         raise PromptFenceError(
             f"inspection in the inspector's environment ({python}) failed with status {returncode}:"
