@@ -3,6 +3,11 @@
 It runs in its own process because it holds the models (seconds to load, gigabytes on GPU
 hosts) and the proxy must stay small. It listens on loopback by default; request bodies are
 never logged, and error replies never quote them.
+
+Beside it: ``/healthz`` (up, and which detectors are loaded), ``/readyz`` (the engine can
+inspect now) and ``/metrics`` (Prometheus: inspections, their latency, each detector's latency
+and failures, topics found; :mod:`promptfence.metrics`). The per-inspection log line is DEBUG:
+the proxy logs the one line per operation (``promptfence --verbose`` shows both).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ from aiohttp import web
 
 from classifiers.engine import InspectionEngine
 from classifiers.normalize import replace_invalid_unicode
-from promptfence.core import Operation
+from promptfence import metrics
+from promptfence.core import Inspection, Operation
 
 # Note on an Inspection whose prompt held code points no detector can digest (lone surrogates):
 # they were replaced by U+FFFD once, here, before any detector saw the text.
@@ -26,8 +32,35 @@ log = logging.getLogger("promptfence.inspector")
 
 ENGINE_KEY = web.AppKey("engine", InspectionEngine)
 
+INSPECTIONS = metrics.counter(
+    "promptfence_inspector_requests_total", "Inspection requests answered, by HTTP outcome.", ("outcome",)
+)
+INSPECTION_SECONDS = metrics.histogram("promptfence_inspection_seconds", "Wall time of one inspection (all detectors).")
+DETECTOR_SECONDS = metrics.histogram(
+    "promptfence_detector_latency_seconds", "Time one detector took on one prompt.", ("detector",)
+)
+DETECTOR_FAILURES = metrics.counter(
+    "promptfence_detector_failures_total", "Detector runs that did not succeed, by status.", ("detector", "status")
+)
+TOPICS = metrics.counter(
+    "promptfence_inspector_topics_total", "Topics detected (low confidence and above).", ("topic", "confidence")
+)
+
+
+def observe(inspection: Inspection) -> None:
+    """Count one inspection: its time, each detector's time and failure, the topics found."""
+    INSPECTIONS.labels("inspected").inc()
+    INSPECTION_SECONDS.observe(inspection.elapsed_ms / 1000.0)
+    for run in inspection.runs:
+        DETECTOR_SECONDS.labels(run.detector).observe(run.elapsed_ms / 1000.0)
+        if run.failed:
+            DETECTOR_FAILURES.labels(run.detector, run.status.value).inc()
+    for topic, confidence in inspection.detected().items():
+        TOPICS.labels(topic.value, confidence.name.lower()).inc()
+
 
 def _bad_request(message: str) -> web.Response:
+    INSPECTIONS.labels("bad_request").inc()
     return web.json_response({"error": message}, status=400)
 
 
@@ -53,9 +86,10 @@ async def inspect_handler(request: web.Request) -> web.Response:
     inspection = await engine.inspect(text)
     if replaced:
         inspection = dataclasses.replace(inspection, notes=(*inspection.notes, INVALID_UNICODE_NOTE))
+    observe(inspection)
     # Size, topics and time only: no digest of the text (it would let anyone who reads the log
     # confirm a guessed prompt) and no ids from the request.
-    log.info(
+    log.debug(
         "inspected chars=%d topics=%s ms=%.1f",
         len(text),
         ",".join(f"{t.value}:{c.name.lower()}" for t, c in inspection.detected().items()) or "-",
@@ -79,8 +113,11 @@ def build_app(engine: InspectionEngine, *, max_body_bytes: int = 16 * 1024 * 102
     app[ENGINE_KEY] = engine
     app.router.add_post("/v1/inspect", inspect_handler)
     app.router.add_get("/healthz", health_handler)
+    metrics.add_routes(app, healthz=False)
+    metrics.add_readiness_check("engine", lambda: None if engine.detectors else "no detector loaded")
 
     async def _close(_: web.Application) -> None:
+        metrics.add_readiness_check("engine", lambda: "shutting down")
         engine.close()
 
     app.on_cleanup.append(_close)

@@ -16,6 +16,7 @@ taken from a trusted SSO header, believed only from ``trusted_sources``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 import logging
@@ -40,6 +41,8 @@ CSRF_HEADER = "X-PromptFence-Viewer"
 MAX_USER_CHARS = 320
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
 BUCKETS = {"hour": 3600, "day": 86400}
+# The chart counts a topic from this confidence up unless the query names min_confidence.
+CHART_TOPIC_CONFIDENCE = Confidence.MEDIUM
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -287,7 +290,14 @@ async def stats(request: web.Request) -> web.Response:
         raise BadQuery(f"bucket must be one of {', '.join(BUCKETS)}")
     if by not in ("app", "topic", "action"):
         raise BadQuery("by must be app, topic or action")
-    return web.json_response(await _in_thread(store.stats, filter_from_query(request.query), by, bucket))
+    flt = filter_from_query(request.query)
+    counted = flt.min_confidence
+    if by == "topic" and not request.query.get("min_confidence"):
+        # Low-confidence topics are shown on records but not counted unless the filter asks.
+        counted = CHART_TOPIC_CONFIDENCE
+        flt = dataclasses.replace(flt, min_confidence=counted)
+    data = await _in_thread(store.stats, flt, by, bucket)
+    return web.json_response({**data, "min_confidence": counted.name.lower()})
 
 
 async def feedback_list(request: web.Request) -> web.Response:

@@ -60,6 +60,9 @@ class ProxyConfig:
     # so on_error: allow must not turn it into a pass.
     timeout_uninspectable_chars: int = 65536
     drift: DriftConfig = field(default_factory=DriftConfig)
+    # /metrics (Prometheus), /healthz and /readyz of the proxy process; port 0: not served.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 8734
 
 
 @dataclass(frozen=True)

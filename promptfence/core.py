@@ -732,6 +732,8 @@ class LogRecord:
             "findings": [f.to_dict() for f in self.inspection.findings],
             "neighbours": [n.to_dict() for n in self.inspection.neighbours],
             "inspection_notes": list(self.inspection.notes),
+            # De-obfuscation undone before the detectors ran (names only: "base64", "unicode").
+            "transforms": list(self.inspection.transforms),
             "memory": self.inspection.to_dict()["memory"],
             "decision": self.decision.to_dict(),
             "inspection_ms": round(self.inspection.elapsed_ms, 2),

@@ -204,4 +204,6 @@ def test_no_prompt_text_in_any_output_or_file(deployment: Deployment) -> None:
             for canary in (CANARY_BLOCKED, CANARY_ALLOWED):
                 assert canary.encode() not in data, f"prompt text leaked into {path}"
     assert checked >= 4  # stdout, stderr, the database, the keys (at least)
-    assert "promptfence.inspector: inspected chars=" in deployment.up_err.read_text()  # the logs exist; no text in them
+    # The logs exist (the proxy's one line per operation; issue 18 made the inspector's per-
+    # inspection line DEBUG); no text in them.
+    assert "op=chatgpt.send_prompt prompt_chars=" in deployment.up_out.read_text()

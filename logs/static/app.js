@@ -41,6 +41,123 @@ function topicsText(meta) {
   return entries.map(([name, v]) => `${name}:${v.confidence}`).join(", ") || "-";
 }
 
+// Runs that stand for the whole inspection: when one failed, no detector ran (fail-closed).
+const WHOLE_INSPECTION_RUNS = ["inspector", "extractor"];
+
+function inspectionFailure(meta) {
+  for (const name of WHOLE_INSPECTION_RUNS) {
+    const error = (meta.detector_errors || {})[name];
+    if (error) return `${error.status || "failed"}: ${error.error || name}`;
+  }
+  return null;
+}
+
+/** "topics PII:high", or "inspection failed: <reason>" when nothing could be inspected. */
+function topicsSummary(meta) {
+  const topics = topicsText(meta);
+  const failure = inspectionFailure(meta);
+  if (topics === "-" && failure) return `inspection failed: ${failure}`;
+  return `topics ${topics}`;
+}
+
+/** "pii.US_SSN" -> "US_SSN", "secret.aws_access_key" -> "aws_access_key". */
+function kindLabel(kind) {
+  const dot = kind.indexOf(".");
+  return dot >= 0 ? kind.slice(dot + 1) : kind;
+}
+
+function findingLabel(f) {
+  return `${kindLabel(f.kind)} ${Number(f.score).toFixed(2)}`;
+}
+
+/**
+ * The text with each finding's span marked. Spans are code-point offsets (Python's), so the text
+ * is cut by code points, not UTF-16 units. Overlapping findings split the text at every edge; a
+ * piece names every finding over it, and the piece where a finding ends carries its label
+ * (shown by CSS, so the text itself stays exactly the decrypted text).
+ */
+function highlighted(text, findings) {
+  const cps = Array.from(text);
+  const spans = (findings || [])
+    .filter((f) => Array.isArray(f.span) && f.span[1] > f.span[0] && f.span[0] < cps.length)
+    .map((f) => ({ start: f.span[0], end: Math.min(f.span[1], cps.length), f }));
+  const frag = document.createDocumentFragment();
+  if (!spans.length) { frag.append(text); return frag; }
+  const cuts = [...new Set([0, cps.length, ...spans.flatMap((s) => [s.start, s.end])])].sort((a, b) => a - b);
+  for (let i = 0; i < cuts.length - 1; i++) {
+    const [a, b] = [cuts[i], cuts[i + 1]];
+    const piece = cps.slice(a, b).join("");
+    const over = spans.filter((s) => s.start <= a && s.end >= b);
+    if (!over.length) { frag.append(piece); continue; }
+    const ending = over.filter((s) => s.end === b).map((s) => findingLabel(s.f));
+    const attrs = {
+      class: "finding",
+      "data-kinds": [...new Set(over.map((s) => s.f.kind))].join(" "),
+      title: over.map((s) => `${findingLabel(s.f)} (${s.f.topic}, ${s.f.detector})`).join("; "),
+    };
+    if (ending.length) attrs["data-label"] = ending.join(", ");
+    frag.append(el("mark", attrs, piece));
+  }
+  return frag;
+}
+
+/** Findings, detectors (latency, failures), rules, the user's message, what was undone, neighbours. */
+function evidence(rec, feedback) {
+  const m = rec.metadata;
+  const box = el("div", { class: "evidence" });
+  const findings = m.findings || [];
+  box.append(el("h3", {}, "Evidence"));
+  const failure = inspectionFailure(m);
+  if (failure) box.append(el("p", { class: "inspection-failed" }, `inspection failed: ${failure}`));
+  const flist = el("ul", { class: "findings" });
+  for (const f of findings) {
+    const where = Array.isArray(f.span) ? `characters ${f.span[0]}-${f.span[1]}` : "no location";
+    flist.append(el("li", { "data-kind": f.kind },
+      el("strong", {}, findingLabel(f)), ` ${f.topic} · ${f.detector} · ${where} · ${f.explanation || ""}`));
+  }
+  box.append(el("div", { class: "ev-row" }, el("span", { class: "ev-key" }, "findings"),
+    findings.length ? flist : el("span", {}, "none")));
+  const table = el("table", { class: "detectors" },
+    el("thead", {}, el("tr", {}, el("th", {}, "detector"), el("th", {}, "status"), el("th", {}, "ms"), el("th", {}, "reason"))));
+  const tbody = el("tbody");
+  const errors = m.detector_errors || {};
+  const times = m.detector_ms || {};
+  const names = [...new Set([...(m.detectors_run || []), ...Object.keys(errors)])];
+  for (const name of names) {
+    const error = errors[name];
+    tbody.append(el("tr", { class: error ? "detector-failed" : "detector-ok", "data-detector": name },
+      el("td", {}, name), el("td", {}, error ? error.status : "ok"),
+      el("td", {}, times[name] === undefined ? "-" : Number(times[name]).toFixed(1)),
+      el("td", {}, error ? error.error || "-" : "")));
+  }
+  table.append(tbody);
+  box.append(el("div", { class: "ev-row" }, el("span", { class: "ev-key" }, "detectors"),
+    names.length ? table : el("span", {}, "none ran")));
+  const decision = m.decision || {};
+  box.append(el("div", { class: "ev-row" }, el("span", { class: "ev-key" }, "decision"),
+    `${decision.action} · rules ${(decision.rule_ids || []).join(", ") || "-"} · policy ${decision.policy || "-"}` +
+    (decision.reason ? ` · ${decision.reason}` : "") + (decision.outcome ? ` · ${decision.outcome}` : "")));
+  if (decision.message) {
+    box.append(el("div", { class: "ev-row" }, el("span", { class: "ev-key" }, "user saw"),
+      el("span", { class: "user-message" }, decision.message)));
+  }
+  if ((m.transforms || []).length) {
+    box.append(el("div", { class: "ev-row" }, el("span", { class: "ev-key" }, "undone"), m.transforms.join(", ")));
+  }
+  if ((m.inspection_notes || []).length) {
+    box.append(el("div", { class: "ev-row" }, el("span", { class: "ev-key" }, "notes"), m.inspection_notes.join("; ")));
+  }
+  for (const n of m.neighbours || []) {
+    box.append(el("div", { class: "ev-row neighbour" }, el("span", { class: "ev-key" }, "neighbour"),
+      `centroid ${n.id} (similarity ${Number(n.similarity).toFixed(2)}) moved ${n.topic} by ${Number(n.delta) >= 0 ? "+" : ""}${Number(n.delta).toFixed(2)} (${n.reason})`));
+  }
+  for (const r of feedback || []) {
+    box.append(el("div", { class: "ev-row feedback-report" }, el("span", { class: "ev-key" }, "feedback"),
+      `${r.topic} ${String(r.verdict).replace("_", " ")} by ${r.reporter} (${r.source})${r.note ? `: ${r.note}` : ""}`));
+  }
+  return box;
+}
+
 function showError(message) {
   const box = $("#error");
   box.textContent = message;
@@ -98,7 +215,7 @@ async function loadRecords() {
       el("td", {}, m.app),
       el("td", {}, m.operation),
       el("td", { class: `action action-${action}` }, m.answer_status === "pending" ? `${action} (answer pending)` : action),
-      el("td", {}, topicsText(m)),
+      el("td", {}, topicsSummary(m).replace(/^topics /, "")),
       el("td", {}, m.conversation_id || "-"));
     row.addEventListener("click", () => openConversation(m.conversation_id, rec.record_id));
     body.append(row);
@@ -157,6 +274,11 @@ function drawChart(data) {
   box.append(chart);
   box.append(el("div", { class: "legend" }, ...names.map((name, i) =>
     el("span", {}, swatch(colour(name, i)), `${name} (${data.series[name].reduce((a, b) => a + b, 0)})`))));
+  if (data.by === "topic") {
+    box.append(el("p", { class: "hint chart-note" }, data.min_confidence === "low"
+      ? "Counting topics of low confidence and above."
+      : `Counting topics of ${data.min_confidence} confidence and above; choose Min. confidence: low to count low ones too.`));
+  }
 }
 
 function swatch(colour) {
@@ -194,30 +316,70 @@ async function renderConversation() {
   const panel = $("#conversation");
   panel.hidden = false;
   $("#conv-title").textContent = conversationId ? `Conversation ${conversationId} (${records.length} record(s))` : `Record ${records[0].record_id}`;
-  $("#conv-key-hint").textContent = key ? `Decrypted in this browser with key ${key.keyId}.` : "Load your private key to read the prompts and answers.";
   const list = $("#conv-records");
   list.replaceChildren();
-  for (const rec of records) list.append(await renderTurn(rec));
+  let opened = 0;
+  for (const rec of records) {
+    const turn = await renderTurn(rec);
+    if (turn.opened) opened += 1;
+    list.append(turn.item);
+  }
+  const hint = $("#conv-key-hint");
+  const status = $("#key-status");
+  if (!key) {
+    hint.textContent = "Load your private key to read the prompts and answers.";
+    hint.className = "hint";
+  } else if (opened === 0) {
+    // The honest state: the key is in the tab, but it opens nothing shown here.
+    const sealedTo = [...new Set(records.flatMap((r) => Object.keys(r.sealed || {})))].sort().join(", ") || "no key";
+    const text = `The key ${key.keyId} does not open ${records.length === 1 ? "this record" : "these records"}: sealed to key id ${sealedTo}. Load the private key of one of those.`;
+    hint.textContent = text;
+    hint.className = "hint bad";
+    status.textContent = `${text} (The key stays in this tab; it is never uploaded.)`;
+    status.className = "bad";
+  } else {
+    hint.textContent = `Decrypted in this browser with key ${key.keyId}` +
+      (opened < records.length ? ` (${opened} of ${records.length} records; the others are sealed to other keys).` : ".");
+    hint.className = "hint";
+    status.textContent = `Key ${key.keyId} loaded in this tab only (never uploaded).`;
+    status.className = "ok";
+  }
   panel.scrollIntoView({ block: "start" });
+}
+
+function shareBubble(m) {
+  return el("div", { class: "msg msg-share" }, el("span", { class: "who" }, "user shared a conversation"),
+    `shared conversation ${m.conversation_id || "(id not in the request)"}`);
 }
 
 async function renderTurn(rec) {
   const m = rec.metadata;
   const action = m.decision.action;
+  const share = m.operation === "Share";
+  const failure = inspectionFailure(m);
   const item = el("li", { class: "turn", "data-record-id": rec.record_id },
     el("div", { class: "meta" },
       `${when(m.timestamp)} · ${m.user}${m.groups.length ? ` (${m.groups.join(", ")})` : ""} · ${m.app} ${m.operation} · `,
       el("span", { class: `action action-${action}` }, action),
-      ` · topics ${topicsText(m)} · rules ${m.decision.rule_ids.join(", ") || "-"} · record ${rec.record_id}`));
+      ` · `, el("span", { class: failure ? "topics inspection-failed" : "topics" }, topicsSummary(m)),
+      ` · rules ${m.decision.rule_ids.join(", ") || "-"} · record ${rec.record_id}`));
+  let opened = null;
+  if (share) item.append(shareBubble(m));
   if (!key) {
-    item.append(el("div", { class: "msg msg-user" }, el("span", { class: "who" }, "user"), `(sealed: ${m.prompt_chars} characters)`));
+    if (!share || m.prompt_chars) {
+      item.append(el("div", { class: "msg msg-user" }, el("span", { class: "who" }, "user"), `(sealed: ${m.prompt_chars} characters)`));
+    }
   } else {
     try {
       const payload = await openRecord(key, rec);
-      item.append(el("div", { class: "msg msg-user" }, el("span", { class: "who" }, "user"), payload.prompt));
+      opened = true;
+      if (!share || payload.prompt) {
+        item.append(el("div", { class: "msg msg-user" }, el("span", { class: "who" }, "user"), highlighted(payload.prompt, m.findings)));
+      }
       for (const name of payload.attachments || []) item.append(el("div", { class: "attachment" }, `attachment: ${name}`));
       if (action === "block") {
-        item.append(el("div", { class: "msg msg-blocked" }, el("span", { class: "who" }, "promptfence"), "Blocked: the prompt did not reach the app."));
+        const why = failure ? ` (inspection failed: ${failure})` : "";
+        item.append(el("div", { class: "msg msg-blocked" }, el("span", { class: "who" }, "promptfence"), `Blocked: the prompt did not reach the app${why}.`));
       } else if (payload.response !== null && payload.response !== undefined) {
         item.append(el("div", { class: "msg msg-assistant" }, el("span", { class: "who" }, "assistant"), payload.response));
       } else {
@@ -227,12 +389,18 @@ async function renderTurn(rec) {
         item.append(el("div", { class: "msg msg-assistant" }, el("span", { class: "who" }, "assistant"), missing));
       }
     } catch (err) {
+      opened = false;
       const message = err instanceof OpenError ? err.message : `Could not open this record: ${err.message}`;
       item.append(el("p", { class: "decrypt-error", role: "alert" }, message));
     }
   }
+  let reports = [];
+  try {
+    reports = (await api(`/api/records/${encodeURIComponent(rec.record_id)}/feedback`)).reports;
+  } catch { /* feedback is extra evidence; the record shows without it */ }
+  item.append(evidence(rec, reports));
   item.append(feedbackBar(rec));
-  return item;
+  return { item, opened };
 }
 
 function feedbackBar(rec) {

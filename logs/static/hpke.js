@@ -164,7 +164,7 @@ export async function openRecord(key, record) {
   const blob = record.sealed[key.keyId];
   if (blob === undefined) {
     const ids = Object.keys(record.sealed).sort().join(", ") || "no key";
-    throw new OpenError(`Wrong key: this record was sealed to key id ${ids}; the loaded key is ${key.keyId}.`);
+    throw new OpenError(`Wrong key: this record was sealed to key id ${ids}; the key ${key.keyId} does not open it.`);
   }
   const plaintext = await openSealed(key, blob);
   return JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(plaintext));

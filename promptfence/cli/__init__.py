@@ -2,6 +2,11 @@
 
 Subcommands import their modules lazily so ``promptfence proxy`` never loads the inspector's
 model code (torch, transformers, Presidio) and ``promptfence logs`` starts instantly.
+
+A running service prints its start-up lines, one line per inspected operation (the proxy's
+decision line, no text), warnings and errors; ``promptfence --verbose ...`` adds the rest
+(mitmproxy's connection lines, Alembic, every stored log write and answer). What is quieted is data:
+:data:`QUIET_LOGGERS` and :data:`CHATTER`.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from types import ModuleType
@@ -36,6 +42,60 @@ COMMANDS: dict[str, str] = {
 }
 
 
+# Libraries whose INFO lines are noise in a running service: Alembic (its migration context,
+# even when there is nothing to migrate), faiss (which CPU build it loaded, with the
+# ModuleNotFoundError of the one it did not), Presidio (each recognizer it loads).
+QUIET_LOGGERS: dict[str, int] = {
+    "alembic": logging.WARNING,
+    "faiss": logging.WARNING,
+    "presidio-analyzer": logging.WARNING,
+    "sentence_transformers": logging.WARNING,
+}
+# INFO lines that repeat for every request, per logger, by their rendered message: mitmproxy's
+# connection lifecycle (4-5 lines per request), mitmproxy's own listening line (we print ours),
+# the log write of each stored record, the answer's size. What is unusual stays visible (a
+# client dropping mid-request, a TLS failure, a spooled or lost record). Shown with --verbose.
+CHATTER: dict[str, tuple[re.Pattern[str], ...]] = {
+    "mitmproxy.proxy.server": (
+        re.compile(r"^(?:client|server) (?:connect|disconnect)\b|^client kill connection"),
+        re.compile(r"^Streaming (?:request|response) (?:from|to) "),
+    ),
+    "mitmproxy.addons.proxyserver": (re.compile(r"proxy listening at"),),
+    "promptfence.logs": (re.compile(r"^record \S+ \S+ stored \("),),
+    "promptfence.proxy": (re.compile(r"^flow=\S+ op=\S+ answer_chars="),),
+}
+
+
+class ChatterFilter(logging.Filter):
+    """Drops INFO (and DEBUG) records matching :data:`CHATTER` (a logger filter: it runs before
+    any handler, so before the redacting filter rewrites the message)."""
+
+    def __init__(self, patterns: tuple[re.Pattern[str], ...]) -> None:
+        super().__init__()
+        self.patterns = patterns
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO:
+            return True
+        try:
+            message = record.getMessage()
+        except Exception:  # a record that cannot render is not ours to judge
+            return True
+        return not any(p.search(message) for p in self.patterns)
+
+
+def configure_quiet(verbose: bool) -> None:
+    """Apply :data:`QUIET_LOGGERS` and :data:`CHATTER` unless ``verbose``."""
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(logging.NOTSET if verbose else level)
+    for name, patterns in CHATTER.items():
+        logger = logging.getLogger(name)
+        for existing in [f for f in logger.filters if isinstance(f, ChatterFilter)]:
+            logger.removeFilter(existing)
+        if not verbose:
+            logger.addFilter(ChatterFilter(patterns))
+
+
 def add_config_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config",
@@ -50,6 +110,12 @@ def _module(name: str) -> ModuleType:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="promptfence", description="Self-hosted AI prompt protection.")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print library INFO lines (mitmproxy connections, Alembic) and every log write",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
@@ -59,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "proxy":
+    if args.command in ("proxy", "capture"):
         # mitmproxy's own terminal log handler prints the proxy's records; a second one would double them.
         logging.getLogger().setLevel(logging.INFO)
     else:
@@ -68,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
             stream=sys.stderr,
         )
+    configure_quiet(args.verbose)
     try:
         result: int = _module(args.command).run(args)
         return result

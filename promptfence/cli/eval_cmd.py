@@ -233,11 +233,16 @@ async def _inspect_all(config_arg: str | None, examples: list[Example], with_mem
         # Measure the detectors, reproducibly: no feedback learned elsewhere moves the figures,
         # and evaluating writes nothing into the organisation's memory.
         config = dataclasses.replace(config, memory=dataclasses.replace(config.memory, enabled=False))
-    engine = build_engine(config)
+    from promptfence.cli.progress import Progress, stage
+
+    with stage("loading detectors"):
+        engine = build_engine(config)
     try:
         results = []
-        for example in examples:
-            results.append(await engine.inspect(example.text))
+        with Progress("inspecting examples", len(examples)) as progress:
+            for example in examples:
+                results.append(await engine.inspect(example.text))
+                progress.advance()
         return results
     finally:
         engine.close()

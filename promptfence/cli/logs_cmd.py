@@ -95,7 +95,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_config_option(show)
 
     conv = sub.add_parser("conversation", help="decrypt a whole conversation locally, first prompt to last answer")
-    conv.add_argument("conversation_id", metavar="ID", help="conversation id")
+    conv.add_argument(
+        "conversation_id", metavar="ID", help="conversation id, or a record id (or unique prefix) of the conversation"
+    )
     conv.add_argument("--key", required=True, metavar="FILE", help="private key file")
     conv.add_argument("--json", action="store_true")
     add_config_option(conv)
@@ -143,8 +145,71 @@ def _when(meta: dict[str, Any]) -> str:
 
 
 def _topics(meta: dict[str, Any]) -> str:
+    """Detected topics (low and above; a score under low is no detection), or why there are
+    none: a record whose inspection failed as a whole says so instead of ``-``."""
     topics = meta.get("topics") or {}
-    return ",".join(f"{name}:{value['confidence']}" for name, value in topics.items()) or "-"
+    shown = ",".join(f"{name}:{value['confidence']}" for name, value in topics.items() if value["confidence"] != "none")
+    if shown:
+        return shown
+    failure = inspection_failure(meta)
+    return f"inspection failed: {failure}" if failure else "-"
+
+
+# The runs that stand for the whole inspection: when one of them failed, no detector ran.
+WHOLE_INSPECTION_RUNS = ("inspector", "extractor")
+
+
+def inspection_failure(meta: dict[str, Any]) -> str | None:
+    """Why the inspection failed as a whole (``unavailable: unreachable: ...``), or None."""
+    errors = meta.get("detector_errors") or {}
+    for name in WHOLE_INSPECTION_RUNS:
+        error = errors.get(name)
+        if error:
+            return f"{error.get('status', 'failed')}: {error.get('error') or name}"
+    return None
+
+
+def _kind(kind: str) -> str:
+    """``pii.US_SSN`` -> ``US_SSN``, ``secret.aws_access_key`` -> ``aws_access_key``."""
+    return kind.split(".", 1)[1] if "." in kind else kind
+
+
+def evidence_lines(meta: dict[str, Any], prompt: str | None = None) -> list[str]:
+    """What an analyst needs beside the text: findings (with the matched text when the prompt
+    was decrypted here), detectors with latency or failure, rules, the user's message, the
+    obfuscations undone, the neighbours that moved a score."""
+    lines = []
+    for finding in meta.get("findings") or []:
+        span = finding.get("span")
+        where = "(no location)"
+        if span:
+            where = f"[{span[0]}:{span[1]}]"
+            if prompt is not None:
+                where += f" {prompt[span[0] : span[1]]!r}"
+        lines.append(
+            f"finding:      {_kind(finding['kind'])} {finding['score']:.2f} {finding['topic']} "
+            f"by {finding['detector']} {where}"
+        )
+    errors = meta.get("detector_errors") or {}
+    for name, ms in (meta.get("detector_ms") or {}).items():
+        error = errors.get(name)
+        state = f"FAILED {error.get('status')}: {error.get('error') or '-'}" if error else "ok"
+        lines.append(f"detector:     {name} {float(ms):.1f} ms {state}")
+    decision = meta.get("decision") or {}
+    if decision.get("message"):
+        lines.append(f"user saw:     {decision['message']}")
+    if decision.get("outcome"):
+        lines.append(f"outcome:      {decision['outcome']}")
+    if meta.get("transforms"):
+        lines.append(f"undone:       {', '.join(meta['transforms'])}")
+    for note in meta.get("inspection_notes") or []:
+        lines.append(f"note:         {note}")
+    for n in meta.get("neighbours") or []:
+        lines.append(
+            f"neighbour:    centroid {n['id']} similarity {n['similarity']:.2f} moved {n['topic']} "
+            f"by {n['delta']:+.2f} ({n['reason']})"
+        )
+    return lines
 
 
 def _answer(meta: dict[str, Any]) -> str:
@@ -197,6 +262,10 @@ def _print_record(record: StoredRecord, payload: Payload) -> None:
     print(f"answer:       {_answer(meta)}")
     if meta.get("spooled"):
         print(f"spooled:      {meta['spooled'].get('reason', '-')}")
+    for line in evidence_lines(meta, payload.prompt):
+        print(line)
+    if meta.get("operation") == OperationKind.SHARE.value:
+        print(f"--- shared conversation {meta.get('conversation_id') or '(id not in the request)'} ---")
     print("--- prompt ---")
     print(payload.prompt)
     if payload.attachments:
@@ -227,8 +296,11 @@ def _print_conversation(conversation_id: str, opened: list[tuple[StoredRecord, P
             f"[{number}] {_when(meta)}  {meta['user']}  {meta['operation']}  "
             f"action={meta['decision']['action']}  topics={_topics(meta)}  record={record.record_id}"
         )
-        print("user:")
-        print(_indent(payload.prompt))
+        if meta["operation"] == OperationKind.SHARE.value:
+            print(f"user shared conversation {meta.get('conversation_id') or '(id not in the request)'}")
+        if payload.prompt.strip() or meta["operation"] != OperationKind.SHARE.value:
+            print("user:")
+            print(_indent(payload.prompt))
         for name in payload.attachments:
             print(f"  [attachment] {name}")
         if meta["decision"]["action"] == "block":
@@ -238,6 +310,21 @@ def _print_conversation(conversation_id: str, opened: list[tuple[StoredRecord, P
             print(_indent(payload.response))
         else:
             print(f"assistant: {_missing_answer(meta)}")
+
+
+def find_conversation(store: LogStore, given: str) -> tuple[str, list[StoredRecord]]:
+    """A conversation by its id, else the conversation of the record with this id (or unique
+    prefix); a record without a conversation is a conversation of one."""
+    records = store.conversation(given)
+    if records:
+        return given, records
+    found = store.get(given)
+    if found is None:
+        raise NotFound(f"no log records for conversation {given!r}, and no record with that id (or prefix)")
+    conversation_id = found.metadata.get("conversation_id")
+    if not conversation_id:
+        return f"(none: record {found.record_id})", [found]
+    return str(conversation_id), store.conversation(str(conversation_id))
 
 
 def _indent(text: str) -> str:
@@ -285,15 +372,13 @@ def _run(args: argparse.Namespace, config: Config, store: LogStore) -> int:
             _print_record(found, payload)
         return 0
     if command == "conversation":
-        records = store.conversation(args.conversation_id)
-        if not records:
-            raise NotFound(f"no log records for conversation {args.conversation_id!r}")
+        conversation_id, records = find_conversation(store, args.conversation_id)
         opened = _open_all(records, Path(args.key))
         if args.json:
             for record, payload in opened:
                 print(json.dumps({"metadata": record.metadata, "payload": payload.to_dict()}, ensure_ascii=False))
         else:
-            _print_conversation(args.conversation_id, opened)
+            _print_conversation(conversation_id, opened)
         return 0
     if command == "purge":
         days = config.logs.retention_days if args.older_than_days is None else args.older_than_days

@@ -28,7 +28,7 @@ from promptfence.errors import ConfigError, PromptFenceError
 if TYPE_CHECKING:
     from policies.lint import LintContext
     from policies.policy import Explanation, PolicySet, Rule
-    from promptfence.core import Inspection
+    from promptfence.core import DetectorRun, Inspection
     from proxy.catalogue import Catalogue
     from proxy.identity import Directory
 
@@ -135,8 +135,10 @@ def _inspector(config: Config, url: str | None) -> Callable[[str], Inspection]:
 
         return remote
     from promptfence.cli.inspector_cmd import build_engine
+    from promptfence.cli.progress import stage
 
-    engine = build_engine(config)
+    with stage("loading detectors"):
+        engine = build_engine(config)
 
     def local(prompt: str) -> Inspection:
         return asyncio.run(engine.inspect(prompt))
@@ -282,6 +284,25 @@ def _record_inputs(config: Config, record_id: str) -> dict[str, Any]:
     return found.metadata
 
 
+def runs_of_record(meta: dict[str, Any]) -> tuple[DetectorRun, ...]:
+    """The detector runs a record's metadata lists: each with its status, time and error."""
+    from promptfence.core import DetectorRun, DetectorStatus
+
+    errors = meta.get("detector_errors") or {}
+    failed = set(meta.get("detectors_failed") or [])
+    times = meta.get("detector_ms") or {}
+    names = list(dict.fromkeys([*(meta.get("detectors_run") or []), *failed]))
+    runs = []
+    for name in names:
+        error = errors.get(name) or {}
+        try:
+            status = DetectorStatus(error.get("status") or ("failed" if name in failed else "ok"))
+        except ValueError:
+            status = DetectorStatus.FAILED
+        runs.append(DetectorRun(str(name), status, float(times.get(name) or 0.0), error.get("error")))
+    return tuple(runs)
+
+
 def explanation_dict(explanation: Explanation, inspection: Inspection, identity: dict[str, Any]) -> dict[str, Any]:
     return {
         "identity": identity,
@@ -323,8 +344,11 @@ def _print_explanation(explanation: Explanation, inspection: Inspection, identit
         f"{t.value} {Confidence.of(s).name.lower()} ({s:.2f})" for t, s in sorted(inspection.topics.items())
     )
     print(f"inspection: topics: {topics or '-'}")
-    runs = ", ".join(f"{r.detector}:{r.status.value}" for r in inspection.runs) or "-"
-    print(f"            detectors: {runs}")
+    if not inspection.runs:
+        print("            detectors: - (none ran: topics given on the command line)")
+    for r in inspection.runs:
+        why = f": {r.error}" if r.error else ""
+        print(f"            detector: {r.detector} {r.status.value} {r.elapsed_ms:.1f} ms{why}")
     for f in inspection.findings:
         span = f"[{f.span.start}:{f.span.end}]" if f.span else "[no location]"
         print(f"            finding: {f.detector} {f.kind} {f.topic.value} {f.score:.2f} {span} {f.explanation}")
@@ -359,7 +383,7 @@ def _print_explanation(explanation: Explanation, inspection: Inspection, identit
 
 def run_explain(args: argparse.Namespace, config: Config) -> int:
     from policies.policy import load_policies
-    from promptfence.core import DetectorRun, DetectorStatus, Identity, Inspection, Operation, OperationKind
+    from promptfence.core import Identity, Inspection, Operation, OperationKind
 
     policies: PolicySet = load_policies(list(args.policy) or list(config.policies.files))
     catalogue = _catalogue()
@@ -371,9 +395,7 @@ def run_explain(args: argparse.Namespace, config: Config) -> int:
         inspection = Inspection.from_dict(
             {"topics": meta.get("topics") or {}, "findings": meta.get("findings") or [], "runs": []}
         )
-        failed = meta.get("detectors_failed") or []
-        runs = tuple(DetectorRun(d, DetectorStatus.FAILED, 0.0) for d in failed)
-        inspection = Inspection(inspection.findings, inspection.topics, runs)
+        inspection = Inspection(inspection.findings, inspection.topics, runs_of_record(meta))
     elif args.prompt_file:
         prompt = _read_prompt(args.prompt_file)
         inspection = _inspector(config, args.inspector_url)(prompt)

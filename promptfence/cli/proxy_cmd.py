@@ -1,7 +1,9 @@
 """``promptfence proxy``: mitmproxy's dump master with the PromptFence addon, and nothing heavy.
 
 This process imports mitmproxy, the policy engine, SQLAlchemy and the inspector *client*; it
-never imports torch, transformers or Presidio (a test checks ``sys.modules``).
+never imports torch, transformers or Presidio (a test checks ``sys.modules``). Beside the proxy
+it serves ``/metrics``, ``/healthz`` and ``/readyz`` on ``proxy.metrics_host:metrics_port``
+(:mod:`promptfence.metrics`): a port that is taken costs the metrics (a warning), never the proxy.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ import asyncio
 import dataclasses
 import logging
 import signal
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from promptfence import metrics
 from promptfence.cli import add_config_option
 from promptfence.config import Config, ensure_private_dir, load_config
 from promptfence.errors import ConfigError
@@ -23,6 +27,53 @@ if TYPE_CHECKING:
     from logs.store import Recipient
 
 log = logging.getLogger("promptfence.proxy")
+
+
+class LogHealthCollector:
+    """The recorder's state at scrape time: spool depth, database up, records by outcome."""
+
+    def __init__(self, recorder: AsyncRecorder) -> None:
+        self.recorder = recorder
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        health = self.recorder.health()
+        yield GaugeMetricFamily(
+            "promptfence_log_spool_depth",
+            "Records waiting in the spool for the database.",
+            value=health["spool_pending"],
+        )
+        yield GaugeMetricFamily(
+            "promptfence_log_database_up", "1 while the log database accepts writes.", value=health["database"] == "up"
+        )
+        yield GaugeMetricFamily(
+            "promptfence_log_degraded", "1 while the log is degraded (database down or spool failing).",
+            value=bool(health["degraded"]),
+        )  # fmt: skip
+        records = CounterMetricFamily(
+            "promptfence_log_records",
+            "Log writes by outcome (stored, spooled, lost, unrecordable).",
+            labels=["outcome"],
+        )
+        counts = health["records"]
+        for outcome in ("stored", "spooled", "lost", "unrecordable"):
+            records.add_metric([outcome], float(counts.get(outcome, 0)))
+        yield records
+        failures = CounterMetricFamily(
+            "promptfence_log_write_failures",
+            "Log writes that failed: the database refused (the record was spooled) or the spool too.",
+            labels=["where"],
+        )
+        failures.add_metric(["database"], float(counts.get("spooled", 0)))
+        failures.add_metric(["spool"], float(counts.get("lost", 0) + counts.get("unrecordable", 0)))
+        yield failures
+
+    def ready(self) -> str | None:
+        health = self.recorder.health()
+        if not health["degraded"]:
+            return None
+        return "log spool failing" if health["spool"] != "ok" else "log database down (spooling)"
 
 
 def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
@@ -36,6 +87,7 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     from proxy.drift import DriftMonitor, DriftSettings
     from proxy.identity import build_identity
     from proxy.master import build_dump_master
+    from proxy.telemetry import TelemetryAddon
     from proxy.websocket_guard import WebSocketGuard
 
     catalogue = load_catalogue()
@@ -69,6 +121,11 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     config.ensure_data_dir()
     drift = DriftMonitor(drift_settings, config.drift_state_path)
     drift.write_state()  # a fresh file: `apps status` shows this run's counters, not the last run's
+    telemetry = TelemetryAddon()
+    log_health = LogHealthCollector(recorder)
+    metrics.register_collector(log_health)
+    metrics.add_readiness_check("log", log_health.ready)
+    metrics.add_readiness_check("inspector", lambda: telemetry.inspector_problem)
     master = build_dump_master(
         PromptFenceAddon(catalogue, client, policies, recorder, identity, drift),
         listen_host=config.proxy.listen_host,
@@ -76,7 +133,7 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
         confdir=config.mitmproxy_confdir,
         settings=settings,
         # Client WebSocket messages to catalogue hosts: inspected, decided and recorded alike.
-        extra_addons=[WebSocketGuard(catalogue, client, policies, recorder, identity, drift=drift)],
+        extra_addons=[WebSocketGuard(catalogue, client, policies, recorder, identity, drift=drift), telemetry],
     )
     return master, recorder, client
 
@@ -112,19 +169,46 @@ def build_writer(config: Config, recipients: list[Recipient]) -> SpoolingWriter:
 
 
 async def run_master(
-    master: Any, recorder: AsyncRecorder, client: InspectorClient, message: str, *args: object
+    master: Any,
+    recorder: AsyncRecorder,
+    client: InspectorClient,
+    message: str,
+    *args: object,
+    metrics_at: tuple[str, int] = ("127.0.0.1", 0),
 ) -> None:
     """Run a built master until SIGINT/SIGTERM (logging ``message`` once it is set to stop on
-    them), then close the inspector client and flush the recorder."""
+    them) with the metrics endpoint on ``metrics_at`` (port 0: none), then close the inspector
+    client and flush the recorder."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, master.shutdown)
     log.info(message, *args)
+    runner = await start_metrics(*metrics_at)
     try:
         await master.run()
     finally:
+        if runner is not None:
+            await runner.cleanup()
         await client.close()
         recorder.close()
+
+
+async def start_metrics(host: str, port: int) -> Any:
+    """Serve /metrics, /healthz, /readyz; None when off (port 0) or the port cannot be bound."""
+    from aiohttp import web
+
+    if not port:
+        return None
+    runner = web.AppRunner(metrics.build_app(), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except OSError as exc:
+        await runner.cleanup()
+        log.warning("metrics not served: cannot listen on %s:%d (%s); set proxy.metrics_port", host, port, exc.strerror)
+        return None
+    log.info("metrics on http://%s:%d/metrics (and /healthz, /readyz)", host, port)
+    return runner
 
 
 async def _serve(config: Config) -> None:
@@ -137,6 +221,7 @@ async def _serve(config: Config) -> None:
         config.proxy.listen_host,
         config.proxy.listen_port,
         config.ca_cert_path,
+        metrics_at=(config.proxy.metrics_host, config.proxy.metrics_port),
     )
 
 

@@ -20,6 +20,7 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -162,10 +163,17 @@ async def _inspect_prompts(config: Config, prompts: list[str]) -> list[Inspectio
     if python != sys.executable:
         return _inspect_in(python, config, prompts)
     from promptfence.cli.inspector_cmd import build_engine
+    from promptfence.cli.progress import Progress, stage
 
-    engine = build_engine(config)
+    with stage("loading detectors"):
+        engine = build_engine(config)
     try:
-        return [await engine.inspect(prompt) for prompt in prompts]
+        results = []
+        with Progress("inspecting prompts", len(prompts)) as progress:
+            for prompt in prompts:
+                results.append(await engine.inspect(prompt))
+                progress.advance()
+        return results
     finally:
         engine.close()
 
@@ -174,14 +182,40 @@ def _inspect_in(python: str, config: Config, prompts: list[str]) -> list[Inspect
     argv = [python, "-m", "promptfence.cli.replay_cmd"]
     if config.source:
         argv += ["--config", str(Path(config.source).resolve())]
+    from promptfence.cli.progress import Progress
+
     lines = "".join(json.dumps({"prompt": p}, ensure_ascii=True) + "\n" for p in prompts)
-    done = subprocess.run(argv, input=lines.encode("ascii"), capture_output=True, check=False)
-    if done.returncode != 0:
+    with subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+        stdin, stderr_pipe = child.stdin, child.stderr
+        errors: list[bytes] = []
+
+        def feed() -> None:  # a writer thread: the child answers while it still reads
+            try:
+                stdin.write(lines.encode("ascii"))
+            except BrokenPipeError:
+                pass
+            finally:
+                stdin.close()
+
+        writer = threading.Thread(target=feed, daemon=True)
+        reader = threading.Thread(target=lambda: errors.append(stderr_pipe.read()), daemon=True)
+        writer.start()
+        reader.start()
+        out: list[str] = []
+        # The bar starts at 0 while the child loads its detectors, and moves with each answer.
+        with Progress("loading detectors, inspecting prompts", len(prompts)) as progress:
+            for raw in child.stdout:
+                out.append(raw.decode("ascii", "replace"))
+                progress.advance()
+        returncode = child.wait()
+        writer.join()
+        reader.join()
+    if returncode != 0:
         raise PromptFenceError(
-            f"inspection in the inspector's environment ({python}) failed with status {done.returncode}:"
-            f" {done.stderr.decode('utf-8', 'replace').strip().splitlines()[-1:]}"
+            f"inspection in the inspector's environment ({python}) failed with status {returncode}:"
+            f" {b''.join(errors).decode('utf-8', 'replace').strip().splitlines()[-1:]}"
         )
-    out = done.stdout.decode("ascii", "replace").splitlines()
     answers = [Inspection.from_dict(json.loads(line)) for line in out if line.startswith("{")]
     if len(answers) != len(prompts):
         raise PromptFenceError(f"the inspector's environment answered {len(answers)} of {len(prompts)} prompts")

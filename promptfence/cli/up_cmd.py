@@ -33,8 +33,8 @@ class StartupFailed(PromptFenceError):
     pass
 
 
-def _child(python: str, command: str, config_path: str | None) -> subprocess.Popen[bytes]:
-    argv = [python, "-m", "promptfence", command]
+def _child(python: str, command: str, config_path: str | None, *, verbose: bool = False) -> subprocess.Popen[bytes]:
+    argv = [python, "-m", "promptfence", *(["--verbose"] if verbose else []), command]
     if config_path:
         argv += ["--config", str(Path(config_path).resolve())]
     # Own session: Ctrl-C reaches only this parent, which then stops the children in order.
@@ -100,6 +100,7 @@ def _banner(config: Config, new_key: str | None) -> str:
         "PromptFence is running.",
         f"  proxy:      http://{proxy}   (set this as the browser's HTTP and HTTPS proxy)",
         f"  inspector:  {config.inspector.base_url}",
+        f"  metrics:    {_metrics_line(config)}",
         f"  CA cert:    {config.ca_cert_path}",
         "  trust it:   Firefox: Settings > Privacy & Security > Certificates > Import;",
         "              Chromium/Chrome on Linux: certutil -d sql:$HOME/.pki/nssdb -A -t C,, -n PromptFence -i <CA cert>;",
@@ -115,6 +116,12 @@ def _banner(config: Config, new_key: str | None) -> str:
         )
     lines += ["Press Ctrl-C to stop.", ""]
     return "\n".join(lines)
+
+
+def _metrics_line(config: Config) -> str:
+    proxy = config.proxy
+    ours = f"http://{proxy.metrics_host}:{proxy.metrics_port}/metrics (proxy), " if proxy.metrics_port else ""
+    return f"{ours}{config.inspector.base_url}/metrics (inspector); /healthz and /readyz beside each"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -135,10 +142,11 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     try:
-        inspector = _child(inspector_python, "inspector", config_path)
+        verbose = bool(getattr(args, "verbose", False))
+        inspector = _child(inspector_python, "inspector", config_path, verbose=verbose)
         children.append(inspector)
         _wait_http(f"{config.inspector.base_url}/healthz", inspector, "inspector")
-        proxy = _child(proxy_python, "proxy", config_path)
+        proxy = _child(proxy_python, "proxy", config_path, verbose=verbose)
         children.append(proxy)
         _wait_port(config.proxy.listen_host, config.proxy.listen_port, config.ca_cert_path, proxy)
         print(_banner(config, new_key), flush=True)
