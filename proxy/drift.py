@@ -35,7 +35,7 @@ import os
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -320,3 +320,39 @@ def read_state(path: Path) -> DriftSnapshot | None:
 
 def by_operation(snapshot: DriftSnapshot | None) -> Mapping[str, OperationDrift]:
     return {} if snapshot is None else {op.operation: op for op in snapshot.operations}
+
+
+class DriftCollector:
+    """The drift counters on the proxy's ``/metrics`` (promptfence/metrics.py), read at scrape
+    time from :meth:`DriftMonitor.snapshot`: per app operation, never any request content."""
+
+    _COUNTERS = (
+        ("seen", "Requests and answers seen."),
+        ("extraction_failed", "Requests whose extraction failed or found no prompt in a text body."),
+        ("decode_errors", "Answer streams with decode errors."),
+        ("unknown_shapes", "Answers carrying events of a shape the decoder does not know."),
+        ("unmapped_text", "Text-carrying requests to catalogue hosts that no operation maps."),
+    )
+
+    def __init__(self, monitor: DriftMonitor) -> None:
+        self.monitor = monitor
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snapshot = self.monitor.snapshot()
+        families = {
+            name: CounterMetricFamily(f"promptfence_drift_{name}", text, labels=["app", "operation"])
+            for name, text in self._COUNTERS
+        }
+        alarm = GaugeMetricFamily(
+            "promptfence_drift_alarm", "1 while the operation's recent problem rate is over the threshold.",
+            labels=["app", "operation"],
+        )  # fmt: skip
+        for op in snapshot.operations:
+            labels = [op.app, op.operation]
+            for name, family in families.items():
+                family.add_metric(labels, getattr(op, name))
+            alarm.add_metric(labels, 1.0 if op.alarm else 0.0)
+        yield from families.values()
+        yield alarm

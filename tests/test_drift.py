@@ -138,3 +138,28 @@ def test_apps_status_prints_every_catalogue_operation_and_the_alarm(
     claude = next(r for r in rows if r["operation"] == "claude.send_prompt")
     assert claude["decode_errors"] == 2 and claude["unknown_shapes"] == 1 and claude["alarm"] is True
     assert SECRET not in json.dumps(rows)
+
+
+def test_drift_counters_are_on_the_metrics_endpoint() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from proxy.drift import DriftCollector
+
+    drift = DriftMonitor(DriftSettings(alarm_rate=0.5, window=10, min_observations=2))
+    for _ in range(3):
+        drift.answer("chatgpt", "chatgpt.conversation", decoded=False, unknown_shapes=2)
+    drift.request("chatgpt", "chatgpt.conversation", extracted=True)
+    registry = CollectorRegistry()
+    registry.register(DriftCollector(drift))
+    families = {f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())}
+    labels = {"app": "chatgpt", "operation": "chatgpt.conversation"}
+
+    def value(family: str) -> float:
+        return next(s.value for s in families[family].samples if s.labels == labels and s.name.endswith("_total"))
+
+    assert value("promptfence_drift_decode_errors") == 3
+    assert value("promptfence_drift_unknown_shapes") == 3  # answers that carried unknown shapes
+    assert value("promptfence_drift_seen") == 4
+    alarm = next(s.value for s in families["promptfence_drift_alarm"].samples if s.labels == labels)
+    assert alarm == 1.0

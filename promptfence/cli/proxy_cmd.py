@@ -84,7 +84,7 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     from policies.reload import ReloadingPolicySet
     from proxy.addon import PromptFenceAddon
     from proxy.catalogue import load_catalogue
-    from proxy.drift import DriftMonitor, DriftSettings
+    from proxy.drift import DriftCollector, DriftMonitor, DriftSettings
     from proxy.identity import build_identity
     from proxy.master import build_dump_master
     from proxy.telemetry import TelemetryAddon
@@ -121,6 +121,7 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     config.ensure_data_dir()
     drift = DriftMonitor(drift_settings, config.drift_state_path)
     drift.write_state()  # a fresh file: `apps status` shows this run's counters, not the last run's
+    metrics.register_collector(DriftCollector(drift))
     telemetry = TelemetryAddon()
     log_health = LogHealthCollector(recorder)
     metrics.register_collector(log_health)
