@@ -28,6 +28,7 @@ INSPECTOR_SIDE = frozenset(
         "test_linear_patterns.py",
         "test_neighbour_memory.py",
         "test_normalize.py",
+        "test_obfuscation_evidence.py",
         "test_presidio_detector.py",
         "test_presidio_local_context.py",
         "test_prompt_guard.py",

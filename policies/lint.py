@@ -20,6 +20,7 @@ from pathlib import Path
 
 from policies.policy import (
     ANY_DETECTOR,
+    ANY_OBFUSCATION,
     Policy,
     Rule,
     check_policy_set,
@@ -98,6 +99,13 @@ def covers(a: Rule, b: Rule) -> bool:
             return False
         if ANY_DETECTOR not in a.detector_errors and (
             ANY_DETECTOR in b.detector_errors or not b.detector_errors <= a.detector_errors
+        ):
+            return False
+    if a.obfuscated is not None:
+        if b.obfuscated is None:
+            return False
+        if ANY_OBFUSCATION not in a.obfuscated and (
+            ANY_OBFUSCATION in b.obfuscated or not b.obfuscated <= a.obfuscated
         ):
             return False
     return True

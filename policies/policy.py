@@ -61,6 +61,7 @@ REDACT_IMPOSSIBLE_MESSAGE = (
     "precisely enough to redact it. Remove it and send the prompt again."
 )
 ANY_DETECTOR = "*"
+ANY_OBFUSCATION = "*"
 
 _LABEL_RE = re.compile(r"[^A-Z0-9_]+")
 
@@ -91,6 +92,7 @@ class Rule:
     not_groups: frozenset[str] | None = None
     topics: Mapping[Topic, Confidence] = field(default_factory=dict)
     detector_errors: frozenset[str] | None = None  # {"*"}: any detector
+    obfuscated: frozenset[str] | None = None  # {"*"}: any obfuscation kind
     source: str = ""
     line: int = 0
     column: int = 0
@@ -157,6 +159,15 @@ class Rule:
                 else f"no covered detector failed ({', '.join(failed) or 'none failed'})"
             )
             checks.append(Check("detector_errors", bool(covered), detail))
+        if self.obfuscated is not None:
+            undone = [o.kind for o in inspection.obfuscations]
+            hit = undone if ANY_OBFUSCATION in self.obfuscated else [k for k in undone if k in self.obfuscated]
+            detail = (
+                f"undone: {', '.join(o.label for o in inspection.obfuscations if o.kind in hit)}"
+                if hit
+                else f"no selected obfuscation ({', '.join(undone) or 'none undone'})"
+            )
+            checks.append(Check("obfuscated", bool(hit), detail))
         matched = all(c.ok for c in checks)
         return RuleResult(self, matched, tuple(checks), tuple(matched_topics), covered)
 
@@ -510,6 +521,11 @@ def _parse_rule(raw: YamlMap, index: int, source: str) -> Rule:
         detector_errors = frozenset({ANY_DETECTOR})
     elif "detector_errors" in match:
         detector_errors = _names(match, "detector_errors")
+    obfuscated: frozenset[str] | None = None
+    if match.get("obfuscated") is True:
+        obfuscated = frozenset({ANY_OBFUSCATION})
+    elif "obfuscated" in match:
+        obfuscated = _names(match, "obfuscated", fold=True)
     action = Action(raw["action"])
     default_message = DEFAULT_WARN_MESSAGE if action is Action.WARN else DEFAULT_BLOCK_MESSAGE
     rule = Rule(
@@ -525,6 +541,7 @@ def _parse_rule(raw: YamlMap, index: int, source: str) -> Rule:
         not_groups=_names(match, "not_groups", fold=True),
         topics=topics,
         detector_errors=detector_errors,
+        obfuscated=obfuscated,
         source=source,
         line=raw.line,
         column=raw.column,

@@ -311,6 +311,25 @@ class TopicScore:
 
 
 @dataclass(frozen=True)
+class Obfuscation:
+    """One kind of disguise the normaliser undid before the detectors ran ("leet", "rot13",
+    "base64", "homoglyphs", "zero_width", ...): evidence for policies (``obfuscated:``) and the
+    log, never a verdict by itself. ``spans`` locate it in the prompt (a few, merged; none for
+    whole-text transforms or inner layers); ``count`` says how many there were."""
+
+    kind: str
+    count: int = 1
+    spans: tuple[Span, ...] = ()
+
+    @property
+    def label(self) -> str:
+        return self.kind if self.count == 1 else f"{self.kind} x{self.count}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "count": self.count, "spans": [[s.start, s.end] for s in self.spans]}
+
+
+@dataclass(frozen=True)
 class NeighbourRef:
     """A remembered centroid that changed a topic's score: id and similarity, never any text.
 
@@ -363,6 +382,8 @@ class Inspection:
     elapsed_ms: float = 0.0
     # De-obfuscation applied before the detectors ran (e.g. "unicode", "base64", "rot13").
     transforms: tuple[str, ...] = ()
+    # The same as evidence: what kind of disguise, how often, where (see Obfuscation).
+    obfuscations: tuple[Obfuscation, ...] = ()
     # Topics no detector that ran is able to classify (see classifiers/topics.yaml).
     uncovered: tuple[Topic, ...] = ()
     # Embedding memory (vectors/): the neighbours that moved a score, what the engine did with
@@ -423,6 +444,7 @@ class Inspection:
             "runs": [r.to_dict() for r in self.runs],
             "elapsed_ms": round(self.elapsed_ms, 2),
             "transforms": list(self.transforms),
+            "obfuscation": [o.to_dict() for o in self.obfuscations],
             "uncovered": [t.value for t in self.uncovered],
             "neighbours": [n.to_dict() for n in self.neighbours],
             "notes": list(self.notes),
@@ -513,6 +535,25 @@ class Inspection:
                     reason=_wire_str(ref.get("reason", ""), f"{where}.reason"),
                 )
             )
+        obfuscations = []
+        for i, item in enumerate(_wire_list(data.get("obfuscation", []), "obfuscation")):
+            where = f"obfuscation[{i}]"
+            entry = _wire_object(item, where)
+            spans = []
+            for j, pair in enumerate(_wire_list(entry.get("spans", []), f"{where}.spans")):
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise InspectionFormatError(f"field {where}.spans[{j}] is not a [start, end] pair")
+                start, end = (_wire_int(x, f"{where}.spans[{j}]") for x in pair)
+                if not 0 <= start <= end:
+                    raise InspectionFormatError(f"field {where}.spans[{j}] is not a valid range")
+                spans.append(Span(start, end))
+            count = _wire_int(entry.get("count", 1), f"{where}.count")
+            if count < 1:
+                raise InspectionFormatError(f"field {where}.count is not positive")
+            kind = _wire_str(entry.get("kind"), f"{where}.kind")
+            if not kind:
+                raise InspectionFormatError(f"field {where}.kind is empty")
+            obfuscations.append(Obfuscation(kind, count, tuple(spans)))
         memory = data.get("memory")
         tenant: str | None = None
         centroids: tuple[int, ...] = ()
@@ -532,6 +573,7 @@ class Inspection:
                 _wire_str(t, f"transforms[{i}]")
                 for i, t in enumerate(_wire_list(data.get("transforms", []), "transforms"))
             ),
+            obfuscations=tuple(obfuscations),
             uncovered=tuple(
                 _wire_topic(t, f"uncovered[{i}]")
                 for i, t in enumerate(_wire_list(data.get("uncovered", []), "uncovered"))
@@ -732,8 +774,10 @@ class LogRecord:
             "findings": [f.to_dict() for f in self.inspection.findings],
             "neighbours": [n.to_dict() for n in self.inspection.neighbours],
             "inspection_notes": list(self.inspection.notes),
-            # De-obfuscation undone before the detectors ran (names only: "base64", "unicode").
+            # De-obfuscation undone before the detectors ran (names only: "base64", "unicode"),
+            # and the evidence: kind, count and prompt offsets of each disguise (never text).
             "transforms": list(self.inspection.transforms),
+            "obfuscation": [o.to_dict() for o in self.inspection.obfuscations],
             "memory": self.inspection.to_dict()["memory"],
             "decision": self.decision.to_dict(),
             "inspection_ms": round(self.inspection.elapsed_ms, 2),

@@ -141,8 +141,10 @@ function evidence(rec, feedback) {
     box.append(el("div", { class: "ev-row" }, el("span", { class: "ev-key" }, "user saw"),
       el("span", { class: "user-message" }, decision.message)));
   }
-  if ((m.transforms || []).length) {
-    box.append(el("div", { class: "ev-row" }, el("span", { class: "ev-key" }, "undone"), m.transforms.join(", ")));
+  const undone = (m.obfuscation || []).map((o) => (o.count > 1 ? `${o.kind} x${o.count}` : o.kind));
+  if (undone.length || (m.transforms || []).length) {
+    box.append(el("div", { class: "ev-row" }, el("span", { class: "ev-key" }, "undone"),
+      (undone.length ? undone : m.transforms).join(", ")));
   }
   if ((m.inspection_notes || []).length) {
     box.append(el("div", { class: "ev-row" }, el("span", { class: "ev-key" }, "notes"), m.inspection_notes.join("; ")));

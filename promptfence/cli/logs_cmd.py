@@ -200,8 +200,9 @@ def evidence_lines(meta: dict[str, Any], prompt: str | None = None) -> list[str]
         lines.append(f"user saw:     {decision['message']}")
     if decision.get("outcome"):
         lines.append(f"outcome:      {decision['outcome']}")
-    if meta.get("transforms"):
-        lines.append(f"undone:       {', '.join(meta['transforms'])}")
+    undone = [o["kind"] if o.get("count", 1) == 1 else f"{o['kind']} x{o['count']}" for o in meta.get("obfuscation") or []]
+    if undone or meta.get("transforms"):
+        lines.append(f"undone:       {', '.join(undone or meta['transforms'])}")
     for note in meta.get("inspection_notes") or []:
         lines.append(f"note:         {note}")
     for n in meta.get("neighbours") or []:
