@@ -92,6 +92,8 @@ class ViewerSettings:
     identity_header: str | None = None
     # Addresses the identity header is believed from (the reverse proxy).
     trusted_sources: tuple[Network, ...] = ()
+    # The proxy's drift state file (proxy/drift.py) shown as an alarm banner; None: not shown.
+    drift_state_path: Path | None = None
     _keys: frozenset[tuple[str, str | None]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -245,6 +247,38 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def drift(request: web.Request) -> web.Response:
+    """The drift alarm of a proxy on this machine (its state file): per operation, counts and
+    whether its alarm is up; no request content is in that file."""
+    from proxy.drift import read_state
+
+    path = request.app[SETTINGS_KEY].drift_state_path
+    if path is None:
+        return web.json_response({"available": False, "operations": []})
+    try:
+        snapshot = await _in_thread(read_state, path)
+    except (OSError, ValueError) as exc:
+        return web.json_response({"available": False, "operations": [], "error": type(exc).__name__})
+    if snapshot is None:
+        return web.json_response({"available": False, "operations": []})
+    operations = [
+        {
+            "app": op.app,
+            "operation": op.operation,
+            "seen": op.seen,
+            "extraction_failed": op.extraction_failed,
+            "decode_errors": op.decode_errors,
+            "unknown_shapes": op.unknown_shapes,
+            "unmapped_text": op.unmapped_text,
+            "recent_rate": round(op.recent_rate, 3),
+            "alarm": op.alarm,
+            "last_seen": op.last_seen,
+        }
+        for op in snapshot.operations
+    ]
+    return web.json_response({"available": True, "taken_at": snapshot.taken_at, "operations": operations})
+
+
 async def facets(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     return web.json_response(await _in_thread(store.facets))
@@ -396,6 +430,7 @@ def build_app(
     app.router.add_get("/", index)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/facets", facets)
+    app.router.add_get("/api/drift", drift)
     app.router.add_get("/api/records", records)
     app.router.add_get("/api/records/{record_id}", record)
     app.router.add_get("/api/records/{record_id}/feedback", feedback_list)

@@ -279,3 +279,38 @@ def test_bad_viewer_settings_are_config_errors(section: ViewerConfig, field: str
     with pytest.raises(ConfigError) as caught:
         viewer_cmd.viewer_settings(Config(viewer=section), "127.0.0.1", 8733)
     assert caught.value.field == field
+
+
+async def test_the_viewer_shows_the_proxys_drift_alarm(store: LogStore, tmp_path: Path) -> None:
+    """Issue 16 item 3: the drift alarm is visible where analysts look, from the proxy's state file."""
+    from proxy.drift import DriftMonitor, DriftSettings
+
+    state = tmp_path / "drift-state.json"
+    drift = DriftMonitor(DriftSettings(alarm_rate=0.5, window=10, min_observations=2), state)
+    for _ in range(4):
+        drift.answer("chatgpt", "chatgpt.conversation", decoded=False, unknown_shapes=1)
+    drift.request("claude", "claude.completion", extracted=True)
+    drift.write_state()
+    client = await _client(store, ViewerSettings(drift_state_path=state))
+    try:
+        data = await (await client.get("/api/drift")).json()
+        assert data["available"] is True
+        alarms = [op["operation"] for op in data["operations"] if op["alarm"]]
+        assert alarms == ["chatgpt.conversation"]
+        state.write_text("{not json")
+        broken = await (await client.get("/api/drift")).json()
+        assert broken["available"] is False and broken["error"] == "ValueError"
+        state.unlink()
+        assert (await (await client.get("/api/drift")).json())["available"] is False
+    finally:
+        await client.close()
+    index = (await _fetch_index(store))
+    assert 'id="drift"' in index
+
+
+async def _fetch_index(store: LogStore) -> str:
+    client = await _client(store)
+    try:
+        return await (await client.get("/")).text()
+    finally:
+        await client.close()

@@ -457,6 +457,21 @@ function forgetKey() {
   renderConversation();
 }
 
+// The proxy's drift alarm (an app changed its wire format): one line per operation in alarm.
+async function loadDrift() {
+  const data = await api("/api/drift");
+  const box = $("#drift");
+  box.replaceChildren();
+  const alarms = (data.operations || []).filter((op) => op.alarm);
+  for (const op of alarms) {
+    box.append(el("div", { class: "drift-alarm" },
+      `Drift alarm: ${op.operation} (${op.app}): ${Math.round(op.recent_rate * 100)}% of recent traffic not understood ` +
+      `(extraction failed ${op.extraction_failed}, decode errors ${op.decode_errors}, unknown shapes ${op.unknown_shapes}, ` +
+      `unmapped text ${op.unmapped_text}). Prompts or answers of this operation may be passing uninspected; see promptfence apps status.`));
+  }
+  box.hidden = alarms.length === 0;
+}
+
 async function main() {
   $("#key-file").addEventListener("change", onKeyFile);
   $("#forget-key").addEventListener("click", forgetKey);
@@ -470,6 +485,7 @@ async function main() {
   } catch (err) {
     showError(`Could not load the log: ${err.message}`);
   }
+  loadDrift().catch(() => {});
   await refresh();
   document.body.dataset.ready = "true";
 }

@@ -57,6 +57,7 @@ def viewer_settings(config: Config, host: str, port: int) -> ViewerSettings:
             allowed_hosts=tuple(section.allowed_hosts) or default_allowed_hosts(host, port),
             identity_header=section.identity_header,
             trusted_sources=tuple(networks),
+            drift_state_path=config.drift_state_path,
         )
     except ValueError as exc:
         raise ConfigError(str(exc), source=config.source, field="viewer.allowed_hosts") from None
