@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,11 +144,46 @@ SAMPLED_NOTE = "sampled:intent"
 @dataclass(frozen=True)
 class IntentInput:
     """What the model step needs of a prompt: the windows of each meaningful section (see
-    :func:`meaningful_views`) and the phrase cues that matched (id, start, end)."""
+    :func:`meaningful_views`), the phrase cues that matched (id, start, end), and the
+    request-like sentences of a long text (:func:`request_segments`), judged one by one."""
 
     sections: tuple[tuple[str, ...], ...]
     cues: tuple[tuple[str, int, int], ...]
     sampled: bool = False
+    segments: tuple[str, ...] = ()
+
+
+# Sentences (or lines) of a long text that read like a request: a question, or one that opens
+# with a request verb. Each is embedded on its own so that one harmful line in a long harmless
+# paste is judged as if it stood alone; the score is the maximum, never a sum, so many harmless
+# lines do not add up to an alarm.
+MAX_SEGMENTS = 8
+SEGMENT_WEIGHT = 0.9  # like a window: one sentence must be more certain than the document
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+_REQUEST_OPENERS = frozenset(
+    ["write", "create", "generate", "give", "tell", "show", "list", "explain", "describe", "provide", "find", "make", "build", "code", "develop", "implement", "ignore", "disregard", "forget", "pretend", "act", "roleplay", "imagine", "how", "what", "where", "who", "which", "why", "can", "could", "would", "will", "help", "send", "share", "extract", "reveal", "print", "output", "decode", "translate", "summarize", "summarise", "draft", "compose", "design", "craft", "produce", "obtain", "get", "lookup", "look", "search", "dump", "bypass", "disable", "hack", "crack", "steal"]
+)
+_LEAD_WORDS = frozenset(["please", "now", "then", "also", "and", "so", "ok", "okay", "finally", "lastly", "next", "btw"])
+_SEGMENT_WORDS = (4, 60)
+
+
+def request_segments(view: str, limit: int = MAX_SEGMENTS) -> tuple[str, ...]:
+    """The request-like sentences of ``view`` (at most ``limit``, evenly spread when more)."""
+    found: list[str] = []
+    for match in _SENTENCE.finditer(view):
+        sentence = match.group(0).strip()
+        words = sentence.split()
+        if not _SEGMENT_WORDS[0] <= len(words) <= _SEGMENT_WORDS[1]:
+            continue
+        lead = [w.strip(",:;\"'()").lower() for w in words[:3]]
+        while lead and lead[0] in _LEAD_WORDS:
+            lead.pop(0)
+        if sentence.endswith("?") or (lead and lead[0] in _REQUEST_OPENERS):
+            found.append(sentence)
+    if len(found) > limit:
+        picks = np.linspace(0, len(found) - 1, limit).round().astype(int)
+        found = [found[i] for i in sorted(set(picks.tolist()))]
+    return tuple(found)
 
 
 @dataclass(frozen=True)
@@ -160,18 +196,23 @@ class IntentPreparer:
 
     def prepare(self, text: str) -> IntentInput:
         sections: list[tuple[str, ...]] = []
+        segments: list[str] = []
         sampled = False
         if text.strip():
             for view in meaningful_views(text):
                 pieces = windows(view, self.window_words, self.overlap_words, self.max_windows)
                 sampled = sampled or pieces.sampled
                 sections.append(tuple(pieces))
+                # Only a text longer than one window can bury a request (a sampled one is
+                # judged by its windows: splitting a megabyte into sentences costs too much).
+                if len(pieces) > 1 and not pieces.sampled:
+                    segments.extend(request_segments(view, MAX_SEGMENTS - len(segments)))
         cues = []
         for cue in CUES:
             match = cue.pattern.search(text)
             if match:
                 cues.append((cue.cue_id, match.start(), match.end()))
-        return IntentInput(tuple(sections), tuple(cues), sampled)
+        return IntentInput(tuple(sections), tuple(cues), sampled, tuple(segments[:MAX_SEGMENTS]))
 
 
 def _build_preparer(window_words: int, overlap_words: int, max_windows: int) -> IntentPreparer:
@@ -239,13 +280,18 @@ class IntentDetector:
         findings: list[Finding] = []
         texts = [w for section in prepared.sections for w in section]
         if texts:
-            vectors = self.embedder.embed(texts)
+            vectors = self.embedder.embed([*texts, *prepared.segments])  # one model call
             best: dict[Topic, float] = {}
             at = 0
             for section in prepared.sections:
                 for topic, score in self._scores(vectors[at : at + len(section)]).items():
                     best[topic] = max(best.get(topic, 0.0), score)
                 at += len(section)
+            if prepared.segments:
+                segment_scores = self.head.probabilities(vectors[at:]).max(axis=0) * SEGMENT_WEIGHT
+                for i, topic in enumerate(self.head.topics):
+                    if topic is not Topic.PII:  # a sentence naming a person is not PII content
+                        best[topic] = max(best.get(topic, 0.0), float(segment_scores[i]))
             for topic, score in best.items():
                 if score >= 0.2:
                     findings.append(

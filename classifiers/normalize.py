@@ -431,16 +431,17 @@ _ROTATIONS = {
 
 
 def _common_words(text: str) -> tuple[int, int]:
-    """(common English words, words) in ``text``."""
-    words = _WORD.findall(text.lower())
+    """(common English words, words) of two letters or more in ``text`` (a shift turns escapes
+    such as ``\\t\\n`` into "a" and "i" all too easily)."""
+    words = [w for w in _WORD.findall(text.lower()) if len(w) >= 2]
     return sum(1 for w in words if w in _COMMON_WORDS), len(words)
 
 
 # A rotation other than ROT13 must read clearly as English: with 25 shifts to try, some shift of
 # a short text always makes a word or two ("aevil b" -> "hlcps i").
 _CAESAR_MIN_WORDS = 4
-_CAESAR_MIN_COMMON = 2
-_CAESAR_MIN_SCORE = 0.3
+_CAESAR_MIN_COMMON = 3
+_CAESAR_MIN_SCORE = 0.4
 
 
 def _caesar(text: str) -> tuple[str, str] | None:
