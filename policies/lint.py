@@ -94,21 +94,18 @@ def covers(a: Rule, b: Rule) -> bool:
         for topic, level in b.topics.items():
             if topic not in a.topics or a.topics[topic] > level:
                 return False
-    if a.detector_errors is not None:
-        if b.detector_errors is None:
-            return False
-        if ANY_DETECTOR not in a.detector_errors and (
-            ANY_DETECTOR in b.detector_errors or not b.detector_errors <= a.detector_errors
-        ):
-            return False
-    if a.obfuscated is not None:
-        if b.obfuscated is None:
-            return False
-        if ANY_OBFUSCATION not in a.obfuscated and (
-            ANY_OBFUSCATION in b.obfuscated or not b.obfuscated <= a.obfuscated
-        ):
-            return False
-    return True
+    return _names_cover(a.detector_errors, b.detector_errors, ANY_DETECTOR) and _names_cover(
+        a.obfuscated, b.obfuscated, ANY_OBFUSCATION
+    )
+
+
+def _names_cover(a: frozenset[str] | None, b: frozenset[str] | None, anything: str) -> bool:
+    """Whether a selector with names ``a`` (``anything``: every name) matches whenever ``b`` does."""
+    if a is None:
+        return True
+    if b is None:
+        return False
+    return anything in a or (anything not in b and b <= a)
 
 
 def _shadowed_by(a: Rule, b: Rule) -> bool:
