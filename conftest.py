@@ -36,6 +36,7 @@ INSPECTOR_SIDE = frozenset(
         "test_topic_llm.py",
         "test_unicode_boundary.py",
         "test_vectors.py",
+        "test_worker_spares.py",
     }
 )
 SIDES = ("proxy", "inspector")

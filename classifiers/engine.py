@@ -213,6 +213,7 @@ class InspectionEngine:
         max_workers: int | None = None,
         topic_map: TopicMap | None = None,
         processes: int = 0,
+        spare_processes: int = 0,
         parallel: int | None = None,
         analysis_deadline_s: float | None = None,
         chunk_chars: int = DEFAULT_CHUNK_CHARS,
@@ -249,7 +250,7 @@ class InspectionEngine:
                     factories[d.name] = d.worker_factory()  # type: ignore[attr-defined]
                 elif callable(getattr(d, "prepare_factory", None)) and callable(getattr(d, "detect_prepared", None)):
                     factories[d.name + PREPARE_SUFFIX] = d.prepare_factory()  # type: ignore[attr-defined]
-            pool = WorkerPool(factories, processes=processes)
+            pool = WorkerPool(factories, processes=processes, spares=spare_processes)
         self.pool = pool
         served = frozenset(pool.factories) if pool is not None else frozenset()
         self.isolated = frozenset(n for n in served if not n.endswith(PREPARE_SUFFIX))

@@ -152,13 +152,21 @@ class WorkerPool:
         factories: Mapping[str, DetectorFactory],
         *,
         processes: int = 2,
+        spares: int = 0,
         start_timeout_s: float = 120.0,
         start_method: str = "forkserver",
     ) -> None:
         if processes < 1:
             raise ValueError("a worker pool needs at least one process")
+        if spares < 0:
+            raise ValueError("spares cannot be negative")
         self.factories = dict(factories)
         self.processes = processes
+        self.spares = spares
+        # Started workers waiting to replace a killed one at once: building the detectors takes
+        # seconds (Presidio's recognizers, ~500 RE2 rules), during which the pool would run one
+        # short; a prompt that gets its worker killed would cost everyone that capacity.
+        self._spare: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
         self.start_timeout_s = start_timeout_s
         self._ctx = multiprocessing.get_context(start_method)
         if start_method == "forkserver":
@@ -170,9 +178,11 @@ class WorkerPool:
         # One thread per call in flight: each only waits on a pipe (no GIL held while blocked).
         self._io = ThreadPoolExecutor(max_workers=max(16, 8 * processes), thread_name_prefix="detector-io")
         self.restarts = 0
-        starting = [self._spawn() for _ in range(processes)]
-        for worker in starting:  # in parallel: all started before the first is waited for
+        starting = [self._spawn() for _ in range(processes + spares)]
+        for worker in starting[:processes]:  # in parallel: all started before the first is waited for
             self._admit(worker)
+        for worker in starting[processes:]:
+            self._admit(worker, into=self._spare)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -182,13 +192,13 @@ class WorkerPool:
             self._all.add(worker)
         return worker
 
-    def _admit(self, worker: _Worker) -> None:
+    def _admit(self, worker: _Worker, into: queue.SimpleQueue[_Worker] | None = None) -> None:
         if not worker.wait_ready(self.start_timeout_s):
             worker.kill()
             with self._lock:
                 self._all.discard(worker)
             raise RuntimeError("a detector worker did not start")
-        self._idle.put(worker)
+        (self._idle if into is None else into).put(worker)
 
     def _replace(self, dead: _Worker) -> None:
         """Kill ``dead`` and start its successor, off the caller's thread."""
@@ -205,7 +215,15 @@ class WorkerPool:
                     return
                 self.restarts += 1
             try:
-                self._admit(self._spawn())
+                spare = self._spare.get_nowait()
+            except queue.Empty:
+                spare = None
+            try:
+                if spare is not None:
+                    self._idle.put(spare)  # ready now; a new spare is built in its place
+                    self._admit(self._spawn(), into=self._spare)
+                else:
+                    self._admit(self._spawn())
             except Exception as exc:  # the pool runs one short; the next replacement tries again
                 log.error("detector worker restart failed: %s", type(exc).__name__)
 

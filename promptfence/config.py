@@ -129,6 +129,9 @@ class InspectorConfig:
     # code): a call past its deadline has its worker killed and replaced. 0: run them in
     # threads of the inspector process (a deadline then cannot stop them).
     worker_processes: int = 3
+    # Started workers kept aside to replace a killed one at once (a new one takes seconds to
+    # build its detectors); 0: the pool runs one short until the replacement is up.
+    spare_workers: int = 1
     # Normalisation's own deadline (de-obfuscation before the detectors); past it the
     # detectors see the prompt as sent and the inspection notes "analysis_timeout".
     analysis_timeout_s: float = 2.0

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from promptfence.cli import add_config_option
 from promptfence.config import Config, load_config
+from promptfence.errors import ConfigError
 
 if TYPE_CHECKING:
     from classifiers.engine import InspectionEngine
@@ -28,11 +29,14 @@ def build_engine(config: Config) -> InspectionEngine:
         ", ".join(f"{d.name} ({d.version})" for d in detectors),
     )
     inspector = config.inspector
+    if inspector.spare_workers < 0:
+        raise ConfigError("must be 0 or more", source=config.source, field="inspector.spare_workers")
     return InspectionEngine(
         detectors,
         deadline_s=inspector.detector_timeout_s,
         deadlines=detector_deadlines(config),
         processes=inspector.worker_processes,
+        spare_processes=inspector.spare_workers if inspector.worker_processes > 0 else 0,
         analysis_deadline_s=inspector.analysis_timeout_s,
         chunk_chars=inspector.chunk_chars,
         chunk_overlap=inspector.chunk_overlap,
