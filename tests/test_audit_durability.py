@@ -235,8 +235,10 @@ def test_full_spool_disk_with_the_database_down(
         assert CANARY.encode() not in data
         if policy == "block":
             assert refused is not None and "ENOSPC" in str(refused) and CANARY not in str(refused)
-            with pytest.raises(RecordNotDurable):  # and it keeps refusing
-                writer.write(make_record("next"))
+            # And it keeps refusing a record as large as the refused one (a much smaller one may
+            # still fit in what the filled disk has left).
+            with pytest.raises(RecordNotDurable):
+                writer.write(make_record(f"{CANARY} #next " + "filler " * 60))
         else:
             assert refused is None and outcomes[-1] is Outcome.LOST
         assert spool.path.read_bytes() == data  # no torn line, whatever was refused
