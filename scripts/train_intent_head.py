@@ -29,7 +29,13 @@ sys.path.insert(0, str(ROOT))
 
 from classifiers.intent_detector import DATA_DIR, HEAD_FILE, INTENT_TOPICS, MANIFEST_FILE  # noqa: E402
 from classifiers.normalize import embedding_view  # noqa: E402
-from inference.embedder import Embedder, EmbedderSpec, SentenceTransformerEmbedder, default_minilm_path  # noqa: E402
+from inference.embedder import (  # noqa: E402
+    Embedder,
+    EmbedderSpec,
+    SentenceTransformerEmbedder,
+    default_minilm_path,
+    windows,
+)
 
 VERSION = "intent-head-1"
 # Held-out style sets the brief forbids training on, whatever their licence.
@@ -100,7 +106,19 @@ def embed_texts(embedder: Embedder, texts: list[str], cache: Path | None = None)
     key = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
     if cache is not None and cache.is_file() and np.load(cache)["key"].item() == key:
         return np.asarray(np.load(cache)["X"])
-    X = np.stack([doc_vector(embedder, t) for t in texts]).astype(np.float32)
+    if spec is not None:
+        # All windows of all texts in one model call (batched): the same vectors as
+        # doc_vector's one call per text, about ten times faster on CPU.
+        pieces = [windows(embedding_view(t), spec.window_words, spec.overlap_words, spec.max_windows) for t in texts]
+        flat = embedder.embed([w for piece in pieces for w in piece])
+        rows, at = [], 0
+        for piece in pieces:
+            mean = flat[at : at + len(piece)].mean(axis=0)
+            rows.append(mean / max(float(np.linalg.norm(mean)), 1e-9))
+            at += len(piece)
+        X = np.stack(rows).astype(np.float32)
+    else:
+        X = np.stack([doc_vector(embedder, t) for t in texts]).astype(np.float32)
     if cache is not None:
         np.savez(cache, X=X, key=np.array(key))
     return X

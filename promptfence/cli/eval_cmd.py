@@ -288,15 +288,22 @@ def source_keys(sources: Sequence[str], mode: str = "dataset") -> dict[str, str]
         return keys
     by_dir: dict[str, set[str]] = defaultdict(set)
     for source in sources:
-        folder, _, name = source.rpartition("/")
+        folder, name = _folder(source)
         if folder:
             by_dir[folder].add(name)
     for source in sources:
-        folder, _, name = source.rpartition("/")
+        folder, name = _folder(source)
         if folder and len(by_dir[folder]) >= 2:
             extension = name.rsplit(".", 1)[1] if "." in name else ""
             keys[source] = f"{folder}/*" + (f".{extension}" if extension else "")
     return keys
+
+
+def _folder(source: str) -> tuple[str, str]:
+    """``repo:dir/file`` as (``repo:dir``, ``file``); no folder for a file at a repo's root."""
+    repo, colon, path = source.rpartition(":") if ":" in source else ("", "", source)
+    folder, _, name = path.rpartition("/")
+    return (f"{repo}{colon}{folder}" if folder else ""), name
 
 
 def short_source(key: str) -> str:

@@ -46,7 +46,7 @@ _HOMOGLYPHS = {
 }
 _UNHOMOGLYPH = {g: latin for latin, glyphs in _HOMOGLYPHS.items() for g in glyphs}
 # Digit and symbol substitutions ("1gn0r3 4ll pr3v10u5 1n57ruc710n5", "h4ck"), two styles.
-_LEET_DIGITS = {"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7", "b": "8", "g": "9"}
+_LEET_DIGITS = {"a": "4", "e": "3", "i": "1", "o": "0", "s": "5", "t": "7", "b": "8"}
 _LEET_SYMBOLS = {"a": "@", "e": "3", "i": "!", "o": "0", "s": "$", "t": "7", "l": "|"}
 # Only words of letters are rewritten: a token with digits, "_" or "/" (a key, a path, an
 # identifier) is left alone, since changing it would change what it is, not disguise it.
