@@ -588,7 +588,10 @@ async def _buried(
 async def evaluate(args: argparse.Namespace, examples: list[Example]) -> dict[str, Any]:
     """Every pass the arguments ask for, on one engine; the report :func:`run` prints."""
     minimum = Confidence.parse(args.min_confidence)
-    sources = source_keys(sorted({e.source for e in examples}), args.source_key)
+    # Keys from the whole file, not the sample: a slice that the sample happens to hold alone
+    # is still part of its dataset (and, under --loso, held out with its siblings).
+    everything = {e.source for e in load_dataset(args.dataset)} | {e.source for e in examples}
+    sources = source_keys(sorted(everything), args.source_key)
     keys = [sources[e.source] for e in examples]
     engine = _build_engine(args.config, args.with_memory)
     try:
@@ -600,11 +603,9 @@ async def evaluate(args: argparse.Namespace, examples: list[Example]) -> dict[st
             intent = next((d for d in engine.detectors if d.name == "intent"), None)
             if intent is None:
                 raise ConfigError("--loso retrains the intent head, and the intent detector is off")
-            # Training rows map to keys the same way, including sources outside the sample.
-            all_sources = source_keys(sorted({e.source for e in load_dataset(args.dataset)}), args.source_key)
             held = train_heads(
                 args.dataset,
-                lambda s: all_sources.get(s, sources.get(s, s)),
+                lambda s: sources.get(s, s),
                 set(keys),
                 intent.embedder,
                 intent.head.topics,
