@@ -187,3 +187,19 @@ def test_files_at_a_repos_root_stay_apart() -> None:
     assert keys["org/a:jb.jsonl"] == "org/a:jb.jsonl" and keys["org/a:ok.jsonl"] == "org/a:ok.jsonl"
     assert keys["org/b:x/y.json"] == "org/b:x/y.json"
     assert keys["plain/path/one.txt"] == "plain/path/*.txt"
+
+
+def test_eval_arguments_are_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from promptfence.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["eval", "d.jsonl", "--obfuscate"]).obfuscate == list(TRANSFORMS)
+    assert parser.parse_args(["eval", "d.jsonl", "--obfuscate", "leet,tags"]).obfuscate == ["leet", "tags"]
+    args = parser.parse_args(["eval", "--loso", "d.jsonl", "--buried-lengths", "100,5000"])
+    assert args.loso and args.dataset == Path("d.jsonl") and args.buried_lengths == [100, 5000]
+    for bad in (["--obfuscate", "rot99"], ["--buried-lengths", "2000,x"], ["--buried-positions", "top"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(["eval", "d.jsonl", *bad])
+    assert "rot99" in capsys.readouterr().err
