@@ -17,6 +17,7 @@ import collections
 import hashlib
 import json
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,11 +29,18 @@ sys.path.insert(0, str(ROOT))
 
 from classifiers.intent_detector import DATA_DIR, HEAD_FILE, INTENT_TOPICS, MANIFEST_FILE  # noqa: E402
 from classifiers.normalize import embedding_view  # noqa: E402
-from inference.embedder import EmbedderSpec, SentenceTransformerEmbedder, default_minilm_path  # noqa: E402
+from inference.embedder import (  # noqa: E402
+    Embedder,
+    EmbedderSpec,
+    SentenceTransformerEmbedder,
+    default_minilm_path,
+    windows,
+)
 
 VERSION = "intent-head-1"
 # Held-out style sets the brief forbids training on, whatever their licence.
 FORBIDDEN_SOURCES = ("jailbreakbench", "tensor-trust", "tensortrust", "xstest", "propile", "garak/probes")
+EXEMPLARS = "exemplars"
 
 
 def allowed(row: dict[str, object]) -> bool:
@@ -44,11 +52,87 @@ def allowed(row: dict[str, object]) -> bool:
     return "mit" in licence.split() or "(mit)" in licence or "apache-2.0" in licence
 
 
-def doc_vector(embedder: SentenceTransformerEmbedder, text: str) -> np.ndarray:
+def doc_vector(embedder: Embedder, text: str) -> np.ndarray:
     """The same view of the text the detector embeds at run time."""
     windows = embedder.embed_windows(embedding_view(text))
     mean = windows.mean(axis=0)
     return mean / max(float(np.linalg.norm(mean)), 1e-9)
+
+
+@dataclass
+class TrainingSet:
+    """What the head is trained on: texts, their intent labels and the source (group) of each."""
+
+    texts: list[str] = field(default_factory=list)
+    labels: list[set[str]] = field(default_factory=list)
+    groups: list[str] = field(default_factory=list)
+    manifest_sources: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    skipped: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
+def load_training(dataset: Path) -> TrainingSet:
+    """Our exemplars (group ``exemplars``) and the dataset rows :func:`allowed` admits (group:
+    the row's ``source``). ``promptfence eval --loso`` trains on the same set, less one source."""
+    data = TrainingSet()
+    exemplars = yaml.safe_load((DATA_DIR / "intent_exemplars.yaml").read_text())
+    for topic, items in exemplars.items():
+        for text in items:
+            data.texts.append(text)
+            data.labels.append(set() if topic == "BENIGN" else {topic})
+            data.groups.append(EXEMPLARS)
+            data.manifest_sources[("classifiers/data/intent_exemplars.yaml", "Apache-2.0 (PromptFence)")] += 1
+
+    for line in dataset.read_text().splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        if not allowed(row):
+            data.skipped[str(row["source"]).split(":")[0]] += 1
+            continue
+        data.texts.append(str(row["text"]))
+        data.labels.append({t for t in row["topics"] if t != "other_harm"})
+        data.groups.append(str(row["source"]))
+        licence = str(row.get("license_note") or row.get("license"))
+        data.manifest_sources[(f"{row['source']}@{str(row.get('commit', ''))[:12]}", licence)] += 1
+    return data
+
+
+def embed_texts(embedder: Embedder, texts: list[str], cache: Path | None = None) -> np.ndarray:
+    """One document vector per text (:func:`doc_vector`), reused from ``cache`` when that file
+    holds the vectors of exactly these texts under this embedder's windowing."""
+    spec = getattr(embedder, "spec", None)
+    windowing = f"{spec.window_words}/{spec.overlap_words}/{spec.max_windows}" if spec is not None else "?"
+    fingerprint = f"{windowing}/view-1\x00" + "\x00".join(texts)
+    key = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+    if cache is not None and cache.is_file() and np.load(cache)["key"].item() == key:
+        return np.asarray(np.load(cache)["X"])
+    if spec is not None:
+        # All windows of all texts in one model call (batched): the same vectors as
+        # doc_vector's one call per text, about ten times faster on CPU.
+        pieces = [windows(embedding_view(t), spec.window_words, spec.overlap_words, spec.max_windows) for t in texts]
+        flat = embedder.embed([w for piece in pieces for w in piece])
+        rows, at = [], 0
+        for piece in pieces:
+            mean = flat[at : at + len(piece)].mean(axis=0)
+            rows.append(mean / max(float(np.linalg.norm(mean)), 1e-9))
+            at += len(piece)
+        X = np.stack(rows).astype(np.float32)
+    else:
+        X = np.stack([doc_vector(embedder, t) for t in texts]).astype(np.float32)
+    if cache is not None:
+        np.savez(cache, X=X, key=np.array(key))
+    return X
+
+
+def sample_weights(groups: list[str], exemplar_weight: float) -> np.ndarray:
+    """Curated exemplars are few but chosen to mark the boundary: they count more."""
+    return np.array([exemplar_weight if g == EXEMPLARS else 1.0 for g in groups])
+
+
+def fit_topic(X: np.ndarray, y: np.ndarray, weight: np.ndarray, C: float) -> LogisticRegression:
+    model = LogisticRegression(C=C, class_weight="balanced", max_iter=2000)
+    model.fit(X, y, sample_weight=weight)
+    return model
 
 
 def main() -> None:
@@ -60,51 +144,19 @@ def main() -> None:
     args = parser.parse_args()
 
     embedder = SentenceTransformerEmbedder(EmbedderSpec(default_minilm_path()))
-    texts: list[str] = []
-    labels: list[set[str]] = []
-    groups: list[str] = []
-    manifest_sources: collections.Counter[tuple[str, str]] = collections.Counter()
-
-    exemplars = yaml.safe_load((DATA_DIR / "intent_exemplars.yaml").read_text())
-    for topic, items in exemplars.items():
-        for text in items:
-            texts.append(text)
-            labels.append(set() if topic == "BENIGN" else {topic})
-            groups.append("exemplars")
-            manifest_sources[("classifiers/data/intent_exemplars.yaml", "Apache-2.0 (PromptFence)")] += 1
-
-    skipped = collections.Counter()
-    for line in args.dataset.read_text().splitlines():
-        row = json.loads(line)
-        if not allowed(row):
-            skipped[str(row["source"]).split(":")[0]] += 1
-            continue
-        texts.append(str(row["text"]))
-        labels.append({t for t in row["topics"] if t != "other_harm"})
-        groups.append(str(row["source"]))
-        licence = str(row.get("license_note") or row.get("license"))
-        manifest_sources[(f"{row['source']}@{str(row.get('commit', ''))[:12]}", licence)] += 1
+    data = load_training(args.dataset)
+    texts, labels, groups = data.texts, data.labels, data.groups
+    manifest_sources, skipped = data.manifest_sources, data.skipped
 
     print(f"embedding {len(texts)} texts; skipped (licence) {sum(skipped.values())}: {dict(skipped)}", file=sys.stderr)
-    cache = Path(args.cache) if args.cache else None
-    spec = embedder.spec
-    fingerprint = f"{spec.window_words}/{spec.overlap_words}/{spec.max_windows}/view-1\x00" + "\x00".join(texts)
-    key = hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
-    if cache is not None and cache.is_file() and np.load(cache)["key"].item() == key:
-        X = np.load(cache)["X"]
-    else:
-        X = np.stack([doc_vector(embedder, t) for t in texts]).astype(np.float32)
-        if cache is not None:
-            np.savez(cache, X=X, key=np.array(key))
-    # Curated exemplars are few but chosen to mark the boundary: they count more.
-    weight = np.array([args.exemplar_weight if g == "exemplars" else 1.0 for g in groups])
+    X = embed_texts(embedder, texts, Path(args.cache) if args.cache else None)
+    weight = sample_weights(groups, args.exemplar_weight)
 
     weights, biases, report = [], [], {}
     group_arr = np.array(groups)
     for topic in INTENT_TOPICS:
         y = np.array([topic.value in ls for ls in labels], dtype=int)
-        model = LogisticRegression(C=args.C, class_weight="balanced", max_iter=2000)
-        model.fit(X, y, sample_weight=weight)
+        model = fit_topic(X, y, weight, args.C)
         weights.append(model.coef_[0])
         biases.append(model.intercept_[0])
         # Leave-one-source-out: train without a source, score that source.
@@ -113,8 +165,7 @@ def main() -> None:
             test = group_arr == group
             if y[~test].sum() == 0:
                 continue
-            m = LogisticRegression(C=args.C, class_weight="balanced", max_iter=2000)
-            m.fit(X[~test], y[~test], sample_weight=weight[~test])
+            m = fit_topic(X[~test], y[~test], weight[~test], args.C)
             pred = m.predict_proba(X[test])[:, 1] >= 0.6
             tp += int((pred & (y[test] == 1)).sum())
             fp += int((pred & (y[test] == 0)).sum())
