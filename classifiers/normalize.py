@@ -15,8 +15,8 @@ position in the original and are reported without a span.
 from __future__ import annotations
 
 import base64
-import collections
 import binascii
+import collections
 import functools
 import importlib.util
 import itertools
