@@ -128,9 +128,13 @@ def load_topic_file(path: Path) -> TopicDefinition:
             raise data.error(key, str(key), f"unknown key (expected: {', '.join(_KEYS)})")
     name = data.get("topic")
     if not isinstance(name, str):
-        raise data.error("topic" if "topic" in data else None, "topic", "required: the topic's name (e.g. PROJECT_FALCON)")
+        raise data.error(
+            "topic" if "topic" in data else None, "topic", "required: the topic's name (e.g. PROJECT_FALCON)"
+        )
     if name not in Topic.__members__ and not is_custom_topic_name(name):
-        raise data.error("topic", "topic", "a topic name is 2-64 upper-case letters, digits or '_', starting with a letter")
+        raise data.error(
+            "topic", "topic", "a topic name is 2-64 upper-case letters, digits or '_', starting with a letter"
+        )
     description = data.get("description", "")
     if not isinstance(description, str):
         raise data.error("description", "description", "expected a string")
@@ -159,7 +163,11 @@ def load_topic_files(files: Sequence[Path], *, builtin: bool = True) -> list[Top
                 topics = [t for t in topics if t.name != topic.name]
             else:
                 raise ConfigError(
-                    f"topic {topic.name} is already defined in {seen[topic.name]}", source=str(path), line=1, column=1, field="topic"
+                    f"topic {topic.name} is already defined in {seen[topic.name]}",
+                    source=str(path),
+                    line=1,
+                    column=1,
+                    field="topic",
                 )
         seen[topic.name] = str(path)
         topics.append(topic)
@@ -217,7 +225,9 @@ def score_of(similarity: float, threshold: float, counter_similarity: float) -> 
 class _Index:
     """One topic's exemplar vectors and its calibration."""
 
-    def __init__(self, topic: TopicDefinition, examples: npt.NDArray[np.float32], counters: npt.NDArray[np.float32]) -> None:
+    def __init__(
+        self, topic: TopicDefinition, examples: npt.NDArray[np.float32], counters: npt.NDArray[np.float32]
+    ) -> None:
         import numpy as np
 
         self.topic = topic
@@ -375,7 +385,9 @@ def leave_one_out(topic: TopicDefinition, embedder: Embedder, minimum: Confidenc
     )
 
 
-def build_custom_topic_detector(files: Sequence[Path], builtin: bool, embedder: Embedder) -> NearestExemplarDetector | None:
+def build_custom_topic_detector(
+    files: Sequence[Path], builtin: bool, embedder: Embedder
+) -> NearestExemplarDetector | None:
     topics = load_topic_files(files, builtin=builtin)
     return NearestExemplarDetector(topics, embedder) if topics else None
 

@@ -155,7 +155,9 @@ class Rule:
                 have_level = inspection.custom_confidence(name)
                 if have_level >= level:
                     matched_custom.append(name)
-                parts.append(f"{name} {have_level.name.lower()} {'>=' if have_level >= level else '<'} {level.name.lower()}")
+                parts.append(
+                    f"{name} {have_level.name.lower()} {'>=' if have_level >= level else '<'} {level.name.lower()}"
+                )
             checks.append(Check("topics", bool(matched_topics or matched_custom), "; ".join(parts)))
         covered: tuple[str, ...] = ()
         if self.detector_errors is not None:
@@ -530,7 +532,9 @@ def _names(match: YamlMap, key: str, *, fold: bool = False) -> frozenset[str] | 
     return frozenset(v.casefold() if fold else v for v in items)
 
 
-def _parse_topics(match: YamlMap, base: str, custom_topics: Collection[str]) -> tuple[dict[Topic, Confidence], dict[str, Confidence]]:
+def _parse_topics(
+    match: YamlMap, base: str, custom_topics: Collection[str]
+) -> tuple[dict[Topic, Confidence], dict[str, Confidence]]:
     """Built-in topics by enum, custom ones by name; a name neither built in nor declared in a
     topic file is the same error the schema gives for a misspelt topic."""
     raw = match.get("topics") or {}
@@ -594,7 +598,9 @@ def _parse_rule(raw: YamlMap, index: int, source: str, custom_topics: Collection
     )
     if rule.justification and rule.action is not Action.WARN:
         raise raw.error(
-            "justification", f"{base}.justification", "justification applies to warn rules only (a resend with a reason)"
+            "justification",
+            f"{base}.justification",
+            "justification applies to warn rules only (a resend with a reason)",
         )
     if rule.action is Action.REDACT and not (rule.topics or rule.custom_topics):
         raise raw.error(

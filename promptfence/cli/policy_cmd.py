@@ -169,10 +169,20 @@ def _unredactable(catalogue: Catalogue) -> Callable[[Rule], list[str]]:
     return check
 
 
-def lint_context(directory: Directory | None, catalogue: Catalogue) -> LintContext:
+def custom_topics(config: Config) -> frozenset[str]:
+    """The custom topic names of the configured topic files (policies may select them)."""
+    from classifiers.custom_topics import configured_topic_names
+
+    return configured_topic_names(config.topics.files, config.topics.builtin)
+
+
+def lint_context(
+    directory: Directory | None, catalogue: Catalogue, topics: frozenset[str] = frozenset()
+) -> LintContext:
     from policies.lint import LintContext
 
     return LintContext(
+        custom_topics=topics,
         groups=None if directory is None else frozenset(g.casefold() for g in directory.groups),
         apps=frozenset(app.app for app in catalogue.apps),
         app_types=frozenset(app.app_type for app in catalogue.apps),
@@ -186,7 +196,7 @@ def run_lint(args: argparse.Namespace, config: Config) -> int:
 
     paths = expand_policy_paths(list(args.files) or list(config.policies.files))
     directory = _directory(args.directory or config.identity.directory)
-    problems = lint_files(paths, lint_context(directory, _catalogue()))
+    problems = lint_files(paths, lint_context(directory, _catalogue(), custom_topics(config)))
     for problem in problems:
         print(problem)
     errors = sum(1 for p in problems if p.severity == "error")
@@ -209,7 +219,7 @@ def run_test(args: argparse.Namespace, config: Config) -> int:
     passed = failed = 0
     for test_file in files:
         policy_paths = list(args.policy) or list(test_file.policies) or list(config.policies.files)
-        policies = load_policies(policy_paths)
+        policies = load_policies(policy_paths, custom_topics(config))
         directory = _directory(args.directory or test_file.directory or config.identity.directory)
         default_group = test_file.default_group or config.identity.default_group
         results = run_file(
@@ -385,7 +395,7 @@ def run_explain(args: argparse.Namespace, config: Config) -> int:
     from policies.policy import load_policies
     from promptfence.core import Identity, Inspection, Operation, OperationKind
 
-    policies: PolicySet = load_policies(list(args.policy) or list(config.policies.files))
+    policies: PolicySet = load_policies(list(args.policy) or list(config.policies.files), custom_topics(config))
     catalogue = _catalogue()
     directory = _directory(args.directory or config.identity.directory)
     meta: dict[str, Any] = {}

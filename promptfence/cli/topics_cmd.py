@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
         if args.topics_command == "list":
             for topic in load_topic_files(config.topics.files, builtin=config.topics.builtin):
                 kind = "built-in topic" if topic.builtin is not None else "custom topic"
-                print(f"{topic.name}\t{kind}\t{len(topic.examples)} examples\t{len(topic.counter_examples)} counter\t{topic.source}")
+                print(
+                    f"{topic.name}\t{kind}\t{len(topic.examples)} examples\t{len(topic.counter_examples)} counter\t{topic.source}"
+                )
             return 0
         topics = (
             [load_topic_file(p) for p in args.files]
@@ -62,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     minimum = Confidence.parse(args.min_confidence)
     failed = False
     if not args.json:
-        print(f"{'TOPIC':<24} {'EXAMPLES':>8} {'COUNTER':>7} {'THRESHOLD':>9} {'PRECISION':>9} {'RECALL':>6}  MISSED / FALSE ALARMS")
+        print(
+            f"{'TOPIC':<24} {'EXAMPLES':>8} {'COUNTER':>7} {'THRESHOLD':>9} {'PRECISION':>9} {'RECALL':>6}  MISSED / FALSE ALARMS"
+        )
     for topic in topics:
         report = leave_one_out(topic, embedder, minimum)
         bad = report.precision < args.min_precision or report.recall < args.min_recall
