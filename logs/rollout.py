@@ -111,7 +111,7 @@ class RescanResult:
         out = []
         if self.before_action != self.after_action:
             out.append("action")
-        if set(self.before_rules) != set(self.after_rules):
+        if _named(self.before_rules) != _named(self.after_rules):
             out.append("rules")
         if dict(self.before_topics) != dict(self.after_topics):
             out.append("topics")
@@ -136,6 +136,12 @@ class RescanResult:
             "changes": list(self.changes),
             "error": self.error,
         }
+
+
+def _named(rules: Iterable[str]) -> set[str]:
+    """The rules a policy author wrote; ``policy:default`` and ``policy:on_error`` are named
+    after their policy, so a re-scan with another policy file would always "change" them."""
+    return {r for r in rules if ":" not in r}
 
 
 def before_of(meta: Mapping[str, Any]) -> tuple[str, tuple[str, ...], dict[str, str]]:

@@ -298,8 +298,18 @@ def _print_record(record: StoredRecord, payload: Payload) -> None:
         print(line)
     if meta.get("operation") == OperationKind.SHARE.value:
         print(f"--- shared conversation {meta.get('conversation_id') or '(id not in the request)'} ---")
+    if meta.get("shadow"):
+        shadow = meta["shadow"]
+        print(f"shadow:       {shadow.get('action') or 'error'}  rules: {','.join(shadow.get('rules') or []) or '-'}")
+    if meta.get("rescan"):
+        rescan = meta["rescan"]
+        print(
+            f"re-scan:      {rescan.get('action')}  rules: {','.join(rescan.get('rules') or []) or '-'}  ({rescan.get('marked')})"
+        )
     print("--- prompt ---")
     print(payload.prompt)
+    if payload.justification is not None:
+        print(f"justification: {payload.justification}")
     if payload.attachments:
         print("--- attachments ---")
         print("\n".join(payload.attachments))
