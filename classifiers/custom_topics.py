@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import numpy.typing as npt
 
     from inference.embedder import Embedder
+    from inference.topic_llm import TopicPrompt
 
 BUILTIN_TOPICS_DIR = Path(__file__).parent / "data" / "custom_topics"
 DETECTOR_NAME = "custom_topics"
@@ -390,6 +391,13 @@ def build_custom_topic_detector(
 ) -> NearestExemplarDetector | None:
     topics = load_topic_files(files, builtin=builtin)
     return NearestExemplarDetector(topics, embedder) if topics else None
+
+
+def topic_prompts(topics: Sequence[TopicDefinition]) -> tuple[TopicPrompt, ...]:
+    """The topic files as the Llama classifier's prompt takes them (inference/topic_llm.py)."""
+    from inference.topic_llm import TopicPrompt
+
+    return tuple(TopicPrompt(t.name, t.description, t.examples, t.counter_examples) for t in topics)
 
 
 def configured_topic_names(files: Sequence[Path], builtin: bool) -> frozenset[str]:

@@ -7,8 +7,13 @@ cannot be loaded is a start-up error, never a silent downgrade.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from promptfence.config import Config, InspectorConfig, MemoryConfig, TopicsConfig
 from promptfence.core import Detector
+
+if TYPE_CHECKING:
+    from inference.topic_llm import TopicPrompt
 
 
 def build_detectors(config: Config) -> list[Detector]:
@@ -37,9 +42,14 @@ def build_detectors(config: Config) -> list[Detector]:
     from classifiers.llm_detector import build_llm_detector
     from classifiers.promptguard_detector import build_promptguard_detector
 
+    prompts: tuple[TopicPrompt, ...] = ()
+    if wants_topics and config.inspector.llm.url is not None:
+        from classifiers.custom_topics import load_topic_files, topic_prompts
+
+        prompts = topic_prompts(load_topic_files(config.topics.files, builtin=config.topics.builtin))
     for optional in (
         build_promptguard_detector(config.inspector.prompt_guard),
-        build_llm_detector(config.inspector.llm),
+        build_llm_detector(config.inspector.llm, topics=prompts),
     ):
         if optional is not None:
             detectors.append(optional)
