@@ -176,7 +176,7 @@ def _when(meta: dict[str, Any]) -> str:
 def _topics(meta: dict[str, Any]) -> str:
     """Detected topics (low and above; a score under low is no detection), or why there are
     none: a record whose inspection failed as a whole says so instead of ``-``."""
-    topics = meta.get("topics") or {}
+    topics = {**(meta.get("topics") or {}), **(meta.get("custom_topics") or {})}
     shown = ",".join(f"{name}:{value['confidence']}" for name, value in topics.items() if value["confidence"] != "none")
     if shown:
         return shown
