@@ -145,3 +145,40 @@ def test_leave_one_out_reports_precision_and_recall(embedder: SentenceTransforme
     # a lone off-topic "example" is missed: the measure is honest.
     odd = TopicDefinition("PROJECT_FALCON", "", (*FALCON.examples, "Bake a chocolate cake for twelve."), (), "t")
     assert 6 in leave_one_out(odd, embedder).missed
+
+
+def test_topics_test_reports_per_topic_and_fails_below_target(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import yaml
+
+    from promptfence.cli import main
+
+    path = tmp_path / "falcon.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "topic": FALCON.name,
+                "description": FALCON.description,
+                "examples": list(FALCON.examples),
+                "counter_examples": list(FALCON.counter_examples),
+            }
+        )
+    )
+    config = tmp_path / "promptfence.yaml"
+    config.write_text(f"data_dir: {tmp_path / 'home'}\n")
+    assert main(["topics", "test", str(path), "--json", "--config", str(config)]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["topic"] == "PROJECT_FALCON" and report["examples"] == 5 and report["ok"] is True
+    assert 0.0 <= report["precision"] <= 1.0 and report["file"] == str(path)
+    assert main(["topics", "test", str(path), "--min-recall", "1.01", "--config", str(config)]) == 1
+    table = capsys.readouterr().out
+    assert "PROJECT_FALCON" in table and "BELOW TARGET" in table
+    for example in FALCON.examples:
+        assert example not in table  # numbers, never the examples' text
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("topic: falcon\n")
+    assert main(["topics", "test", str(broken), "--config", str(config)]) == 2
+    assert "topic" in capsys.readouterr().err
