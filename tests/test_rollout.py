@@ -226,3 +226,25 @@ def test_store_annotations_are_limited_to_marked_sections(tmp_path: Path) -> Non
         assert store.annotate("missing", "rescan", {"action": "block"}) is False
     finally:
         store.close()
+
+
+def test_policy_tests_declare_custom_topics_and_catch_misspelt_ones(tmp_path: Path) -> None:
+    from policies.policy import PolicySet
+    from policies.testing import load_test_file, run_file
+
+    policy = _policy(COACH)
+    tests = tmp_path / "coach.test.yaml"
+    tests.write_text(
+        """tests:
+  - name: falcon is blocked
+    topics: {PROJECT_FALCON: medium}
+    expect: block
+    rules: [falcon]
+  - name: a typo is no pass
+    topics: {PROJCT_FALCON: high}
+    expect: allow
+"""
+    )
+    results = run_file(load_test_file(tests), PolicySet((policy,)), groups_of=lambda user: ())  # type: ignore[arg-type]
+    assert results[0].passed, results[0].problems
+    assert not results[1].passed and "unknown topic PROJCT_FALCON" in results[1].problems[0]
