@@ -19,6 +19,7 @@ import pytest
 INSPECTOR_SIDE = frozenset(
     {
         "test_code_detector.py",
+        "test_conversation_window.py",
         "test_custom_topics.py",
         "test_custom_topics_e2e.py",
         "test_custom_topics_llm.py",
