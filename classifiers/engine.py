@@ -443,7 +443,11 @@ class InspectionEngine:
                 notes.append(WINDOW_FAILED_NOTE.format(detector=run.detector))
                 continue
             for finding in found:
-                if finding.span is not None and candidates.crosses(finding.span.start, finding.span.end):
+                if (
+                    isinstance(finding, Finding)
+                    and finding.span is not None
+                    and candidates.crosses(finding.span.start, finding.span.end)
+                ):
                     crossing.append((run, finding))
         return crossing, tuple(notes)
 
