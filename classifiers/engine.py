@@ -37,6 +37,7 @@ from classifiers.normalize import Analysis, analyse
 from classifiers.workers import ANALYSE, WorkerFailed, WorkerPool, WorkerTimeout
 from inference.errors import InferenceError
 from promptfence.core import (
+    CustomFinding,
     Detector,
     DetectorRun,
     DetectorStatus,
@@ -51,6 +52,9 @@ from promptfence.errors import ConfigError
 
 TOPIC_MAP_FILE = Path(__file__).parent / "topics.yaml"
 TopicMap = Mapping[str, Mapping[Topic, float]]
+# What a detector may return: built-in topic findings, and (the custom-topic detector, the LLM
+# with topic files) evidence for company-defined topics, which is kept apart from ``topics``.
+Evidence = Finding | CustomFinding
 
 log = logging.getLogger("promptfence.inspector")
 
@@ -69,6 +73,18 @@ def combine_topic_scores(findings: Iterable[Finding]) -> dict[Topic, float]:
     for (topic, _kind), score in best.items():
         miss[topic] = miss.get(topic, 1.0) * (1.0 - score)
     return {topic: 1.0 - m for topic, m in miss.items()}
+
+
+def combine_custom_scores(findings: Iterable[CustomFinding]) -> dict[str, float]:
+    """Noisy-or across detectors, max within one detector (as for built-in topics)."""
+    best: dict[tuple[str, str], float] = {}
+    for finding in findings:
+        key = (finding.name, finding.detector)
+        best[key] = max(best.get(key, 0.0), min(max(finding.score, 0.0), 1.0))
+    miss: dict[str, float] = {}
+    for (name, _detector), score in best.items():
+        miss[name] = miss.get(name, 1.0) * (1.0 - score)
+    return {name: 1.0 - m for name, m in sorted(miss.items())}
 
 
 def load_topic_map(path: Path = TOPIC_MAP_FILE) -> dict[str, dict[Topic, float]]:
@@ -235,7 +251,12 @@ class InspectionEngine:
         self.detectors = tuple(detectors)
         self.deadline_s = deadline_s
         self.deadlines = dict(deadlines or {})
-        self.topic_map = topic_map if topic_map is not None else load_topic_map()
+        self.topic_map = dict(topic_map if topic_map is not None else load_topic_map())
+        for d in self.detectors:
+            # A detector whose topics depend on its configuration (custom topic files) says so.
+            weights = getattr(d, "topic_weights", None)
+            if isinstance(weights, Mapping) and d.name not in self.topic_map:
+                self.topic_map[d.name] = dict(weights)
         unmapped = [n for n in names if n not in self.topic_map]
         if unmapped:
             raise ConfigError(
@@ -314,7 +335,7 @@ class InspectionEngine:
         found, notes = await loop.run_in_executor(self._executor, detector.detect_prepared, prepared)  # type: ignore[attr-defined]
         return tuple(found), tuple(notes)
 
-    def _detect_threaded(self, detector: Detector, text: str) -> tuple[Sequence[Finding], tuple[str, ...]]:
+    def _detect_threaded(self, detector: Detector, text: str) -> tuple[Sequence[Evidence], tuple[str, ...]]:
         detect_with_notes = getattr(detector, "detect_with_notes", None)
         if detect_with_notes is not None:
             found, notes = detect_with_notes(text)
@@ -344,7 +365,7 @@ class InspectionEngine:
 
     async def _run_one(
         self, detector: Detector, text: str, slots: asyncio.Semaphore
-    ) -> tuple[DetectorRun, Sequence[Finding], tuple[str, ...]]:
+    ) -> tuple[DetectorRun, Sequence[Evidence], tuple[str, ...]]:
         loop = asyncio.get_running_loop()
         deadline = self.deadlines.get(detector.name, self.deadline_s)
         started = time.perf_counter()
@@ -383,7 +404,7 @@ class InspectionEngine:
         self,
         memory: MemoryDetector,
         text: str,
-        tasks: Mapping[str, asyncio.Future[tuple[DetectorRun, Sequence[Finding], tuple[str, ...]]]],
+        tasks: Mapping[str, asyncio.Future[tuple[DetectorRun, Sequence[Evidence], tuple[str, ...]]]],
     ) -> tuple[DetectorRun, Any]:
         """Wait for the redacting detectors, then embed the redacted text and look up neighbours."""
         started = time.perf_counter()
@@ -396,7 +417,7 @@ class InspectionEngine:
                     return DetectorRun(
                         memory.name, DetectorStatus.FAILED, elapsed, f"redaction unavailable ({name})"
                     ), None
-                spans.extend(found)
+                spans.extend(f for f in found if isinstance(f, Finding))
         loop = asyncio.get_running_loop()
         deadline = self.deadlines.get(memory.name, self.deadline_s)
         try:
@@ -422,7 +443,11 @@ class InspectionEngine:
                 notes.append(WINDOW_FAILED_NOTE.format(detector=run.detector))
                 continue
             for finding in found:
-                if finding.span is not None and candidates.crosses(finding.span.start, finding.span.end):
+                if (
+                    isinstance(finding, Finding)
+                    and finding.span is not None
+                    and candidates.crosses(finding.span.start, finding.span.end)
+                ):
                     crossing.append((run, finding))
         return crossing, tuple(notes)
 
@@ -449,6 +474,7 @@ class InspectionEngine:
         memory_run, lookup = (None, None) if memory_task is None else await memory_task
         window_found, window_notes = ([], ()) if window_task is None else await window_task
         findings: list[Finding] = []
+        custom: list[CustomFinding] = []
         covered: set[Topic] = set()
         detector_notes = [n for _run, _found, notes in results for n in notes]
         for run, detector_findings, _notes in results:
@@ -456,6 +482,9 @@ class InspectionEngine:
             if not run.failed:
                 covered.update(t for t, w in allowed.items() if w > 0)
             for finding in detector_findings:
+                if isinstance(finding, CustomFinding):
+                    custom.append(finding)
+                    continue
                 weight = allowed.get(finding.topic, 0.0)
                 if weight > 0:
                     findings.append(_to_prompt(finding, analysis, weight))
@@ -480,7 +509,7 @@ class InspectionEngine:
             if lookup is not None:
                 context = MemoryContext(
                     runs=tuple(runs.values()),
-                    raw={run.detector: found for run, found, _notes in results},
+                    raw={run.detector: [f for f in found if isinstance(f, Finding)] for run, found, _notes in results},
                     findings=tuple(findings),
                     topics=topics,
                     covered=frozenset(covered),
@@ -514,4 +543,6 @@ class InspectionEngine:
             notes=tuple(dict.fromkeys((*analysis_notes, *detector_notes, *window_notes, *outcome.notes))),
             memory_tenant=outcome.tenant,
             memory_centroids=outcome.centroids,
+            custom_topics=combine_custom_scores(custom),
+            custom_findings=tuple(custom),
         )

@@ -180,6 +180,20 @@ class PolicyConfig:
     files: list[Path] = field(default_factory=list)
     # An identical resend of a warned request within this many seconds proceeds (and is logged).
     warn_resend_window_s: float = 600.0
+    # Candidate policy files evaluated next to the enforced ones on every request: their verdict
+    # is recorded as the record's ``shadow`` and never changes the flow (docs/rollout.md).
+    shadow: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    """Company-defined topics (docs/rollout.md): YAML files of name, description, examples and
+    counter-examples, detected on the embedded default by nearest-exemplar similarity."""
+
+    # Topic files (a directory means its *.yaml files).
+    files: list[Path] = field(default_factory=list)
+    # The shipped example sets (classifiers/data/custom_topics/: CUSTOMER_DATA) load too.
+    builtin: bool = True
 
 
 @dataclass(frozen=True)
@@ -320,6 +334,7 @@ class Config:
     logs: LogConfig = field(default_factory=LogConfig)
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
     # Where this config came from (None: embedded defaults). Not a YAML key.
     source: str | None = field(default=None, metadata={"internal": True})
 
