@@ -159,7 +159,8 @@ def calibrated_threshold(held_out_scores: np.ndarray, y: np.ndarray) -> float:
     Never below 0.5: the shift is there to stop a topic that over-fires on unseen sources, and
     to let one that is too shy fire a little earlier, not to make every weak score an alarm.
     """
-    best, best_f1 = MEDIUM, -1.0
+    p, r = precision_recall(held_out_scores, y, MEDIUM)
+    best, best_f1 = MEDIUM, (2 * p * r / (p + r) if p + r else 0.0)
     for threshold in THRESHOLDS:
         p, r = precision_recall(held_out_scores, y, threshold)
         f1 = 2 * p * r / (p + r) if p + r else 0.0
