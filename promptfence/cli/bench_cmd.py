@@ -62,6 +62,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     hostile.add_argument("--stream-size", type=int, default=16 * 2**20, help="bytes per hostile answer stream")
     hostile.add_argument("--json", action="store_true")
     add_config_option(hostile)
+    proxy = sub.add_parser(
+        "proxy",
+        help="end to end through real inspector + proxy processes and a local stand-in app (issue 17)",
+    )
+    proxy.add_argument("--concurrency", default="1,8", help="comma-separated client concurrencies")
+    proxy.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
+    proxy.add_argument("--warmup", type=float, default=8.0, help="seconds of unmeasured load first")
+    proxy.add_argument("--non-genai-concurrency", type=int, default=8, help="clients for the non-GenAI comparison")
+    proxy.add_argument("--dataset", type=Path, help="JSON lines with 'text' to draw prompts from")
+    proxy.add_argument("--keep", action="store_true", help="keep the scratch directory (logs of each process)")
+    proxy.add_argument("--json", action="store_true")
+    add_config_option(proxy)
     logs = sub.add_parser(
         "logs", help="the recorder under kill -9 and database outages: acknowledged vs recorded vs duplicated"
     )
@@ -391,7 +403,30 @@ def _bench_hostile_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_proxy(args: argparse.Namespace) -> int:
+    from promptfence.cli.bench_proxy import print_report, run_bench
+
+    report = run_bench(
+        concurrency=[int(c) for c in args.concurrency.split(",") if c],
+        duration=args.duration,
+        warmup=args.warmup,
+        prompts=_prompts(args.dataset),
+        config_path=Path(args.config) if args.config else None,
+        non_genai_concurrency=args.non_genai_concurrency,
+        keep=args.keep,
+        progress=None if args.json else (lambda line: print(f"  {line}", file=sys.stderr, flush=True)),
+    )
+    if args.json:
+        json.dump(report, sys.stdout)
+        print()
+    else:
+        print_report(report)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.bench == "proxy":
+        return _bench_proxy(args)
     if args.bench == "hostile":
         return _bench_hostile_report(args)
     if args.bench == "logs":
