@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import logging
 from typing import Any
 
@@ -104,6 +105,8 @@ async def health_handler(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "detectors": [{"name": d.name, "version": d.version} for d in engine.detectors],
+            # Which of the processes sharing the port answered (inspector.processes).
+            "process": os.getpid(),
         }
     )
 

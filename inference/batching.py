@@ -16,7 +16,8 @@ The batcher has no thread of its own (leader/follower): the caller that finds th
 runs the batch itself. It waits for more texts (at most ``max_wait_s``) only when it found the
 encoder busy or others queued, that is when there is concurrency to gather; a lone prompt on
 an idle inspector goes straight to the encoder and pays no extra latency. A batch that raises
-fails every caller whose texts were in it, with the same exception (prompt-free by contract).
+is retried text by text, so a text the model cannot take fails only the caller it came from
+(with the model's exception, prompt-free by contract), never the prompts batched with it.
 """
 
 from __future__ import annotations
@@ -156,31 +157,37 @@ class SharedEmbedder:
         self._batches.append(len(batch))
         self._waited += waited
         self._cond.release()
-        vectors: Vector | None = None
-        error: BaseException | None = None
         try:
-            vectors = self.inner.embed([slot.text for _key, slot in batch])
-            if vectors.shape[0] != len(batch):
-                raise RuntimeError(f"{self.name} returned {vectors.shape[0]} vectors for {len(batch)} texts")
-        except Exception as exc:  # every caller in the batch sees it; the lock is taken back first
-            error = exc
+            outcomes = self._run([slot.text for _key, slot in batch])
         finally:
             self._cond.acquire()
-        for i, (key, slot) in enumerate(batch):
-            if error is None and vectors is not None:
-                row = np.array(vectors[i], dtype=np.float32)
-                slot.vector = row
+        for (key, slot), outcome in zip(batch, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                slot.error = outcome
+            else:
+                slot.vector = outcome
+                self._computed += 1
                 if self.cache_entries:
-                    self._cache[key] = row
+                    self._cache[key] = outcome
                     if len(self._cache) > self.cache_entries:
                         self._cache.popitem(last=False)
-            else:
-                slot.error = error
             slot.done = True
             self._inflight.pop(key, None)
-        self._computed += len(batch) if error is None else 0
         self._busy = False
         self._cond.notify_all()
+
+    def _run(self, texts: list[str]) -> list[Vector | BaseException]:
+        """One row (or the exception) per text. A batch that fails is retried text by text, so
+        that a text the model cannot take fails only the inspection it came from."""
+        try:
+            vectors = self.inner.embed(texts)
+            if vectors.shape[0] != len(texts):
+                raise RuntimeError(f"{self.name} returned {vectors.shape[0]} vectors for {len(texts)} texts")
+            return [np.array(row, dtype=np.float32) for row in vectors]
+        except Exception as exc:
+            if len(texts) == 1:
+                return [exc]
+        return [self._run([text])[0] for text in texts]
 
     def stats(self) -> BatchStats:
         with self._cond:
