@@ -126,7 +126,9 @@ class InspectorClient:
                 expected_detectors=expected,
                 health_interval_s=config.inspector.health_interval_s,
             )
-        return cls(base_url or config.inspector.base_url, timeout_s=config.proxy.inspect_timeout_s, expected_detectors=expected)
+        return cls(
+            base_url or config.inspector.base_url, timeout_s=config.proxy.inspect_timeout_s, expected_detectors=expected
+        )
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -157,7 +159,9 @@ class InspectorClient:
         """Whether ``/healthz`` answers 200 within ``timeout_s``."""
         session = self._get_session()
         try:
-            async with session.get(f"{self.base_url}{HEALTH_PATH}", timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+            async with session.get(
+                f"{self.base_url}{HEALTH_PATH}", timeout=aiohttp.ClientTimeout(total=timeout_s)
+            ) as resp:
                 await resp.read()
                 return resp.status == 200
         except (TimeoutError, aiohttp.ClientError, OSError):

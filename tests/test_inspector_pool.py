@@ -54,7 +54,10 @@ class Standin:
                 self.waiting -= 1
             self.served += 1
             inspection = Inspection(
-                findings=(), topics={}, runs=(DetectorRun("presidio", DetectorStatus.OK, 1.0),), elapsed_ms=1.0,
+                findings=(),
+                topics={},
+                runs=(DetectorRun("presidio", DetectorStatus.OK, 1.0),),
+                elapsed_ms=1.0,
                 notes=(self.name,),
             )
             return web.json_response(inspection.to_dict())

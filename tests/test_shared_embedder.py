@@ -106,7 +106,7 @@ def _run_concurrently(shared: SharedEmbedder, inner: Recording, requests: list[l
     def call(i: int) -> None:
         try:
             results[i] = shared.embed(requests[i])
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
+        except BaseException as exc:
             errors.append(exc)
 
     first = threading.Thread(target=call, args=(0,))

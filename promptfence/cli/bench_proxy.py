@@ -166,9 +166,7 @@ class Target:
     prompts: tuple[str, ...] = ()
 
 
-async def drive(
-    proxy_port: int, ca: Path, target: Target, concurrency: int, duration: float
-) -> dict[str, Any]:
+async def drive(proxy_port: int, ca: Path, target: Target, concurrency: int, duration: float) -> dict[str, Any]:
     """``concurrency`` clients, each with its own keep-alive connection, for ``duration`` seconds."""
     import aiohttp
 
@@ -296,7 +294,15 @@ async def _run(
     env["PROMPTFENCE_HOME"] = str(home)
     repo = Path(__file__).resolve().parents[2]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(repo), env.get("PYTHONPATH", "")) if p)
-    for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY", "all_proxy", "PROMPTFENCE_CONFIG"):
+    for var in (
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+        "PROMPTFENCE_CONFIG",
+    ):
         env.pop(var, None)
     logs = scratch / "logs"
     logs.mkdir()
@@ -431,7 +437,9 @@ def print_report(report: dict[str, Any]) -> None:
         )
     print(f"{'CONC':>4} {'INSPECTED/S':>12} {'ADDED P50 ms':>13} {'ADDED P90 ms':>13}")
     for row in report["inspection"]:
-        print(f"{row['concurrency']:>4} {row['inspected_per_s']:>12.1f} {row['added_p50_ms']:>13.1f} {row['added_p90_ms']:>13.1f}")
+        print(
+            f"{row['concurrency']:>4} {row['inspected_per_s']:>12.1f} {row['added_p50_ms']:>13.1f} {row['added_p90_ms']:>13.1f}"
+        )
     ng = report["non_genai"]
     print(
         f"non-GenAI at c={ng['concurrency']}: promptfence proxy {ng['promptfence_per_s']:.1f}/s,"

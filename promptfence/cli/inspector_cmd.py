@@ -67,7 +67,13 @@ def _start_siblings(args: argparse.Namespace, config: Config, count: int) -> lis
     connections over them). Each loads its own models and worker pool; they die with this one."""
     from promptfence.cli.up_cmd import _die_with_parent
 
-    argv = [sys.executable, "-m", "promptfence", *(["--verbose"] if getattr(args, "verbose", False) else []), "inspector"]
+    argv = [
+        sys.executable,
+        "-m",
+        "promptfence",
+        *(["--verbose"] if getattr(args, "verbose", False) else []),
+        "inspector",
+    ]
     config_path = args.config or config.source
     if config_path:
         argv += ["--config", str(Path(config_path).resolve())]

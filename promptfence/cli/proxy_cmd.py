@@ -90,9 +90,13 @@ def build_warn_store(config: Config) -> Any:
 
         return SqlWarnStore(url)
     except ImportError as exc:
-        raise ConfigError(f"its driver is not installed ({exc.name})", source=config.source, field="policies.warn_store") from None
+        raise ConfigError(
+            f"its driver is not installed ({exc.name})", source=config.source, field="policies.warn_store"
+        ) from None
     except Exception as exc:  # a malformed URL, a database that refuses the table
-        raise ConfigError(f"cannot open it: {type(exc).__name__}", source=config.source, field="policies.warn_store") from None
+        raise ConfigError(
+            f"cannot open it: {type(exc).__name__}", source=config.source, field="policies.warn_store"
+        ) from None
 
 
 def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
