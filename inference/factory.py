@@ -4,7 +4,8 @@ One encoder serves the intent head and the neighbour memory, wrapped in
 :class:`~inference.batching.SharedEmbedder` so that a text both ask for is embedded once and
 concurrent inspections share batches. The runtime under it is configuration:
 
-- ``backend: onnx`` (default): ONNX Runtime on the CPU, ``onnx_variant`` int8 or fp32,
+- ``backend: auto`` (default): ``onnx`` when ``device`` is ``cpu``, else ``torch``.
+- ``backend: onnx``: ONNX Runtime on the CPU, ``onnx_variant`` int8 or fp32,
   exported from the local weights into ``<data_dir>/models`` (inference/onnx_embedder.py).
 - ``backend: torch``: sentence-transformers, the reference path and the one for GPUs.
 """
@@ -21,7 +22,7 @@ from inference.embedder import Embedder, EmbedderSpec, ModelUnavailableError, Se
 if TYPE_CHECKING:
     from promptfence.config import EmbedderConfig
 
-BACKENDS = ("onnx", "torch")
+BACKENDS = ("auto", "onnx", "torch")
 
 
 MODEL_CACHE_ENV = "PROMPTFENCE_MODEL_CACHE"
@@ -41,9 +42,12 @@ def build_base_embedder(config: EmbedderConfig, data_dir: Path) -> Embedder:
     from inference.embedder import default_minilm_path
 
     spec = EmbedderSpec(config.path or default_minilm_path(), device=config.device, batch_size=config.batch_size)
-    if config.backend == "torch":
+    backend = config.backend
+    if backend == "auto":  # ONNX Runtime on the CPU; a GPU (or "auto" device) keeps torch
+        backend = "onnx" if config.device == "cpu" else "torch"
+    if backend == "torch":
         return SentenceTransformerEmbedder(spec)
-    if config.backend == "onnx":
+    if backend == "onnx":
         from inference.onnx_embedder import OnnxEmbedder, OnnxSpec
 
         return OnnxEmbedder(spec, OnnxSpec(model_cache_dir(config, data_dir), config.onnx_variant, config.threads))

@@ -115,9 +115,10 @@ class EmbedderConfig:
     batch_size: int = 32
     # Which runtime runs it (issue 17): "onnx" (ONNX Runtime on the CPU, exported once from the
     # local weights into <data_dir>/models, checksummed), "torch" (sentence-transformers: the
-    # reference path, and the one for GPUs). onnx_variant: "int8" (dynamically quantised) or
-    # "fp32". BENCHMARKS.md "Throughput (issue 17)" has the dev-set F1 of each.
-    backend: str = "onnx"
+    # reference path, and the one for GPUs), "auto": onnx on device cpu, else torch.
+    # onnx_variant: "int8" (dynamically quantised) or "fp32". BENCHMARKS.md "Throughput
+    # (issue 17)" has the dev-set F1 of each.
+    backend: str = "auto"
     onnx_variant: str = "int8"
     # ONNX Runtime intra-op threads; 0: one per physical core.
     threads: int = 0

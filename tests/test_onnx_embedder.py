@@ -109,6 +109,8 @@ def test_the_inspectors_encoder_follows_the_backend_switch(tmp_path: Path) -> No
 
     torch_path = build_base_embedder(EmbedderConfig(backend="torch"), tmp_path)
     assert isinstance(torch_path, SentenceTransformerEmbedder)
+    # auto: a GPU device (here "auto", which resolves to the CPU on this machine) keeps torch
+    assert isinstance(build_base_embedder(EmbedderConfig(device="auto"), tmp_path), SentenceTransformerEmbedder)
     shared = build_embedder(EmbedderConfig(backend="onnx", onnx_variant="fp32", cache_dir=tmp_path / "m"), tmp_path)
     assert isinstance(shared, SharedEmbedder) and isinstance(shared.inner, OnnxEmbedder)
     assert (tmp_path / "m").is_dir() and any((tmp_path / "m").glob(f"*/{MODEL_FILE}"))

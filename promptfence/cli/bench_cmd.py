@@ -116,7 +116,8 @@ async def _drive(url: str, prompts: list[str], concurrency: int, duration: float
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal errors, counter
         while time.perf_counter() < deadline:
-            prompt = prompts[counter % len(prompts)]
+            # Unique per request: a repeated text would come from the encoder's cache (issue 17).
+            prompt = f"{prompts[counter % len(prompts)]} (request {counter})"
             counter += 1
             started = time.perf_counter()
             async with session.post(url, json={"prompt": prompt}) as resp:
