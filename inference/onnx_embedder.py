@@ -308,6 +308,9 @@ class OnnxEmbedder:
         if onnx.threads > 0:
             options.intra_op_num_threads = onnx.threads
         options.log_severity_level = 3
+        # No busy-waiting between kernels: ONNX Runtime's spinning threads burn a core the
+        # detectors' workers and the proxy need (CPU per text 12.7 -> 8.4 ms, int8, 2 cores).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self._session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         self._inputs = {i.name for i in self._session.get_inputs()}
         try:
