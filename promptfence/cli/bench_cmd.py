@@ -55,6 +55,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     vectors.add_argument("--device", default=None, help="FAISS device (cpu | gpu | auto); default memory.device")
     vectors.add_argument("--embed-device", default=None, help="embedding device; default inspector.embedder.device")
     vectors.add_argument("--no-embed", action="store_true", help="skip the embedding throughput phase")
+    vectors.add_argument(
+        "--embed-backend", default=None, help="auto | onnx | torch; default inspector.embedder.backend"
+    )
+    vectors.add_argument("--onnx-variant", default=None, help="int8 | fp32; default inspector.embedder.onnx_variant")
     vectors.add_argument("--json", action="store_true")
     add_config_option(vectors)
     hostile = sub.add_parser("hostile", help="single inspections of 1 MB hostile prompts; decoders on hostile streams")
@@ -188,19 +192,23 @@ def _bench_vectors(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"bench": "vectors", **environment(), "device": device}
     dimension = 384
     if not args.no_embed:
-        from inference.embedder import EmbedderSpec, SentenceTransformerEmbedder, default_minilm_path
+        from inference.factory import build_base_embedder
 
-        spec = config.inspector.embedder
-        embedder = SentenceTransformerEmbedder(
-            EmbedderSpec(spec.path or default_minilm_path(), device=args.embed_device or spec.device)
+        spec = dataclasses.replace(
+            config.inspector.embedder,
+            device=args.embed_device or config.inspector.embedder.device,
+            backend=args.embed_backend or config.inspector.embedder.backend,
+            onnx_variant=args.onnx_variant or config.inspector.embedder.onnx_variant,
         )
+        embedder = build_base_embedder(spec, config.data_dir)
         dimension = embedder.dimension
         batches = [int(b) for b in args.batch_sizes.split(",")]
         rows = []
         for batch in batches:
-            sized = SentenceTransformerEmbedder(dataclasses.replace(embedder.spec, batch_size=batch))
+            sized = build_base_embedder(dataclasses.replace(spec, batch_size=batch), config.data_dir)
             rows.extend(bench_embedding(sized.embed, SYNTHETIC_PROMPTS, [batch]))
-        report["embedder"] = {"model": embedder.name, "dimension": dimension, "device": embedder.spec.device}
+        runtime = f"{spec.backend}" + (f" {spec.onnx_variant}" if type(embedder).__name__ == "OnnxEmbedder" else "")
+        report["embedder"] = {"model": embedder.name, "dimension": dimension, "device": spec.device, "runtime": runtime}
         report["embedding"] = rows
     sizes = [int(s) for s in args.sizes.split(",")]
     kinds = [k for k in args.approximate.split(",") if k]
@@ -215,7 +223,7 @@ def _bench_vectors(args: argparse.Namespace) -> int:
     print(f"faiss {report['faiss']} on {device} ({report['gpus']} GPU(s) visible)")
     if "embedding" in report:
         e = report["embedder"]
-        print(f"embedding: {e['model']} ({e['dimension']}-d) on {e['device']}")
+        print(f"embedding: {e['model']} ({e['dimension']}-d) on {e['device']}, {e['runtime']}")
         print(f"{'BATCH':>6} {'TEXTS/S':>9}")
         for row in report["embedding"]:
             print(f"{row['batch_size']:>6} {row['texts_per_s']:>9.1f}")
