@@ -116,3 +116,55 @@ def test_the_inspectors_encoder_follows_the_backend_switch(tmp_path: Path) -> No
     assert (tmp_path / "m").is_dir() and any((tmp_path / "m").glob(f"*/{MODEL_FILE}"))
     with pytest.raises(ModelUnavailableError, match=r"unknown inspector\.embedder\.backend"):
         build_base_embedder(EmbedderConfig(backend="tensorflow"), tmp_path)
+
+
+class Counting:
+    """The real ONNX encoder, counting which texts reach it."""
+
+    def __init__(self, inner: OnnxEmbedder) -> None:
+        self.inner = inner
+        self.name, self.dimension, self.spec = inner.name, inner.dimension, inner.spec
+        self.seen: list[str] = []
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        self.seen.extend(texts)
+        return self.inner.embed(texts)
+
+    def embed_windows(self, text: str) -> np.ndarray:
+        raise AssertionError("the shared front cuts windows itself")
+
+
+async def test_the_intent_head_and_the_memory_share_one_forward_pass(cache: Path, tmp_path: Path) -> None:
+    """Issue 17 item 2, through the real engine: an unredacted prompt is embedded once."""
+    from classifiers.engine import InspectionEngine
+    from classifiers.intent_detector import IntentDetector
+    from classifiers.neighbour_detector import build_neighbour_detector
+    from classifiers.secrets_detector import SecretsDetector
+    from inference.batching import SharedEmbedder
+    from promptfence.config import Config, MemoryConfig
+
+    counting = Counting(OnnxEmbedder(EmbedderSpec(default_minilm_path()), OnnxSpec(cache, "int8")))
+    shared = SharedEmbedder(counting)
+    config = Config(
+        data_dir=tmp_path,
+        memory=MemoryConfig(database_url=f"sqlite:///{tmp_path / 'vectors.db'}", redact_with=["secrets"]),
+    )
+    engine = InspectionEngine(
+        [SecretsDetector(), IntentDetector(shared), build_neighbour_detector(config, shared)], deadline_s=60
+    )
+    try:
+        prompt = "Explain the difference between TCP and UDP in two short paragraphs for a new hire."
+        inspection = await engine.inspect(prompt)
+        assert {r.detector for r in inspection.runs if not r.failed} == {"secrets", "intent", "neighbours"}
+        assert counting.seen.count(prompt) == 1  # the intent head's window and the memory's text
+        redacted = "My token is ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8, explain what it can access in our org."
+        counting.seen.clear()
+        found = await engine.inspect(redacted)
+        assert any(f.detector == "secrets" for f in found.findings)
+        # The texts differ now (the intent head's view drops the token as an encoded blob, the
+        # memory's has a placeholder): two texts, each embedded once, the token in neither.
+        assert len(counting.seen) == len(set(counting.seen)) == 2
+        assert sum("[GITHUB_TOKEN]" in text for text in counting.seen) == 1
+        assert not any("ghp_" in text for text in counting.seen)
+    finally:
+        engine.close()
