@@ -128,7 +128,7 @@ def read_shape(model_dir: Path) -> PipelineShape:
 
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # inside the private data dir
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
