@@ -33,6 +33,18 @@ from typing import Any
 import numpy as np
 
 from inference.embedder import Embedder, Vector
+from promptfence import metrics
+
+EMBED_TEXTS = metrics.counter(
+    "promptfence_embed_texts_total",
+    "Texts asked of the shared encoder, by how they were answered (computed, cached, shared).",
+    ("outcome",),
+)
+EMBED_BATCH = metrics.histogram(
+    "promptfence_embed_batch_texts",
+    "Texts per encoder call (micro-batches of concurrent inspections).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 
 
 @dataclass
@@ -110,11 +122,13 @@ class SharedEmbedder:
                     self._cache.move_to_end(key)
                     slots[key] = _Slot(text, cached, done=True)
                     self._cached += 1
+                    EMBED_TEXTS.labels("cached").inc()
                     continue
                 running = self._inflight.get(key)
                 if running is not None:
                     slots[key] = running
                     self._shared += 1
+                    EMBED_TEXTS.labels("shared").inc()
                     continue
                 slot = _Slot(text)
                 self._inflight[key] = slot
@@ -156,6 +170,7 @@ class SharedEmbedder:
         batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
         self._batches.append(len(batch))
         self._waited += waited
+        EMBED_BATCH.observe(len(batch))
         self._cond.release()
         try:
             outcomes = self._run([slot.text for _key, slot in batch])
@@ -167,6 +182,7 @@ class SharedEmbedder:
             else:
                 slot.vector = outcome
                 self._computed += 1
+                EMBED_TEXTS.labels("computed").inc()
                 if self.cache_entries:
                     self._cache[key] = outcome
                     if len(self._cache) > self.cache_entries:
