@@ -27,6 +27,7 @@ os.environ.setdefault(
 INSPECTOR_SIDE = frozenset(
     {
         "test_code_detector.py",
+        "test_conversation_window.py",
         "test_engine.py",
         "test_eval_cmd.py",
         "test_hostile_budgets.py",

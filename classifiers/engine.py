@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import yaml
 
+from classifiers.conversation_window import Candidates, ConversationRef, ConversationWindow
 from classifiers.normalize import Analysis, analyse
 from classifiers.workers import ANALYSE, WorkerFailed, WorkerPool, WorkerTimeout
 from inference.errors import InferenceError
@@ -90,6 +91,11 @@ def load_topic_map(path: Path = TOPIC_MAP_FILE) -> dict[str, dict[Topic, float]]
 ANALYSIS_TIMEOUT_NOTE = "analysis_timeout"
 ANALYSIS_FAILED_NOTE = "analysis_failed"
 FINDINGS_CAPPED_NOTE = "findings_capped:{detector}"
+# The conversation window's joins could not be scanned by this detector (the prompt itself was).
+WINDOW_FAILED_NOTE = "conversation_window_failed:{detector}"
+# Detectors asked about the joins between a conversation's prompts (a secret cut in two).
+WINDOW_DETECTORS = ("secrets", "presidio")
+SPLIT_EXPLANATION = "(split across this conversation's prompts)"
 
 # Pool operation that prepares a model detector's input: "<detector>:prepare".
 PREPARE_SUFFIX = ":prepare"
@@ -220,6 +226,8 @@ class InspectionEngine:
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
         max_findings_per_kind: int = DEFAULT_MAX_FINDINGS_PER_KIND,
         pool: WorkerPool | None = None,
+        window: ConversationWindow | None = None,
+        window_detectors: Sequence[str] = WINDOW_DETECTORS,
     ) -> None:
         names = [d.name for d in detectors]
         if len(set(names)) != len(names):
@@ -259,6 +267,8 @@ class InspectionEngine:
         size = pool.processes if pool is not None else 1
         # Calls one inspection may have in the pool at once: leave a worker for other prompts.
         self.parallel = parallel if parallel is not None else max(1, size - 1)
+        self.window = window
+        self.window_detectors = tuple(d for d in self.detectors if d.name in window_detectors)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -400,7 +410,24 @@ class InspectionEngine:
             return DetectorRun(memory.name, DetectorStatus.FAILED, elapsed, type(exc).__name__), None
         return DetectorRun(memory.name, DetectorStatus.OK, (time.perf_counter() - started) * 1000), lookup
 
-    async def inspect(self, text: str) -> Inspection:
+    async def _run_window(
+        self, candidates: Candidates, slots: asyncio.Semaphore
+    ) -> tuple[list[tuple[DetectorRun, Finding]], tuple[str, ...]]:
+        """The window detectors on the joins; only findings that cross a join count."""
+        results = await asyncio.gather(*(self._run_one(d, candidates.text, slots) for d in self.window_detectors))
+        crossing: list[tuple[DetectorRun, Finding]] = []
+        notes: list[str] = []
+        for run, found, _notes in results:
+            if run.failed:
+                notes.append(WINDOW_FAILED_NOTE.format(detector=run.detector))
+                continue
+            for finding in found:
+                if finding.span is not None and candidates.crosses(finding.span.start, finding.span.end):
+                    crossing.append((run, finding))
+        return crossing, tuple(notes)
+
+    async def inspect(self, text: str, conversation: ConversationRef | None = None) -> Inspection:
+        """Inspect one prompt; with ``conversation``, also the joins with its earlier prompts."""
         started = time.perf_counter()
         slots = asyncio.Semaphore(self.parallel)
         analysis, analysis_notes = await self._analyse(text, slots)
@@ -411,8 +438,16 @@ class InspectionEngine:
             if d is not memory
         }
         memory_task = None if memory is None else asyncio.ensure_future(self._run_memory(memory, analysis.text, tasks))
+        window_task = None
+        if conversation is not None and self.window is not None and self.window_detectors:
+            self.window.adopt(conversation.key, conversation.opening_key)
+            candidates = self.window.joins(conversation.key, analysis.text)
+            self.window.remember(conversation.key, analysis.text)
+            if candidates is not None:
+                window_task = asyncio.ensure_future(self._run_window(candidates, slots))
         results = await asyncio.gather(*tasks.values())
         memory_run, lookup = (None, None) if memory_task is None else await memory_task
+        window_found, window_notes = ([], ()) if window_task is None else await window_task
         findings: list[Finding] = []
         covered: set[Topic] = set()
         detector_notes = [n for _run, _found, notes in results for n in notes]
@@ -424,6 +459,19 @@ class InspectionEngine:
                 weight = allowed.get(finding.topic, 0.0)
                 if weight > 0:
                     findings.append(_to_prompt(finding, analysis, weight))
+        for run, finding in window_found:
+            weight = self.topic_map.get(run.detector, {}).get(finding.topic, 0.0)
+            if weight > 0:
+                findings.append(
+                    Finding(
+                        finding.detector,
+                        finding.kind,
+                        finding.topic,
+                        finding.score * weight,
+                        None,
+                        f"{finding.explanation} {SPLIT_EXPLANATION}",
+                    )
+                )
         topics = combine_topic_scores(findings)
         runs = {run.detector: run for run, _found, _notes in results}
         outcome = MemoryResult()
@@ -463,7 +511,7 @@ class InspectionEngine:
             ),
             uncovered=tuple(t for t in Topic if t not in covered),
             neighbours=outcome.neighbours,
-            notes=tuple(dict.fromkeys((*analysis_notes, *detector_notes, *outcome.notes))),
+            notes=tuple(dict.fromkeys((*analysis_notes, *detector_notes, *window_notes, *outcome.notes))),
             memory_tenant=outcome.tenant,
             memory_centroids=outcome.centroids,
         )

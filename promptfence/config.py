@@ -134,6 +134,24 @@ class EmbedderConfig:
 
 
 @dataclass(frozen=True)
+class ConversationWindowConfig:
+    """``inspector.conversation_window``: the per-conversation memory that finds a secret split
+    across prompts (classifiers/conversation_window.py). In the inspector's memory only, never
+    written anywhere; bounded and expiring."""
+
+    enabled: bool = True
+    # Forget a conversation this long after its last prompt.
+    ttl_s: float = 900.0
+    # Conversations held at once (least recently used first out).
+    max_conversations: int = 10_000
+    # Secret-like fragments kept per conversation (the most recent).
+    max_fragments: int = 16
+    max_fragment_chars: int = 128
+    # Characters kept from the end of the previous prompt, joined to the start of the next.
+    tail_chars: int = 96
+
+
+@dataclass(frozen=True)
 class InspectorConfig:
     """The inspection service (holds the models)."""
 
@@ -172,6 +190,7 @@ class InspectorConfig:
     # Embedded CPU intent detector (MiniLM + shipped head): on by default.
     intent_detector: bool = True
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    conversation_window: ConversationWindowConfig = field(default_factory=ConversationWindowConfig)
     # Model-backed detectors; each is off until configured (see PromptGuardConfig, LLMConfig).
     prompt_guard: PromptGuardConfig = field(default_factory=PromptGuardConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
