@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import itertools
 import json
 import logging
@@ -125,6 +126,7 @@ class InspectorClient:
                 timeout_s=config.proxy.inspect_timeout_s,
                 expected_detectors=expected,
                 health_interval_s=config.inspector.health_interval_s,
+                affinity_slack=config.inspector.affinity_slack,
             )
         return cls(
             base_url or config.inspector.base_url, timeout_s=config.proxy.inspect_timeout_s, expected_detectors=expected
@@ -181,7 +183,12 @@ class _Backend:
 
 class InspectorPool(InspectorClient):
     """Several inspectors behind one proxy (issue 17): each prompt goes to the healthy one with
-    the fewest inspections in flight from this proxy (least-loaded; ties in turn).
+    the fewest inspections in flight from this proxy (least-loaded; ties in turn), with user
+    affinity: a user's prompts to one app go to the same inspector (rendezvous hashing), so that
+    its conversation window (classifiers/conversation_window.py, in that inspector's memory)
+    sees every prompt of a conversation, unless that inspector has more than
+    ``affinity_slack`` prompts in flight beyond the least-loaded one (then least-loaded wins: a
+    join across that conversation's prompts may be missed). ``affinity_slack`` < 0: no affinity.
 
     Health: ``/healthz`` of every inspector every ``health_interval_s`` (a tracked task, started
     with the first prompt and stopped by :meth:`close`); an inspector that refuses a connection
@@ -199,6 +206,7 @@ class InspectorPool(InspectorClient):
         timeout_s: float = 10.0,
         expected_detectors: Iterable[str] = (),
         health_interval_s: float = 2.0,
+        affinity_slack: int = 4,
     ) -> None:
         urls = list(dict.fromkeys(u.rstrip("/") for u in base_urls))
         if not urls:
@@ -208,15 +216,22 @@ class InspectorPool(InspectorClient):
             _Backend(InspectorClient(u, timeout_s=timeout_s, expected_detectors=self.expected_detectors)) for u in urls
         ]
         self.health_interval_s = health_interval_s
+        self.affinity_slack = affinity_slack
         self._turn = itertools.count()
         self._health_task: asyncio.Task[None] | None = None
 
-    def _pick(self, exclude: _Backend | None = None) -> _Backend | None:
+    def _pick(self, exclude: _Backend | None = None, affinity: str | None = None) -> _Backend | None:
         candidates = [b for b in self.backends if b is not exclude]
         healthy = [b for b in candidates if b.healthy] or candidates
         if not healthy:
             return None
         least = min(b.in_flight for b in healthy)
+        if affinity is not None and self.affinity_slack >= 0:
+            # Rendezvous hashing: the same user and app rank the same inspector first for as
+            # long as it is healthy, and a failed one moves only its own users elsewhere.
+            home = max(healthy, key=lambda b: hashlib.sha256(f"{affinity}\0{b.client.base_url}".encode()).digest())
+            if home.in_flight <= least + self.affinity_slack:
+                return home
         tied = [b for b in healthy if b.in_flight == least]
         return tied[next(self._turn) % len(tied)]
 
@@ -241,12 +256,13 @@ class InspectorPool(InspectorClient):
 
     async def inspect(self, operation: Operation) -> Inspection:
         self._ensure_health_task()
-        backend = self._pick()
+        affinity = "\0".join((operation.identity.user, operation.app))
+        backend = self._pick(affinity=affinity)
         assert backend is not None
         try:
             return await self._inspect_on(backend, operation)
         except InspectorUnreachable:
-            other = self._pick(exclude=backend)
+            other = self._pick(exclude=backend, affinity=affinity)
             if other is None:
                 raise
             return await self._inspect_on(other, operation)

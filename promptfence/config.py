@@ -165,8 +165,15 @@ class InspectorConfig:
     # How often the proxy asks each of ``urls`` for /healthz; one that fails (or refuses a
     # connection) gets no prompts until it answers again.
     health_interval_s: float = 2.0
+    # A user's prompts to one app stay on one of ``urls`` (its conversation window joins secrets
+    # split across prompts) unless it has more than this many prompts in flight beyond the
+    # least-loaded one; -1: pure least-loaded.
+    affinity_slack: int = 4
     # HTTP server processes sharing the inspector's port (SO_REUSEPORT: the kernel spreads
-    # connections); each loads its own models and worker pool. 1: one process.
+    # connections); each loads its own models and worker pool, and its own conversation window:
+    # a conversation's prompts may reach different processes, so joins across prompts can be
+    # missed (use several inspectors in inspector.urls, which keep user affinity, instead).
+    # 1: one process.
     processes: int = 1
     # Per-detector deadline inside one inspection.
     detector_timeout_s: float = 5.0

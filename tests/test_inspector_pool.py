@@ -21,8 +21,8 @@ from promptfence.core import DetectorRun, DetectorStatus, Identity, Inspection, 
 from promptfence.errors import InspectorUnavailable
 
 
-def _op(prompt: str = "hello") -> Operation:
-    return Operation("chatgpt", "genai_chat", "chatgpt.send_prompt", OperationKind.SEND_PROMPT, Identity("u"), prompt)
+def _op(prompt: str = "hello", user: str = "u") -> Operation:
+    return Operation("chatgpt", "genai_chat", "chatgpt.send_prompt", OperationKind.SEND_PROMPT, Identity(user), prompt)
 
 
 def _free_port() -> int:
@@ -91,7 +91,7 @@ async def standins() -> AsyncIterator[list[Standin]]:
 async def test_prompts_go_to_the_least_loaded_inspector(standins: list[Standin]) -> None:
     a, b = standins
     a.gate = asyncio.Event()
-    pool = InspectorPool([a.url, b.url], expected_detectors=("presidio",), health_interval_s=0)
+    pool = InspectorPool([a.url, b.url], expected_detectors=("presidio",), health_interval_s=0, affinity_slack=-1)
     try:
         # Turns alternate while loads are equal: the first prompt may go to either.
         first = asyncio.ensure_future(pool.inspect(_op()))
@@ -124,7 +124,7 @@ async def test_prompts_go_to_the_least_loaded_inspector(standins: list[Standin])
 
 async def test_a_down_inspector_gets_no_prompts_until_healthy_again(standins: list[Standin]) -> None:
     a, b = standins
-    pool = InspectorPool([a.url, b.url], expected_detectors=("presidio",), health_interval_s=0)
+    pool = InspectorPool([a.url, b.url], expected_detectors=("presidio",), health_interval_s=0, affinity_slack=-1)
     try:
         a.healthy = False
         assert await pool.check_health() == [False, True]
@@ -173,6 +173,42 @@ async def test_with_every_inspector_down_the_failure_is_reported(standins: list[
     try:
         with pytest.raises(InspectorUnavailable, match="unreachable"):
             await pool.inspect(_op())
+    finally:
+        await pool.close()
+
+
+async def test_a_users_prompts_stay_on_one_inspector_unless_it_is_overloaded(standins: list[Standin]) -> None:
+    """The conversation window lives in one inspector's memory: a user's prompts go there."""
+    a, b = standins
+    pool = InspectorPool([a.url, b.url], expected_detectors=("presidio",), health_interval_s=0, affinity_slack=0)
+    try:
+        homes = {}
+        for i in range(12):
+            user = f"user{i}"
+            seen = {(await pool.inspect(_op(user=user))).notes[0] for _ in range(3)}
+            assert len(seen) == 1, user  # every prompt of this user on one inspector
+            homes[user] = seen.pop()
+        assert set(homes.values()) == {"a", "b"}  # users are spread over both
+        # The home inspector of one user is busy (slack 0): that user's next prompt goes elsewhere.
+        user = next(u for u, home in homes.items() if home == "a")
+        a.gate = asyncio.Event()
+        held = asyncio.ensure_future(pool.inspect(_op(user=user)))
+        for _ in range(300):
+            if a.waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert a.waiting == 1
+        assert (await pool.inspect(_op(user=user))).notes == ("b",)
+        a.gate.set()
+        assert (await held).notes == ("a",)
+        assert (await pool.inspect(_op(user=user))).notes == ("a",)  # home again once idle
+        # A home that goes down moves only its users; they come back when it is healthy.
+        a.healthy = False
+        await pool.check_health()
+        assert (await pool.inspect(_op(user=user))).notes == ("b",)
+        a.healthy = True
+        await pool.check_health()
+        assert (await pool.inspect(_op(user=user))).notes == ("a",)
     finally:
         await pool.close()
 
