@@ -12,9 +12,17 @@ environment that has both. A new test that imports torch, Presidio, faiss or a d
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# One ONNX export of the embedded encoder for the whole test run (and the inspector processes the
+# end-to-end tests start, which inherit the environment), instead of one per temporary data_dir.
+os.environ.setdefault(
+    "PROMPTFENCE_MODEL_CACHE", str(Path(tempfile.gettempdir()) / f"promptfence-test-models-{os.getuid()}")
+)
 
 INSPECTOR_SIDE = frozenset(
     {
@@ -37,6 +45,8 @@ INSPECTOR_SIDE = frozenset(
         "test_presidio_local_context.py",
         "test_prompt_guard.py",
         "test_secrets_detector.py",
+        "test_shared_embedder.py",
+        "test_onnx_embedder.py",
         "test_topic_llm.py",
         "test_unicode_boundary.py",
         "test_vectors.py",

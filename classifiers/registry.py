@@ -29,12 +29,11 @@ def build_detectors(config: Config) -> list[Detector]:
     embedder = None
     wants_topics = config.topics.builtin or bool(config.topics.files)
     if config.inspector.intent_detector or config.memory.enabled or wants_topics:
-        from inference.embedder import EmbedderSpec, SentenceTransformerEmbedder, default_minilm_path
+        from inference.factory import build_embedder
 
-        spec = config.inspector.embedder
-        embedder = SentenceTransformerEmbedder(
-            EmbedderSpec(spec.path or default_minilm_path(), device=spec.device, batch_size=spec.batch_size)
-        )
+        # One encoder for both (ONNX or torch, inspector.embedder.backend), shared and batched:
+        # a text the intent head and the memory both embed costs one forward pass (issue 17).
+        embedder = build_embedder(config.inspector.embedder, config.data_dir)
     if config.inspector.intent_detector and embedder is not None:
         from classifiers.intent_detector import IntentDetector
 

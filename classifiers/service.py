@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from typing import Any
 
 from aiohttp import web
@@ -107,6 +108,8 @@ async def health_handler(request: web.Request) -> web.Response:
         {
             "status": "ok",
             "detectors": [{"name": d.name, "version": d.version} for d in engine.detectors],
+            # Which of the processes sharing the port answered (inspector.processes).
+            "process": os.getpid(),
         }
     )
 

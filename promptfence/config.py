@@ -113,6 +113,24 @@ class EmbedderConfig:
     path: Path | None = None
     device: str = "cpu"  # cpu | cuda | auto
     batch_size: int = 32
+    # Which runtime runs it (issue 17): "onnx" (ONNX Runtime on the CPU, exported once from the
+    # local weights into <data_dir>/models, checksummed), "torch" (sentence-transformers: the
+    # reference path, and the one for GPUs), "auto": onnx on device cpu, else torch.
+    # onnx_variant: "int8" (dynamically quantised) or "fp32". BENCHMARKS.md "Throughput
+    # (issue 17)" has the dev-set F1 of each.
+    backend: str = "auto"
+    onnx_variant: str = "int8"
+    # ONNX Runtime intra-op threads; 0: one per physical core.
+    threads: int = 0
+    # Where ONNX exports are kept; default $PROMPTFENCE_MODEL_CACHE, else <data_dir>/models.
+    cache_dir: Path | None = None
+    # Texts of concurrent inspections share one encoder call: a caller that finds the encoder
+    # busy waits at most batch_wait_ms for more texts, up to batch_max texts (a lone prompt on
+    # an idle encoder never waits). Identical texts (the intent head's and the memory's view of
+    # an unredacted prompt) are embedded once; cache_entries recent vectors are kept by digest.
+    batch_wait_ms: float = 3.0
+    batch_max: int = 64
+    cache_entries: int = 4096
 
 
 @dataclass(frozen=True)
@@ -141,6 +159,22 @@ class InspectorConfig:
     port: int = 8731
     # Where the proxy reaches the inspector; default http://<host>:<port>.
     url: str | None = None
+    # Several inspectors for one proxy (issue 17): base URLs; each prompt goes to the healthy
+    # one with the fewest inspections in flight. Empty: the one at ``url``.
+    urls: list[str] = field(default_factory=list)
+    # How often the proxy asks each of ``urls`` for /healthz; one that fails (or refuses a
+    # connection) gets no prompts until it answers again.
+    health_interval_s: float = 2.0
+    # A user's prompts to one app stay on one of ``urls`` (its conversation window joins secrets
+    # split across prompts) unless it has more than this many prompts in flight beyond the
+    # least-loaded one; -1: pure least-loaded.
+    affinity_slack: int = 4
+    # HTTP server processes sharing the inspector's port (SO_REUSEPORT: the kernel spreads
+    # connections); each loads its own models and worker pool, and its own conversation window:
+    # a conversation's prompts may reach different processes, so joins across prompts can be
+    # missed (use several inspectors in inspector.urls, which keep user affinity, instead).
+    # 1: one process.
+    processes: int = 1
     # Per-detector deadline inside one inspection.
     detector_timeout_s: float = 5.0
     # Worker processes for normalisation and the rule-based detectors (Presidio, secrets,
@@ -180,6 +214,10 @@ class PolicyConfig:
     files: list[Path] = field(default_factory=list)
     # An identical resend of a warned request within this many seconds proceeds (and is logged).
     warn_resend_window_s: float = 600.0
+    # Where warned requests are remembered until their resend (issue 17): null: in this proxy
+    # process's memory; "redis://host:6379/0" or an SQLAlchemy URL (the log database's, e.g.
+    # postgresql+psycopg://...) so that several proxy processes behind one load balancer share it.
+    warn_store: str | None = None
     # Candidate policy files evaluated next to the enforced ones on every request: their verdict
     # is recorded as the record's ``shadow`` and never changes the flow (docs/rollout.md).
     shadow: list[Path] = field(default_factory=list)

@@ -3,18 +3,24 @@
 The first request a warn decision applies to is stopped with a notice; the ledger remembers a
 digest of (user, app, operation, conversation, prompt) until the window ends. The same request
 again within the window proceeds once (the log says "proceeded after warning"); after that, or
-after the window, it is warned again. Only digests are kept, in memory, per proxy process.
+after the window, it is warned again. Only digests are kept: in memory, per proxy process, by
+default, or in a shared store (Redis, the database: proxy/warn_store.py) so that several proxy
+processes behind one load balancer recognise each other's warnings.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections.abc import Callable
 
 from promptfence.core import Operation
+from proxy.warn_store import MAX_ENTRIES, MemoryWarnStore, WarnStore
 
-MAX_ENTRIES = 100_000
+__all__ = ["MAX_ENTRIES", "WarnLedger", "warn_key"]
+
+log = logging.getLogger("promptfence.proxy")
 
 
 def warn_key(operation: Operation) -> str:
@@ -30,21 +36,15 @@ def warn_key(operation: Operation) -> str:
 
 
 class WarnLedger:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._pending: dict[str, float] = {}
+    def __init__(self, clock: Callable[[], float] = time.monotonic, store: WarnStore | None = None) -> None:
+        self.store: WarnStore = store if store is not None else MemoryWarnStore(clock)
 
     def resend(self, operation: Operation, window_s: float) -> bool:
         """True when this is an identical resend within the window (and consumes it);
-        otherwise remembers the request and returns False (warn it)."""
-        now = self._clock()
-        key = warn_key(operation)
-        expiry = self._pending.pop(key, None)
-        if expiry is not None and expiry >= now:
-            return True
-        if len(self._pending) >= MAX_ENTRIES:
-            self._pending = {k: t for k, t in self._pending.items() if t >= now}
-            if len(self._pending) >= MAX_ENTRIES:
-                self._pending.clear()
-        self._pending[key] = now + window_s
-        return False
+        otherwise remembers the request and returns False (warn it). A store that fails
+        counts as no resend: the user is warned again, never let through unwarned."""
+        try:
+            return self.store.take_or_put(warn_key(operation), window_s)
+        except Exception as exc:  # Redis or the database is down: the type only
+            log.warning("warn ledger store failed: %s", type(exc).__name__)
+            return False

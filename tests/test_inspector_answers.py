@@ -19,7 +19,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from classifiers.client import InspectorClient, parse_answer
+from classifiers.client import InspectorClient, InspectorUnreachable, parse_answer
 from classifiers.registry import build_detectors, expected_detector_names
 from promptfence.config import Config, InspectorConfig, LLMConfig, MemoryConfig, PromptGuardConfig
 from promptfence.core import (
@@ -254,7 +254,10 @@ async def test_a_non_200_answer_is_unavailable_not_invalid(inspector: tuple[Insp
 async def test_a_closed_port_is_connection_refused() -> None:
     with pytest.raises(InspectorUnavailable) as raised:
         await ask(f"http://127.0.0.1:{free_port()}")
-    assert type(raised.value) is InspectorUnavailable
+    # Unavailable, not an invalid answer; its own subclass tells an inspector pool that nothing
+    # was sent, so another inspector may take the prompt (issue 17).
+    assert type(raised.value) is InspectorUnreachable
+    assert not isinstance(raised.value, InspectorInvalidAnswer)
     assert str(raised.value) == "inspector unreachable: connection refused"
 
 
@@ -309,6 +312,7 @@ def stub_detectors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     import classifiers.promptguard_detector as promptguard
     import classifiers.secrets_detector as secrets
     import inference.embedder as embedder
+    import inference.factory as factory
 
     def stub_of(cls: type[Any]) -> Callable[..., Stub]:
         return lambda *args, **kwargs: Stub(cls.name)
@@ -319,6 +323,7 @@ def stub_detectors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(intent, "IntentDetector", stub_of(intent.IntentDetector))
     monkeypatch.setattr(embedder, "SentenceTransformerEmbedder", lambda spec: object())
     monkeypatch.setattr(embedder, "default_minilm_path", lambda: Path("/nonexistent"))
+    monkeypatch.setattr(factory, "build_embedder", lambda config, data_dir: object())  # the encoder (issue 17)
     monkeypatch.setattr(neighbour, "build_neighbour_detector", lambda config, e: Stub(neighbour.NeighbourDetector.name))
     import classifiers.custom_topics as custom
 

@@ -55,6 +55,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     vectors.add_argument("--device", default=None, help="FAISS device (cpu | gpu | auto); default memory.device")
     vectors.add_argument("--embed-device", default=None, help="embedding device; default inspector.embedder.device")
     vectors.add_argument("--no-embed", action="store_true", help="skip the embedding throughput phase")
+    vectors.add_argument(
+        "--embed-backend", default=None, help="auto | onnx | torch; default inspector.embedder.backend"
+    )
+    vectors.add_argument("--onnx-variant", default=None, help="int8 | fp32; default inspector.embedder.onnx_variant")
     vectors.add_argument("--json", action="store_true")
     add_config_option(vectors)
     hostile = sub.add_parser("hostile", help="single inspections of 1 MB hostile prompts; decoders on hostile streams")
@@ -62,6 +66,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     hostile.add_argument("--stream-size", type=int, default=16 * 2**20, help="bytes per hostile answer stream")
     hostile.add_argument("--json", action="store_true")
     add_config_option(hostile)
+    proxy = sub.add_parser(
+        "proxy",
+        help="end to end through real inspector + proxy processes and a local stand-in app (issue 17)",
+    )
+    proxy.add_argument("--concurrency", default="1,8", help="comma-separated client concurrencies")
+    proxy.add_argument("--duration", type=float, default=20.0, help="seconds per phase")
+    proxy.add_argument("--warmup", type=float, default=8.0, help="seconds of unmeasured load first")
+    proxy.add_argument("--non-genai-concurrency", type=int, default=8, help="clients for the non-GenAI comparison")
+    proxy.add_argument("--dataset", type=Path, help="JSON lines with 'text' to draw prompts from")
+    proxy.add_argument("--keep", action="store_true", help="keep the scratch directory (logs of each process)")
+    proxy.add_argument("--json", action="store_true")
+    add_config_option(proxy)
     logs = sub.add_parser(
         "logs", help="the recorder under kill -9 and database outages: acknowledged vs recorded vs duplicated"
     )
@@ -104,7 +120,8 @@ async def _drive(url: str, prompts: list[str], concurrency: int, duration: float
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal errors, counter
         while time.perf_counter() < deadline:
-            prompt = prompts[counter % len(prompts)]
+            # Unique per request: a repeated text would come from the encoder's cache (issue 17).
+            prompt = f"{prompts[counter % len(prompts)]} (request {counter})"
             counter += 1
             started = time.perf_counter()
             async with session.post(url, json={"prompt": prompt}) as resp:
@@ -175,19 +192,23 @@ def _bench_vectors(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {"bench": "vectors", **environment(), "device": device}
     dimension = 384
     if not args.no_embed:
-        from inference.embedder import EmbedderSpec, SentenceTransformerEmbedder, default_minilm_path
+        from inference.factory import build_base_embedder
 
-        spec = config.inspector.embedder
-        embedder = SentenceTransformerEmbedder(
-            EmbedderSpec(spec.path or default_minilm_path(), device=args.embed_device or spec.device)
+        spec = dataclasses.replace(
+            config.inspector.embedder,
+            device=args.embed_device or config.inspector.embedder.device,
+            backend=args.embed_backend or config.inspector.embedder.backend,
+            onnx_variant=args.onnx_variant or config.inspector.embedder.onnx_variant,
         )
+        embedder = build_base_embedder(spec, config.data_dir)
         dimension = embedder.dimension
         batches = [int(b) for b in args.batch_sizes.split(",")]
         rows = []
         for batch in batches:
-            sized = SentenceTransformerEmbedder(dataclasses.replace(embedder.spec, batch_size=batch))
+            sized = build_base_embedder(dataclasses.replace(spec, batch_size=batch), config.data_dir)
             rows.extend(bench_embedding(sized.embed, SYNTHETIC_PROMPTS, [batch]))
-        report["embedder"] = {"model": embedder.name, "dimension": dimension, "device": embedder.spec.device}
+        runtime = f"{spec.backend}" + (f" {spec.onnx_variant}" if type(embedder).__name__ == "OnnxEmbedder" else "")
+        report["embedder"] = {"model": embedder.name, "dimension": dimension, "device": spec.device, "runtime": runtime}
         report["embedding"] = rows
     sizes = [int(s) for s in args.sizes.split(",")]
     kinds = [k for k in args.approximate.split(",") if k]
@@ -202,7 +223,7 @@ def _bench_vectors(args: argparse.Namespace) -> int:
     print(f"faiss {report['faiss']} on {device} ({report['gpus']} GPU(s) visible)")
     if "embedding" in report:
         e = report["embedder"]
-        print(f"embedding: {e['model']} ({e['dimension']}-d) on {e['device']}")
+        print(f"embedding: {e['model']} ({e['dimension']}-d) on {e['device']}, {e['runtime']}")
         print(f"{'BATCH':>6} {'TEXTS/S':>9}")
         for row in report["embedding"]:
             print(f"{row['batch_size']:>6} {row['texts_per_s']:>9.1f}")
@@ -391,7 +412,30 @@ def _bench_hostile_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_proxy(args: argparse.Namespace) -> int:
+    from promptfence.cli.bench_proxy import print_report, run_bench
+
+    report = run_bench(
+        concurrency=[int(c) for c in args.concurrency.split(",") if c],
+        duration=args.duration,
+        warmup=args.warmup,
+        prompts=_prompts(args.dataset),
+        config_path=Path(args.config) if args.config else None,
+        non_genai_concurrency=args.non_genai_concurrency,
+        keep=args.keep,
+        progress=None if args.json else (lambda line: print(f"  {line}", file=sys.stderr, flush=True)),
+    )
+    if args.json:
+        json.dump(report, sys.stdout)
+        print()
+    else:
+        print_report(report)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.bench == "proxy":
+        return _bench_proxy(args)
     if args.bench == "hostile":
         return _bench_hostile_report(args)
     if args.bench == "logs":

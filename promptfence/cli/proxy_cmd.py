@@ -76,6 +76,29 @@ class LogHealthCollector:
         return "log spool failing" if health["spool"] != "ok" else "log database down (spooling)"
 
 
+def build_warn_store(config: Config) -> Any:
+    """The warn/resend ledger's store: this process's memory, Redis, or a database (issue 17)."""
+    from proxy.warn_store import MemoryWarnStore, RedisWarnStore, is_redis_url
+
+    url = config.policies.warn_store
+    if not url or url == "memory":
+        return MemoryWarnStore()
+    try:
+        if is_redis_url(url):
+            return RedisWarnStore(url)
+        from logs.warn_store import SqlWarnStore
+
+        return SqlWarnStore(url)
+    except ImportError as exc:
+        raise ConfigError(
+            f"its driver is not installed ({exc.name})", source=config.source, field="policies.warn_store"
+        ) from None
+    except Exception as exc:  # a malformed URL, a database that refuses the table
+        raise ConfigError(
+            f"cannot open it: {type(exc).__name__}", source=config.source, field="policies.warn_store"
+        ) from None
+
+
 def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     """Everything the proxy needs, wired; configuration errors surface here, before listening."""
     from classifiers.client import InspectorClient
@@ -83,6 +106,7 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     from logs.store import Recipient
     from proxy.addon import PromptFenceAddon
     from proxy.catalogue import load_catalogue
+    from proxy.coaching import WarnLedger
     from proxy.drift import DriftCollector, DriftMonitor, DriftSettings
     from proxy.identity import build_identity
     from proxy.master import build_dump_master
@@ -126,8 +150,10 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     metrics.register_collector(log_health)
     metrics.add_readiness_check("log", log_health.ready)
     metrics.add_readiness_check("inspector", lambda: telemetry.inspector_problem)
+    addon = PromptFenceAddon(catalogue, client, policies, recorder, identity, drift)
+    addon.warnings = WarnLedger(store=build_warn_store(config))
     master = build_dump_master(
-        PromptFenceAddon(catalogue, client, policies, recorder, identity, drift),
+        addon,
         listen_host=config.proxy.listen_host,
         listen_port=config.proxy.listen_port,
         confdir=config.mitmproxy_confdir,
