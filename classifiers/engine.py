@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import yaml
 
+from classifiers import language as lang
 from classifiers.normalize import Analysis, analyse
 from classifiers.workers import ANALYSE, WorkerFailed, WorkerPool, WorkerTimeout
 from inference.errors import InferenceError
@@ -90,6 +91,7 @@ def load_topic_map(path: Path = TOPIC_MAP_FILE) -> dict[str, dict[Topic, float]]
 ANALYSIS_TIMEOUT_NOTE = "analysis_timeout"
 ANALYSIS_FAILED_NOTE = "analysis_failed"
 FINDINGS_CAPPED_NOTE = "findings_capped:{detector}"
+LANGUAGE_UNAVAILABLE_NOTE = "language_unavailable"
 
 # Pool operation that prepares a model detector's input: "<detector>:prepare".
 PREPARE_SUFFIX = ":prepare"
@@ -220,6 +222,7 @@ class InspectionEngine:
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
         max_findings_per_kind: int = DEFAULT_MAX_FINDINGS_PER_KIND,
         pool: WorkerPool | None = None,
+        coverage: Mapping[str, lang.Coverage] | None = None,
     ) -> None:
         names = [d.name for d in detectors]
         if len(set(names)) != len(names):
@@ -233,6 +236,8 @@ class InspectionEngine:
             raise ConfigError(
                 f"detectors missing from the topic map: {', '.join(unmapped)}", source=str(TOPIC_MAP_FILE)
             )
+        # Which languages each detector reads (issue 15): classifiers/data/language_coverage.yaml.
+        self.coverage = coverage if coverage is not None else lang.load_coverage()
         memories = [d for d in self.detectors if isinstance(d, MemoryDetector)]
         self.memory: MemoryDetector | None = memories[0] if memories else None
         workers = max_workers or max(4, 2 * len(self.detectors))
@@ -400,6 +405,19 @@ class InspectionEngine:
             return DetectorRun(memory.name, DetectorStatus.FAILED, elapsed, type(exc).__name__), None
         return DetectorRun(memory.name, DetectorStatus.OK, (time.perf_counter() - started) * 1000), lookup
 
+    async def _languages(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The prompt's languages (bounded work, see classifiers/language.py); undetermined,
+        with a note, if identification fails or misses the analysis deadline."""
+        loop = asyncio.get_running_loop()
+        try:
+            found = await asyncio.wait_for(
+                loop.run_in_executor(self._executor, lang.languages, text), self.analysis_deadline_s
+            )
+        except Exception as exc:  # never the text: only the kind of failure
+            log.warning("language identification failed: %s", type(exc).__name__)
+            return (lang.UNDETERMINED,), (LANGUAGE_UNAVAILABLE_NOTE,)
+        return found, ()
+
     async def inspect(self, text: str) -> Inspection:
         started = time.perf_counter()
         slots = asyncio.Semaphore(self.parallel)
@@ -411,15 +429,24 @@ class InspectionEngine:
             if d is not memory
         }
         memory_task = None if memory is None else asyncio.ensure_future(self._run_memory(memory, analysis.text, tasks))
+        languages_task = asyncio.ensure_future(self._languages(analysis.text))
         results = await asyncio.gather(*tasks.values())
         memory_run, lookup = (None, None) if memory_task is None else await memory_task
+        languages, language_notes = await languages_task
         findings: list[Finding] = []
         covered: set[Topic] = set()
+        covered_by: dict[str, set[Topic]] = {}
         detector_notes = [n for _run, _found, notes in results for n in notes]
         for run, detector_findings, _notes in results:
             allowed = self.topic_map.get(run.detector, {})
             if not run.failed:
                 covered.update(t for t, w in allowed.items() if w > 0)
+                covered_by[run.detector] = {t for t, w in allowed.items() if w > 0}
+            reading = self.coverage.get(run.detector, lang.Coverage())
+            if reading.drop_outside and not lang.reads(
+                None if reading.languages is None else tuple(reading.languages), languages
+            ):
+                continue  # a model scoring a language it cannot read: noise, not evidence
             for finding in detector_findings:
                 weight = allowed.get(finding.topic, 0.0)
                 if weight > 0:
@@ -449,6 +476,7 @@ class InspectionEngine:
                     outcome = MemoryResult(notes=("memory_unavailable",))
                 findings.extend(outcome.findings)
                 covered.update(outcome.covered)
+                covered_by[memory.name] = set(outcome.covered)
                 if outcome.topics is not None:
                     topics = dict(outcome.topics)
         return Inspection(
@@ -462,8 +490,10 @@ class InspectionEngine:
                 for kind, count, spans in analysis.obfuscations
             ),
             uncovered=tuple(t for t in Topic if t not in covered),
+            languages=languages,
+            uncovered_languages=lang.gaps(languages, covered_by, self.coverage),
             neighbours=outcome.neighbours,
-            notes=tuple(dict.fromkeys((*analysis_notes, *detector_notes, *outcome.notes))),
+            notes=tuple(dict.fromkeys((*analysis_notes, *language_notes, *detector_notes, *outcome.notes))),
             memory_tenant=outcome.tenant,
             memory_centroids=outcome.centroids,
         )
