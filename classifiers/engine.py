@@ -238,6 +238,7 @@ class InspectionEngine:
             )
         # Which languages each detector reads (issue 15): classifiers/data/language_coverage.yaml.
         self.coverage = coverage if coverage is not None else lang.load_coverage()
+        lang.LanguageIdentifier.model()  # decompressing the model takes seconds: not on a prompt's clock
         memories = [d for d in self.detectors if isinstance(d, MemoryDetector)]
         self.memory: MemoryDetector | None = memories[0] if memories else None
         workers = max_workers or max(4, 2 * len(self.detectors))

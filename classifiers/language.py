@@ -122,8 +122,8 @@ def segments(text: str, limit: int = MAX_SEGMENTS) -> list[str]:
         else:
             found.append(pending[:MAX_SEGMENT_CHARS])
     if len(found) > limit:
-        step = (len(found) - 1) / (limit - 1)
-        found = [found[round(i * step)] for i in range(limit)]
+        spacing = (len(found) - 1) / max(limit - 1, 1)
+        found = [found[round(i * spacing)] for i in range(limit)]
     return found
 
 
@@ -138,7 +138,7 @@ class LanguageIdentifier:
     def model(cls) -> Any:
         with cls._lock:
             if cls._model is None:
-                from py3langid.langid import MODEL_FILE
+                from py3langid.langid import MODEL_FILE  # type: ignore[import-untyped]
                 from py3langid.langid import LanguageIdentifier as _Model
 
                 cls._model = _Model.from_model_file(MODEL_FILE, norm_probs=True)
@@ -228,7 +228,9 @@ def load_coverage(path: Path = COVERAGE_FILE) -> dict[str, Coverage]:
             result[str(name)] = Coverage(None, outside == "drop")
             continue
         if not isinstance(langs, list) or not all(isinstance(x, str) and _CODE.match(x) for x in langs):
-            raise ConfigError("languages is any or a list of ISO 639 codes", source=str(path), field=f"{where}.languages")
+            raise ConfigError(
+                "languages is any or a list of ISO 639 codes", source=str(path), field=f"{where}.languages"
+            )
         result[str(name)] = Coverage(frozenset(langs), outside == "drop")
     return result
 

@@ -14,8 +14,8 @@ other than English; English is left to MiniLM, which is better there (BENCHMARKS
 (issue 15)"). The engine drops its findings on prompts written in none of its languages anyway
 (``classifiers/data/language_coverage.yaml``); the check here saves the model call.
 
-A long prompt is embedded segment by segment (:func:`classifiers.language.segments`: bounded in
-number and length): the mean vector says what the prompt is about, the most suspicious segment
+A long prompt is embedded segment by segment (:func:`classifiers.language.segments`: at most
+:data:`MAX_SEGMENTS` of at most 400 characters): the mean vector says what the prompt is about, the most suspicious segment
 (weighted 0.9) catches one harmful request in a long harmless text.
 """
 
@@ -48,6 +48,9 @@ DETECTOR_NAME = "intent_multilingual"
 LANGUAGES = frozenset({"ar", "de", "es", "fr", "it", "ja", "ko", "nl", "pl", "pt", "ru", "th", "tr", "zh"})
 SHORT_CHARS = 600  # embedded whole; longer texts segment by segment as well
 SEGMENT_WEIGHT = 0.9
+# Segments embedded per section (about 2 ms of CPU each): past this, an even sample. Sampling
+# can miss a single harmful sentence in a very long paste; the cues still scan the whole text.
+MAX_SEGMENTS = 64
 MIN_SCORE = 0.2
 
 
@@ -65,13 +68,32 @@ _OPTIONS.case_sensitive = False
 _OPTIONS.log_errors = False
 
 # RE2's classes are ASCII; the cues are written for letters and spaces of every script.
-_UNICODE_CLASSES = ((r"\w", r"[\p{L}\p{N}_]"), (r"\S", r"[^\s\p{Z}]"), (r"\s", r"[\s\p{Z}]"))
+_OUTSIDE = {"w": r"[\p{L}\p{N}_]", "S": r"[^\s\p{Z}]", "s": r"[\s\p{Z}]"}
+_INSIDE = {"w": r"\p{L}\p{N}_", "s": r"\s\p{Z}"}  # within [...]; \S there has no such form
 
 
 def _unicode(pattern: str) -> str:
-    for ascii_class, unicode_class in _UNICODE_CLASSES:
-        pattern = pattern.replace(ascii_class, unicode_class)
-    return pattern
+    """``\\w``, ``\\s`` and ``\\S`` for every script, inside and outside character classes."""
+    out: list[str] = []
+    in_class = False
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\" and i + 1 < len(pattern):
+            escaped = pattern[i + 1]
+            table = _INSIDE if in_class else _OUTSIDE
+            if in_class and escaped == "S":
+                raise ValueError("\\S inside a character class")
+            out.append(table.get(escaped, char + escaped))
+            i += 2
+            continue
+        if char == "[" and not in_class:
+            in_class = True
+        elif char == "]" and in_class and out and out[-1] not in ("[", "[^"):
+            in_class = False
+        out.append(char)
+        i += 1
+    return "".join(out)
 
 
 def load_cues(path: Path = CUES_FILE) -> tuple[MultilingualCue, ...]:
@@ -95,7 +117,7 @@ def load_cues(path: Path = CUES_FILE) -> tuple[MultilingualCue, ...]:
             for i, regex in enumerate(regexes):
                 try:
                     compiled = re2.compile(_unicode(str(regex)), _OPTIONS)
-                except re2.error:
+                except (re2.error, ValueError):
                     raise ConfigError(
                         "not a valid RE2 pattern", source=str(path), field=f"{where}.patterns.{language}[{i}]"
                     ) from None
@@ -134,7 +156,7 @@ class MultilingualIntentDetector:
         return best
 
     def _section_scores(self, view: str) -> Mapping[Topic, float]:
-        pieces = [view] if len(view) <= SHORT_CHARS else lang.segments(view)
+        pieces = [view] if len(view) <= SHORT_CHARS else lang.segments(view, MAX_SEGMENTS)
         vectors = self.embedder.embed(pieces)
         mean = vectors.mean(axis=0, keepdims=True)
         mean /= max(float(np.linalg.norm(mean)), 1e-9)

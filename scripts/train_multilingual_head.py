@@ -31,11 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
+from train_intent_head import EXEMPLARS, load_training  # noqa: E402
+
 from classifiers.intent_detector import INTENT_TOPICS  # noqa: E402
 from classifiers.language import segments  # noqa: E402
-from classifiers.multilingual_intent_detector import HEAD_FILE, MANIFEST_FILE, SHORT_CHARS  # noqa: E402
+from classifiers.multilingual_intent_detector import HEAD_FILE, MANIFEST_FILE, MAX_SEGMENTS, SHORT_CHARS  # noqa: E402
 from inference.use_embedder import UseEmbedder  # noqa: E402
-from train_intent_head import EXEMPLARS, load_training  # noqa: E402
 
 VERSION = "multilingual-head-1"
 DATA = ROOT / "scripts" / "data"
@@ -79,7 +80,7 @@ def doc_vectors(embedder: UseEmbedder, texts: list[str], cache: Path | None) -> 
     key = hashlib.sha256(("use-1\x00" + "\x00".join(texts)).encode()).hexdigest()[:16]
     if cache is not None and cache.is_file() and np.load(cache)["key"].item() == key:
         return np.asarray(np.load(cache)["X"])
-    pieces = [[t] if len(t) <= SHORT_CHARS else (segments(t) or [t[:SHORT_CHARS]]) for t in texts]
+    pieces = [[t] if len(t) <= SHORT_CHARS else (segments(t, MAX_SEGMENTS) or [t[:SHORT_CHARS]]) for t in texts]
     flat = embedder.embed([p for group in pieces for p in group])
     rows, at = [], 0
     for group in pieces:
@@ -118,7 +119,10 @@ def main() -> None:
     X = doc_vectors(embedder, texts, args.cache)
     X_test = doc_vectors(embedder, [str(r["text"]) for r in test_rows], None)
     weight = np.array(
-        [args.exemplar_weight if g == EXEMPLARS else args.multilingual_weight if g == MULTILINGUAL else 1.0 for g in groups]
+        [
+            args.exemplar_weight if g == EXEMPLARS else args.multilingual_weight if g == MULTILINGUAL else 1.0
+            for g in groups
+        ]
     )
     weights, biases = [], []
     for topic in INTENT_TOPICS:
@@ -147,7 +151,9 @@ def main() -> None:
             "harmful": len(harmful),
             "benign": len(benign),
         }
-        print(f"{language}: head recall {found}/{len(harmful)}  benign flagged {flagged}/{len(benign)}", file=sys.stderr)
+        print(
+            f"{language}: head recall {found}/{len(harmful)}  benign flagged {flagged}/{len(benign)}", file=sys.stderr
+        )
 
     np.savez(HEAD_FILE, weights=W, bias=b)
     sources = collections.Counter(data.manifest_sources)

@@ -398,7 +398,9 @@ def per_language(
         labelled = [i for i in members if examples[i].lang]
         named = sum(examples[i].lang in inspections[i].languages for i in labelled)
         row["language_named"] = round(named / len(labelled), 4) if labelled else None
-        row["with_uncovered_pairs"] = round(sum(bool(inspections[i].uncovered_languages) for i in members) / len(members), 4)
+        row["with_uncovered_pairs"] = round(
+            sum(bool(inspections[i].uncovered_languages) for i in members) / len(members), 4
+        )
     return table
 
 
