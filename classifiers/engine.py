@@ -406,6 +406,10 @@ class InspectionEngine:
             return DetectorRun(memory.name, DetectorStatus.FAILED, elapsed, type(exc).__name__), None
         return DetectorRun(memory.name, DetectorStatus.OK, (time.perf_counter() - started) * 1000), lookup
 
+    def _reads(self, detector: str, languages: Sequence[str]) -> bool:
+        reading = self.coverage.get(detector, lang.Coverage())
+        return lang.reads(None if reading.languages is None else tuple(reading.languages), languages)
+
     async def _languages(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The prompt's languages (bounded work, see classifiers/language.py); undetermined,
         with a note, if identification fails or misses the analysis deadline."""
@@ -438,17 +442,21 @@ class InspectionEngine:
         covered: set[Topic] = set()
         covered_by: dict[str, set[Topic]] = {}
         detector_notes = [n for _run, _found, notes in results for n in notes]
-        for run, detector_findings, _notes in results:
-            allowed = self.topic_map.get(run.detector, {})
+        for run, _found, _notes in results:
             if not run.failed:
+                allowed = self.topic_map.get(run.detector, {})
                 covered.update(t for t, w in allowed.items() if w > 0)
                 covered_by[run.detector] = {t for t, w in allowed.items() if w > 0}
+        # Topics some detector that ran reads in one of the prompt's languages.
+        read_here = {t for name, ts in covered_by.items() if self._reads(name, languages) for t in ts}
+        for run, detector_findings, _notes in results:
+            allowed = self.topic_map.get(run.detector, {})
             reading = self.coverage.get(run.detector, lang.Coverage())
-            if reading.drop_outside and not lang.reads(
-                None if reading.languages is None else tuple(reading.languages), languages
-            ):
-                continue  # a model scoring a language it cannot read: noise, not evidence
+            unread = reading.drop_outside and not self._reads(run.detector, languages)
             for finding in detector_findings:
+                if unread and finding.topic in read_here and finding.topic not in reading.keep_topics:
+                    # A model scoring a language it cannot read, where one that can has spoken.
+                    continue
                 weight = allowed.get(finding.topic, 0.0)
                 if weight > 0:
                     findings.append(_to_prompt(finding, analysis, weight))

@@ -207,6 +207,8 @@ class Coverage:
 
     languages: frozenset[str] | None = None
     drop_outside: bool = False
+    # Topics whose findings are kept even outside those languages (``keep_topics``).
+    keep_topics: frozenset[Topic] = frozenset()
 
 
 def load_coverage(path: Path = COVERAGE_FILE) -> dict[str, Coverage]:
@@ -218,20 +220,24 @@ def load_coverage(path: Path = COVERAGE_FILE) -> dict[str, Coverage]:
     result: dict[str, Coverage] = {}
     for name, entry in detectors.items():
         where = f"detectors.{name}"
-        if not isinstance(entry, dict) or set(entry) - {"languages", "outside"}:
-            raise ConfigError("expected {languages, outside}", source=str(path), field=where)
+        if not isinstance(entry, dict) or set(entry) - {"languages", "outside", "keep_topics"}:
+            raise ConfigError("expected {languages, outside, keep_topics}", source=str(path), field=where)
+        try:
+            keep = frozenset(Topic(t) for t in entry.get("keep_topics", []))
+        except (TypeError, ValueError):
+            raise ConfigError("keep_topics lists topics", source=str(path), field=f"{where}.keep_topics") from None
         langs = entry.get("languages", "any")
         outside = entry.get("outside", "keep")
         if outside not in ("keep", "drop"):
             raise ConfigError("outside is keep or drop", source=str(path), field=f"{where}.outside")
         if langs == "any":
-            result[str(name)] = Coverage(None, outside == "drop")
+            result[str(name)] = Coverage(None, outside == "drop", keep)
             continue
         if not isinstance(langs, list) or not all(isinstance(x, str) and _CODE.match(x) for x in langs):
             raise ConfigError(
                 "languages is any or a list of ISO 639 codes", source=str(path), field=f"{where}.languages"
             )
-        result[str(name)] = Coverage(frozenset(langs), outside == "drop")
+        result[str(name)] = Coverage(frozenset(langs), outside == "drop", keep)
     return result
 
 

@@ -93,6 +93,37 @@ def doc_vectors(embedder: UseEmbedder, texts: list[str], cache: Path | None) -> 
     return X
 
 
+def weight_of(groups: list[str], args: argparse.Namespace) -> np.ndarray:
+    return np.array(
+        [
+            args.exemplar_weight if g == EXEMPLARS else args.multilingual_weight if g == MULTILINGUAL else 1.0
+            for g in groups
+        ]
+    )
+
+
+def english_loso(X: np.ndarray, labels: list[set[str]], groups: np.ndarray, weight: np.ndarray, C: float) -> None:
+    """train_intent_head.py's leave-one-source-out estimate, on these vectors."""
+    for topic in INTENT_TOPICS:
+        y = np.array([topic.value in ls for ls in labels], dtype=int)
+        tp = fp = fn = 0
+        for group in sorted(set(groups.tolist())):
+            test = groups == group
+            if y[~test].sum() == 0:
+                continue
+            model = LogisticRegression(C=C, class_weight="balanced", max_iter=3000)
+            model.fit(X[~test], y[~test], sample_weight=weight[~test])
+            pred = model.predict_proba(X[test])[:, 1] >= 0.6
+            tp += int((pred & (y[test] == 1)).sum())
+            fp += int((pred & (y[test] == 0)).sum())
+            fn += int((~pred & (y[test] == 1)).sum())
+        p = tp / (tp + fp) if tp + fp else 0.0
+        r = tp / (tp + fn) if tp + fn else 0.0
+        print(
+            f"{topic.value:15s} positives={int(y.sum()):4d} leave-one-source-out P={p:.3f} R={r:.3f}", file=sys.stderr
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dataset", type=Path, help="the labelled dev set (only permissive rows are used)")
@@ -100,6 +131,12 @@ def main() -> None:
     parser.add_argument("--exemplar-weight", type=float, default=8.0)
     parser.add_argument("--multilingual-weight", type=float, default=4.0)
     parser.add_argument("--cache", type=Path, help="reuse embeddings from this .npz while iterating (never shipped)")
+    parser.add_argument(
+        "--english-loso",
+        action="store_true",
+        help="only print the leave-one-source-out figures on the English training set (the procedure of "
+        "train_intent_head.py, to compare the encoders on English); writes nothing but the set",
+    )
     args = parser.parse_args()
 
     rows = build_set()
@@ -117,6 +154,16 @@ def main() -> None:
 
     embedder = UseEmbedder()
     X = doc_vectors(embedder, texts, args.cache)
+    if args.english_loso:
+        english = np.array([g != MULTILINGUAL for g in groups])
+        english_loso(
+            X[english],
+            [ls for ls, e in zip(labels, english, strict=True) if e],
+            np.array(groups)[english],
+            weight_of(groups, args)[english],
+            args.C,
+        )
+        return
     X_test = doc_vectors(embedder, [str(r["text"]) for r in test_rows], None)
     weight = np.array(
         [

@@ -121,8 +121,22 @@ class CodeRule:
         return []
 
 
-TOPIC_MAP = {"intent": {Topic.JAILBREAK: 1.0}, "code": {Topic.SOURCE_CODE: 1.0}}
-COVERAGE = {"intent": lang.Coverage(frozenset({"en"}), True), "code": lang.Coverage(None)}
+class GermanModel:
+    """A model that reads German and finds nothing in this prompt."""
+
+    name = "intent_ml"
+    version = "test"
+
+    def detect(self, text: str) -> Sequence[Finding]:
+        return []
+
+
+TOPIC_MAP = {"intent": {Topic.JAILBREAK: 1.0}, "code": {Topic.SOURCE_CODE: 1.0}, "intent_ml": {Topic.JAILBREAK: 1.0}}
+COVERAGE = {
+    "intent": lang.Coverage(frozenset({"en"}), True),
+    "code": lang.Coverage(None),
+    "intent_ml": lang.Coverage(frozenset({"de"}), True),
+}
 
 
 async def test_inspection_names_languages_and_uncovered_pairs() -> None:
@@ -135,11 +149,28 @@ async def test_inspection_names_languages_and_uncovered_pairs() -> None:
     assert german.languages == ("de",)
     assert ("de", Topic.JAILBREAK) in german.uncovered_languages
     assert ("de", Topic.SOURCE_CODE) not in german.uncovered_languages
-    # The English-only model's findings on a German prompt are noise: dropped.
-    assert german.findings == () and Topic.JAILBREAK not in german.topics
     assert english.languages == ("en",)
     assert ("en", Topic.JAILBREAK) not in english.uncovered_languages
     assert english.topics[Topic.JAILBREAK] == pytest.approx(0.9)
+    # No detector reads German jailbreaks here: the English model's opinion is all there is.
+    assert german.topics[Topic.JAILBREAK] == pytest.approx(0.9)
+
+
+async def test_an_unread_language_drops_the_model_where_another_reads_it() -> None:
+    engine = InspectionEngine([EnglishModel(), CodeRule(), GermanModel()], topic_map=TOPIC_MAP, coverage=COVERAGE)
+    try:
+        german = await engine.inspect(GERMAN_JAILBREAK)
+        mixed = await engine.inspect(
+            "Please answer the following question from our office in Munich as quickly as you can.\n" + GERMAN_JAILBREAK
+        )
+    finally:
+        engine.close()
+    # The English-only model's findings on a German prompt are noise once a German reader ran.
+    assert german.findings == () and Topic.JAILBREAK not in german.topics
+    assert ("de", Topic.JAILBREAK) not in german.uncovered_languages
+    # A prompt with English in it is the English model's business too.
+    assert set(mixed.languages) == {"en", "de"}
+    assert mixed.topics[Topic.JAILBREAK] == pytest.approx(0.9)
 
 
 POLICY = """

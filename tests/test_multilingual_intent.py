@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from classifiers import multilingual_intent_detector as ml
-from classifiers.intent_detector import LinearHead
 from classifiers.engine import InspectionEngine
+from classifiers.intent_detector import LinearHead
 from inference.use_embedder import UseEmbedder
 from promptfence.core import Confidence, Topic
 from promptfence.errors import ConfigError
