@@ -74,13 +74,24 @@ def build_set() -> list[dict[str, object]]:
     return rows
 
 
+def _distinct(pieces: list[str]) -> list[str]:
+    """What the detector embeds of a long section: distinct segments, evenly sampled."""
+    pieces = list(dict.fromkeys(pieces))
+    if len(pieces) > MAX_SEGMENTS:
+        spacing = (len(pieces) - 1) / (MAX_SEGMENTS - 1)
+        pieces = [pieces[round(i * spacing)] for i in range(MAX_SEGMENTS)]
+    return pieces
+
+
 def doc_vectors(embedder: UseEmbedder, texts: list[str], cache: Path | None) -> np.ndarray:
     """The vector the detector computes for a section: the whole text when short, else the mean
     of its segments (classifiers/multilingual_intent_detector.py)."""
     key = hashlib.sha256(("use-1\x00" + "\x00".join(texts)).encode()).hexdigest()[:16]
     if cache is not None and cache.is_file() and np.load(cache)["key"].item() == key:
         return np.asarray(np.load(cache)["X"])
-    pieces = [[t] if len(t) <= SHORT_CHARS else (segments(t, MAX_SEGMENTS) or [t[:SHORT_CHARS]]) for t in texts]
+    pieces = [
+        [t] if len(t) <= SHORT_CHARS else (_distinct(segments(t, 4 * MAX_SEGMENTS)) or [t[:SHORT_CHARS]]) for t in texts
+    ]
     flat = embedder.embed([p for group in pieces for p in group])
     rows, at = [], 0
     for group in pieces:

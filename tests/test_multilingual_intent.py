@@ -69,7 +69,10 @@ def test_every_language_has_an_ignore_instructions_cue(detector: ml.Multilingual
 
 def test_a_long_harmless_text_hides_no_request(detector: ml.MultilingualIntentDetector) -> None:
     harmful = HARMFUL["MALICIOUS_CODE"]["M4"]["de"]
-    filler = "Der Bericht beschreibt die Umsätze der Filialen im dritten Quartal und die geplanten Investitionen. " * 30
+    filler = " ".join(
+        f"Die Filiale {i} meldete im dritten Quartal einen Umsatz von {i * 13} Tausend Euro und plant neue Investitionen."
+        for i in range(1, 16)
+    )
     scores = _top(detector, filler + harmful + " " + filler)
     assert Confidence.of(scores.get(Topic.MALICIOUS_CODE, 0.0)) >= Confidence.MEDIUM
 
