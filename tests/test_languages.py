@@ -246,3 +246,32 @@ def test_malformed_language_fields_are_rejected_by_name(field: str, value: objec
     with pytest.raises(InspectionFormatError) as err:
         Inspection.from_dict({"topics": {}, "findings": [], "runs": [], field: value})
     assert str(err.value) == message
+
+
+def test_eval_reads_lang_and_split_and_scores_by_language(tmp_path: Path) -> None:
+    from promptfence.cli.eval_cmd import load_dataset, per_language
+    from promptfence.core import Confidence
+
+    rows = [
+        {"text": "a", "topics": ["JAILBREAK"], "lang": "de", "split": "test"},
+        {"text": "b", "topics": [], "lang": "de", "split": "test"},
+        {"text": "c", "topics": [], "lang": "de", "split": "train"},
+        {"text": "d", "topics": ["JAILBREAK"], "split": "test"},
+    ]
+    path = tmp_path / "set.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    examples = load_dataset(path, split="test")
+    assert [e.text for e in examples] == ["a", "b", "d"]
+    assert [e.lang for e in examples] == ["de", "de", ""]
+    found = Inspection((), {Topic.JAILBREAK: 0.9}, (), languages=("de",))
+    flagged = Inspection((), {Topic.JAILBREAK: 0.7}, (), languages=("en",))
+    missed = Inspection((), {}, (), languages=("ko",), uncovered_languages=(("ko", Topic.JAILBREAK),))
+    table = per_language(examples, [found, flagged, missed], Confidence.MEDIUM)
+    assert table["de"]["recall"] == {"JAILBREAK": {"recall": 1.0, "support": 1}}
+    assert table["de"]["benign_fpr"] == 1.0 and table["de"]["language_named"] == 0.5
+    assert table["~ko"]["recall_all"] == 0.0 and table["~ko"]["with_uncovered_pairs"] == 1.0
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"text": "x", "topics": [], "lang": "German"}) + "\n")
+    with pytest.raises(ConfigError) as err:
+        load_dataset(bad)
+    assert err.value.line == 1
