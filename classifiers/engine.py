@@ -33,10 +33,12 @@ from typing import Any, Protocol, runtime_checkable
 import yaml
 
 from classifiers import language as lang
+from classifiers.conversation_window import Candidates, ConversationRef, ConversationWindow
 from classifiers.normalize import Analysis, analyse
 from classifiers.workers import ANALYSE, WorkerFailed, WorkerPool, WorkerTimeout
 from inference.errors import InferenceError
 from promptfence.core import (
+    CustomFinding,
     Detector,
     DetectorRun,
     DetectorStatus,
@@ -51,6 +53,9 @@ from promptfence.errors import ConfigError
 
 TOPIC_MAP_FILE = Path(__file__).parent / "topics.yaml"
 TopicMap = Mapping[str, Mapping[Topic, float]]
+# What a detector may return: built-in topic findings, and (the custom-topic detector, the LLM
+# with topic files) evidence for company-defined topics, which is kept apart from ``topics``.
+Evidence = Finding | CustomFinding
 
 log = logging.getLogger("promptfence.inspector")
 
@@ -69,6 +74,18 @@ def combine_topic_scores(findings: Iterable[Finding]) -> dict[Topic, float]:
     for (topic, _kind), score in best.items():
         miss[topic] = miss.get(topic, 1.0) * (1.0 - score)
     return {topic: 1.0 - m for topic, m in miss.items()}
+
+
+def combine_custom_scores(findings: Iterable[CustomFinding]) -> dict[str, float]:
+    """Noisy-or across detectors, max within one detector (as for built-in topics)."""
+    best: dict[tuple[str, str], float] = {}
+    for finding in findings:
+        key = (finding.name, finding.detector)
+        best[key] = max(best.get(key, 0.0), min(max(finding.score, 0.0), 1.0))
+    miss: dict[str, float] = {}
+    for (name, _detector), score in best.items():
+        miss[name] = miss.get(name, 1.0) * (1.0 - score)
+    return {name: 1.0 - m for name, m in sorted(miss.items())}
 
 
 def load_topic_map(path: Path = TOPIC_MAP_FILE) -> dict[str, dict[Topic, float]]:
@@ -92,6 +109,11 @@ ANALYSIS_TIMEOUT_NOTE = "analysis_timeout"
 ANALYSIS_FAILED_NOTE = "analysis_failed"
 FINDINGS_CAPPED_NOTE = "findings_capped:{detector}"
 LANGUAGE_UNAVAILABLE_NOTE = "language_unavailable"
+# The conversation window's joins could not be scanned by this detector (the prompt itself was).
+WINDOW_FAILED_NOTE = "conversation_window_failed:{detector}"
+# Detectors asked about the joins between a conversation's prompts (a secret cut in two).
+WINDOW_DETECTORS = ("secrets", "presidio")
+SPLIT_EXPLANATION = "(split across this conversation's prompts)"
 
 # Pool operation that prepares a model detector's input: "<detector>:prepare".
 PREPARE_SUFFIX = ":prepare"
@@ -223,6 +245,8 @@ class InspectionEngine:
         max_findings_per_kind: int = DEFAULT_MAX_FINDINGS_PER_KIND,
         pool: WorkerPool | None = None,
         coverage: Mapping[str, lang.Coverage] | None = None,
+        window: ConversationWindow | None = None,
+        window_detectors: Sequence[str] = WINDOW_DETECTORS,
     ) -> None:
         names = [d.name for d in detectors]
         if len(set(names)) != len(names):
@@ -230,7 +254,12 @@ class InspectionEngine:
         self.detectors = tuple(detectors)
         self.deadline_s = deadline_s
         self.deadlines = dict(deadlines or {})
-        self.topic_map = topic_map if topic_map is not None else load_topic_map()
+        self.topic_map = dict(topic_map if topic_map is not None else load_topic_map())
+        for d in self.detectors:
+            # A detector whose topics depend on its configuration (custom topic files) says so.
+            weights = getattr(d, "topic_weights", None)
+            if isinstance(weights, Mapping) and d.name not in self.topic_map:
+                self.topic_map[d.name] = dict(weights)
         unmapped = [n for n in names if n not in self.topic_map]
         if unmapped:
             raise ConfigError(
@@ -265,6 +294,8 @@ class InspectionEngine:
         size = pool.processes if pool is not None else 1
         # Calls one inspection may have in the pool at once: leave a worker for other prompts.
         self.parallel = parallel if parallel is not None else max(1, size - 1)
+        self.window = window
+        self.window_detectors = tuple(d for d in self.detectors if d.name in window_detectors)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
@@ -310,7 +341,7 @@ class InspectionEngine:
         found, notes = await loop.run_in_executor(self._executor, detector.detect_prepared, prepared)  # type: ignore[attr-defined]
         return tuple(found), tuple(notes)
 
-    def _detect_threaded(self, detector: Detector, text: str) -> tuple[Sequence[Finding], tuple[str, ...]]:
+    def _detect_threaded(self, detector: Detector, text: str) -> tuple[Sequence[Evidence], tuple[str, ...]]:
         detect_with_notes = getattr(detector, "detect_with_notes", None)
         if detect_with_notes is not None:
             found, notes = detect_with_notes(text)
@@ -340,7 +371,7 @@ class InspectionEngine:
 
     async def _run_one(
         self, detector: Detector, text: str, slots: asyncio.Semaphore
-    ) -> tuple[DetectorRun, Sequence[Finding], tuple[str, ...]]:
+    ) -> tuple[DetectorRun, Sequence[Evidence], tuple[str, ...]]:
         loop = asyncio.get_running_loop()
         deadline = self.deadlines.get(detector.name, self.deadline_s)
         started = time.perf_counter()
@@ -379,7 +410,7 @@ class InspectionEngine:
         self,
         memory: MemoryDetector,
         text: str,
-        tasks: Mapping[str, asyncio.Future[tuple[DetectorRun, Sequence[Finding], tuple[str, ...]]]],
+        tasks: Mapping[str, asyncio.Future[tuple[DetectorRun, Sequence[Evidence], tuple[str, ...]]]],
     ) -> tuple[DetectorRun, Any]:
         """Wait for the redacting detectors, then embed the redacted text and look up neighbours."""
         started = time.perf_counter()
@@ -392,7 +423,7 @@ class InspectionEngine:
                     return DetectorRun(
                         memory.name, DetectorStatus.FAILED, elapsed, f"redaction unavailable ({name})"
                     ), None
-                spans.extend(found)
+                spans.extend(f for f in found if isinstance(f, Finding))
         loop = asyncio.get_running_loop()
         deadline = self.deadlines.get(memory.name, self.deadline_s)
         try:
@@ -423,7 +454,28 @@ class InspectionEngine:
             return (lang.UNDETERMINED,), (LANGUAGE_UNAVAILABLE_NOTE,)
         return found, ()
 
-    async def inspect(self, text: str) -> Inspection:
+    async def _run_window(
+        self, candidates: Candidates, slots: asyncio.Semaphore
+    ) -> tuple[list[tuple[DetectorRun, Finding]], tuple[str, ...]]:
+        """The window detectors on the joins; only findings that cross a join count."""
+        results = await asyncio.gather(*(self._run_one(d, candidates.text, slots) for d in self.window_detectors))
+        crossing: list[tuple[DetectorRun, Finding]] = []
+        notes: list[str] = []
+        for run, found, _notes in results:
+            if run.failed:
+                notes.append(WINDOW_FAILED_NOTE.format(detector=run.detector))
+                continue
+            for finding in found:
+                if (
+                    isinstance(finding, Finding)
+                    and finding.span is not None
+                    and candidates.crosses(finding.span.start, finding.span.end)
+                ):
+                    crossing.append((run, finding))
+        return crossing, tuple(notes)
+
+    async def inspect(self, text: str, conversation: ConversationRef | None = None) -> Inspection:
+        """Inspect one prompt; with ``conversation``, also the joins with its earlier prompts."""
         started = time.perf_counter()
         slots = asyncio.Semaphore(self.parallel)
         analysis, analysis_notes = await self._analyse(text, slots)
@@ -435,10 +487,19 @@ class InspectionEngine:
         }
         memory_task = None if memory is None else asyncio.ensure_future(self._run_memory(memory, analysis.text, tasks))
         languages_task = asyncio.ensure_future(self._languages(analysis.text))
+        window_task = None
+        if conversation is not None and self.window is not None and self.window_detectors:
+            self.window.adopt(conversation.key, conversation.opening_key)
+            candidates = self.window.joins(conversation.key, analysis.text)
+            self.window.remember(conversation.key, analysis.text)
+            if candidates is not None:
+                window_task = asyncio.ensure_future(self._run_window(candidates, slots))
         results = await asyncio.gather(*tasks.values())
         memory_run, lookup = (None, None) if memory_task is None else await memory_task
+        window_found, window_notes = ([], ()) if window_task is None else await window_task
         languages, language_notes = await languages_task
         findings: list[Finding] = []
+        custom: list[CustomFinding] = []
         covered: set[Topic] = set()
         covered_by: dict[str, set[Topic]] = {}
         detector_notes = [n for _run, _found, notes in results for n in notes]
@@ -454,12 +515,28 @@ class InspectionEngine:
             reading = self.coverage.get(run.detector, lang.Coverage())
             unread = reading.drop_outside and not self._reads(run.detector, languages)
             for finding in detector_findings:
+                if isinstance(finding, CustomFinding):
+                    custom.append(finding)
+                    continue
                 if unread and finding.topic in read_here and finding.topic not in reading.keep_topics:
                     # A model scoring a language it cannot read, where one that can has spoken.
                     continue
                 weight = allowed.get(finding.topic, 0.0)
                 if weight > 0:
                     findings.append(_to_prompt(finding, analysis, weight))
+        for run, finding in window_found:
+            weight = self.topic_map.get(run.detector, {}).get(finding.topic, 0.0)
+            if weight > 0:
+                findings.append(
+                    Finding(
+                        finding.detector,
+                        finding.kind,
+                        finding.topic,
+                        finding.score * weight,
+                        None,
+                        f"{finding.explanation} {SPLIT_EXPLANATION}",
+                    )
+                )
         topics = combine_topic_scores(findings)
         runs = {run.detector: run for run, _found, _notes in results}
         outcome = MemoryResult()
@@ -468,7 +545,7 @@ class InspectionEngine:
             if lookup is not None:
                 context = MemoryContext(
                     runs=tuple(runs.values()),
-                    raw={run.detector: found for run, found, _notes in results},
+                    raw={run.detector: [f for f in found if isinstance(f, Finding)] for run, found, _notes in results},
                     findings=tuple(findings),
                     topics=topics,
                     covered=frozenset(covered),
@@ -502,7 +579,11 @@ class InspectionEngine:
             languages=languages,
             uncovered_languages=lang.gaps(languages, covered_by, self.coverage),
             neighbours=outcome.neighbours,
-            notes=tuple(dict.fromkeys((*analysis_notes, *language_notes, *detector_notes, *outcome.notes))),
+            notes=tuple(
+                dict.fromkeys((*analysis_notes, *language_notes, *detector_notes, *window_notes, *outcome.notes))
+            ),
             memory_tenant=outcome.tenant,
             memory_centroids=outcome.centroids,
+            custom_topics=combine_custom_scores(custom),
+            custom_findings=tuple(custom),
         )

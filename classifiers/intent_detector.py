@@ -112,6 +112,17 @@ def meaningful_views(text: str) -> list[str]:
 MIN_SECTION_WORDS = 6
 
 
+def calibration_shifts(manifest: dict[str, Any], topics: tuple[Topic, ...]) -> npt.NDArray[np.float32]:
+    """Per-topic logit shifts from the manifest's ``calibration`` (0 for a topic it lacks).
+
+    The trainer moves the probability at which a topic's leave-one-source-out F1 is best onto
+    the medium confidence (0.6), so "medium" means the same operating point for every topic
+    (scripts/train_intent_head.py).
+    """
+    table = manifest.get("calibration") or {}
+    return np.array([float(table.get(t.value, {}).get("logit_shift", 0.0)) for t in topics], dtype=np.float32)
+
+
 @dataclass(frozen=True)
 class LinearHead:
     """One logistic regression per topic over L2-normalised embeddings."""
@@ -131,6 +142,7 @@ class LinearHead:
         topics = tuple(Topic(t) for t in meta["topics"])
         if weights.shape[0] != len(topics) or bias.shape != (len(topics),):
             raise ValueError(f"{path}: head shape {weights.shape} does not match {len(topics)} topics")
+        bias = bias + calibration_shifts(meta, topics)
         return cls(topics, weights, bias, str(meta["embedder"]), str(meta["version"]))
 
     def probabilities(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:

@@ -17,10 +17,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from inference.ports import TopicLLM
-from promptfence.core import Finding, Topic
+from promptfence.core import CustomFinding, Finding, Topic
 from promptfence.errors import ConfigError
 
 if TYPE_CHECKING:
+    from inference.topic_llm import TopicPrompt
     from promptfence.config import LLMConfig
 
 NAME = "llm"
@@ -38,10 +39,18 @@ class LLMTopicDetector:
         self.version = llm.model_id
 
     def detect(self, text: str) -> Sequence[Finding]:
+        return [f for f in self._evidence(text) if isinstance(f, Finding)]
+
+    def detect_with_notes(self, text: str) -> tuple[Sequence[Finding | CustomFinding], tuple[str, ...]]:
+        """What the engine calls: built-in findings and, with topic files configured, the
+        custom topics' evidence (``CustomFinding``, kept apart from the built-in topics)."""
+        return self._evidence(text), ()
+
+    def _evidence(self, text: str) -> Sequence[Finding | CustomFinding]:
         if not text.strip():
             return ()
         assessment = self.llm.assess(text)
-        findings = []
+        findings: list[Finding | CustomFinding] = []
         for topic in Topic:
             score = assessment.scores.get(topic, 0.0)
             if score <= self.min_score:
@@ -58,6 +67,11 @@ class LLMTopicDetector:
                     explanation=f"LLM topic classifier ({self.llm.model_id}) {rated}",
                 )
             )
+        for name, score in assessment.custom_scores.items():
+            if score > self.min_score:
+                level = assessment.custom_levels.get(name)
+                rated = f"rated {level}" if level else f"scored {score:.2f}"
+                findings.append(CustomFinding(NAME, name, score, f"LLM topic classifier ({self.llm.model_id}) {rated}"))
         return tuple(findings)
 
 
@@ -66,11 +80,14 @@ def llm_deadline_s(config: LLMConfig) -> float:
     return config.timeout_s + DEADLINE_MARGIN_S
 
 
-def build_llm_detector(config: LLMConfig, *, environ: Mapping[str, str] | None = None) -> LLMTopicDetector | None:
+def build_llm_detector(
+    config: LLMConfig, *, environ: Mapping[str, str] | None = None, topics: Sequence[TopicPrompt] = ()
+) -> LLMTopicDetector | None:
     """The detector for ``inspector.llm``, or ``None`` when no ``url`` is configured.
 
     Contacts nothing at build time (the inspector may start before the vLLM server); an
-    unreachable server shows up per inspection as an ``unavailable`` detector run.
+    unreachable server shows up per inspection as an ``unavailable`` detector run. ``topics``
+    (from topic files) put their descriptions and examples into the prompt.
     """
     if config.url is None:
         return None
@@ -102,6 +119,7 @@ def build_llm_detector(config: LLMConfig, *, environ: Mapping[str, str] | None =
             api_key=api_key,
             max_tokens=config.max_tokens,
             max_prompt_chars=config.max_prompt_chars,
+            topics=tuple(topics),
         )
     )
     return LLMTopicDetector(classifier)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import functools
 import importlib.util
 import itertools
@@ -363,14 +364,16 @@ def _decode_base64(token: str) -> str | None:
 def _despace_run(match: re.Match[str]) -> str:
     """Join letters split by the narrowest separator; wider gaps were the word breaks.
 
-    "s s n" -> "ssn"; "W r i t e  a  h a i k u" -> "Write a haiku".
+    "s s n" -> "ssn"; "W r i t e  a  h a i k u" -> "Write a haiku"; "h-o-w t-o" -> "how to".
     """
     run = match.group(0)
-    widths = set(map(len, _SEPARATOR_RUN.findall(run)))
-    narrow = min(widths)
-    if len(widths) == 1:  # one width: no word breaks, one C-level pass
+    separators = collections.Counter(_SEPARATOR_RUN.findall(run))
+    if len(separators) == 1:  # one separator: no word breaks, one C-level pass
         return _SEPARATOR_RUN.sub("", run)
-    return _SEPARATOR_RUN.sub(lambda g: "" if len(g.group(0)) == narrow else " ", run)
+    # The separator between letters is the most frequent one (the narrowest on a tie); any
+    # other was a word break: "i.g.n.o.r.e a.l.l" (dots between letters, a space between words).
+    letter = max(separators, key=lambda sep: (separators[sep], -len(sep)))
+    return _SEPARATOR_RUN.sub(lambda g: "" if g.group(0) == letter else " ", run)
 
 
 Decoding = tuple[str, str, tuple[tuple[int, int], ...]]  # kind, decoded text, spans in the source

@@ -7,8 +7,13 @@ cannot be loaded is a start-up error, never a silent downgrade.
 
 from __future__ import annotations
 
-from promptfence.config import Config, InspectorConfig, MemoryConfig
+from typing import TYPE_CHECKING
+
+from promptfence.config import Config, InspectorConfig, MemoryConfig, TopicsConfig
 from promptfence.core import Detector
+
+if TYPE_CHECKING:
+    from inference.topic_llm import TopicPrompt
 
 
 def build_detectors(config: Config) -> list[Detector]:
@@ -22,7 +27,8 @@ def build_detectors(config: Config) -> list[Detector]:
     ]
     detectors.append(SecretsDetector())
     embedder = None
-    if config.inspector.intent_detector or config.memory.enabled:
+    wants_topics = config.topics.builtin or bool(config.topics.files)
+    if config.inspector.intent_detector or config.memory.enabled or wants_topics:
         from inference.embedder import EmbedderSpec, SentenceTransformerEmbedder, default_minilm_path
 
         spec = config.inspector.embedder
@@ -41,12 +47,23 @@ def build_detectors(config: Config) -> list[Detector]:
     from classifiers.llm_detector import build_llm_detector
     from classifiers.promptguard_detector import build_promptguard_detector
 
+    prompts: tuple[TopicPrompt, ...] = ()
+    if wants_topics and config.inspector.llm.url is not None:
+        from classifiers.custom_topics import load_topic_files, topic_prompts
+
+        prompts = topic_prompts(load_topic_files(config.topics.files, builtin=config.topics.builtin))
     for optional in (
         build_promptguard_detector(config.inspector.prompt_guard),
-        build_llm_detector(config.inspector.llm),
+        build_llm_detector(config.inspector.llm, topics=prompts),
     ):
         if optional is not None:
             detectors.append(optional)
+    if wants_topics and embedder is not None:
+        from classifiers.custom_topics import build_custom_topic_detector
+
+        custom = build_custom_topic_detector(config.topics.files, config.topics.builtin, embedder)
+        if custom is not None:
+            detectors.append(custom)
     if config.memory.enabled and embedder is not None:
         from classifiers.neighbour_detector import build_neighbour_detector
 
@@ -64,13 +81,17 @@ def detector_deadlines(config: Config) -> dict[str, float]:
     return deadlines
 
 
-def expected_detector_names(inspector: InspectorConfig, memory: MemoryConfig) -> tuple[str, ...]:
+def expected_detector_names(
+    inspector: InspectorConfig, memory: MemoryConfig, topics: TopicsConfig | None = None
+) -> tuple[str, ...]:
     """The names :func:`build_detectors` gives the detectors it builds for this configuration,
     in the order the engine reports their runs.
 
     The proxy calls it (it imports no detector module, so nothing heavy) to know which runs a
     complete answer from the inspector has. It follows build_detectors' conditions one for one;
     tests/test_inspector_answers.py builds the detectors for each combination and compares.
+    With ``topics`` None the custom-topic detector is not expected (a caller that does not pass
+    the topic configuration cannot know whether the inspector loads topic files).
     """
     names = ["presidio", "code", "secrets"]
     if inspector.intent_detector:
@@ -79,6 +100,8 @@ def expected_detector_names(inspector: InspectorConfig, memory: MemoryConfig) ->
         names.append("promptguard")
     if inspector.llm.url is not None:
         names.append("llm")
+    if topics is not None and (topics.builtin or topics.files):
+        names.append("custom_topics")
     if memory.enabled:
         names.append("neighbours")
     return tuple(names)

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from classifiers.conversation_window import ConversationRef
 from classifiers.engine import InspectionEngine
 from classifiers.normalize import replace_invalid_unicode
 from promptfence import metrics
@@ -78,12 +79,14 @@ async def inspect_handler(request: web.Request) -> web.Response:
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             return _bad_request(f"invalid operation: {type(exc).__name__}")
         text = operation.prompt
+        conversation: ConversationRef | None = ConversationRef.of(operation)
     elif isinstance(data.get("prompt"), str):
         text = data["prompt"]
+        conversation = None
     else:
         return _bad_request("expected 'operation' or 'prompt'")
     text, replaced = replace_invalid_unicode(text)
-    inspection = await engine.inspect(text)
+    inspection = await engine.inspect(text, conversation)
     if replaced:
         inspection = dataclasses.replace(inspection, notes=(*inspection.notes, INVALID_UNICODE_NOTE))
     observe(inspection)

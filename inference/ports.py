@@ -46,6 +46,9 @@ class TopicAssessment:
 
     scores: Mapping[Topic, float]
     levels: Mapping[Topic, str] = field(default_factory=dict)
+    # Company-defined topics (topic files) the model was asked about: name -> score / level.
+    custom_scores: Mapping[str, float] = field(default_factory=dict)
+    custom_levels: Mapping[str, str] = field(default_factory=dict)
 
 
 class TopicLLM(Protocol):

@@ -468,6 +468,24 @@ class LogStore:
             log.info("retention: deleted %d log record(s) older than %g days", deleted, retention_days)
         return deleted
 
+    # -- annotations ------------------------------------------------------------------------
+    ANNOTATIONS = frozenset({"rescan"})
+
+    def annotate(self, record_id: str, key: str, value: dict[str, Any]) -> bool:
+        """Add a clearly marked section to a stored record's clear metadata (``rescan``: what a
+        retroactive re-scan found, see ``logs rescan --store``); the record's own fields, its
+        columns and its seals stay as they were. False when there is no such record."""
+        if key not in self.ANNOTATIONS:
+            raise ValueError(f"{key!r} is not an annotation (expected one of: {', '.join(sorted(self.ANNOTATIONS))})")
+        with self._session() as session, session.begin():
+            row = session.scalar(select(RecordRow).where(RecordRow.record_id == record_id))
+            if row is None:
+                return False
+            meta = json.loads(row.meta)
+            meta[key] = value
+            row.meta = json.dumps(meta, sort_keys=True)
+            return True
+
     # -- feedback ---------------------------------------------------------------------------
     def add_feedback(
         self, record_id: str, topic: Topic, verdict: str, *, reporter: str, source: str, note: str = ""

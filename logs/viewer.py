@@ -316,6 +316,21 @@ async def conversation(request: web.Request) -> web.Response:
     return web.json_response({"conversation_id": cid, "records": [_sealed(r) for r in found]})
 
 
+async def shadow_diff(request: web.Request) -> web.Response:
+    """Where the shadow policy set (``policies.shadow``) disagreed with the enforced one, over
+    the filtered records (at most ``SHADOW_DIFF_LIMIT`` newest): counts per change, rule, app
+    and group, from clear metadata only."""
+    from logs.rollout import shadow_diff as diff_of
+
+    store = request.app[STORE_KEY]
+    found = await _in_thread(store.find, filter_from_query(request.query), limit=SHADOW_DIFF_LIMIT)
+    diff = diff_of((r.record_id, r.metadata) for r in found)
+    return web.json_response({**diff.to_dict(), "record_ids": diff.record_ids[:MAX_LIMIT]})
+
+
+SHADOW_DIFF_LIMIT = 100_000
+
+
 async def stats(request: web.Request) -> web.Response:
     store = request.app[STORE_KEY]
     by = request.query.get("by", "app")
@@ -437,5 +452,6 @@ def build_app(
     app.router.add_post("/api/records/{record_id}/feedback", feedback_add)
     app.router.add_get("/api/conversations/{conversation_id}", conversation)
     app.router.add_get("/api/stats", stats)
+    app.router.add_get("/api/shadow-diff", shadow_diff)
     app.router.add_static("/static/", STATIC, follow_symlinks=False)
     return app

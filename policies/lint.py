@@ -68,6 +68,8 @@ class LintContext:
     app_types: frozenset[str] | None = None
     # For a redact rule: the operation ids it may apply to whose request cannot be rewritten.
     unredactable: Callable[[Rule], list[str]] | None = None
+    # Custom topic names the configured topic files declare (rules may select them).
+    custom_topics: frozenset[str] = frozenset()
 
 
 def _subset(inner: frozenset[str] | frozenset[object] | None, outer: frozenset[str] | frozenset[object] | None) -> bool:
@@ -218,7 +220,7 @@ def lint_files(paths: Sequence[Path], ctx: LintContext) -> list[Problem]:
             problems.extend(Problem.of(e) for e in errors)
             continue
         try:
-            parsed.append(parse_policy(data, str(path)))
+            parsed.append(parse_policy(data, str(path), ctx.custom_topics))
         except ConfigError as exc:
             problems.append(Problem.of(exc))
     try:

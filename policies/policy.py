@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -36,6 +36,7 @@ from promptfence.core import (
     OperationKind,
     Redaction,
     Topic,
+    is_custom_topic_name,
 )
 from promptfence.errors import ConfigError
 from promptfence.yamlsource import YamlList, YamlMap, load_yaml_file
@@ -92,6 +93,10 @@ class Rule:
     groups: frozenset[str] | None = None  # casefolded
     not_groups: frozenset[str] | None = None
     topics: Mapping[Topic, Confidence] = field(default_factory=dict)
+    # Company-defined topics (topic files) by name, selected like the built-in ones.
+    custom_topics: Mapping[str, Confidence] = field(default_factory=dict)
+    # warn only: the resend must give a reason on a "Justification:" line (proxy/justification.py).
+    justification: bool = False
     detector_errors: frozenset[str] | None = None  # {"*"}: any detector
     obfuscated: frozenset[str] | None = None  # {"*"}: any obfuscation kind
     # Topics no detector that ran reads in one of the prompt's languages; {"*"}: any topic.
@@ -139,7 +144,8 @@ class Rule:
             detail = f"excluded: member of {', '.join(hit)}" if hit else "in no excluded group"
             checks.append(Check("not_groups", not hit, detail))
         matched_topics: list[Topic] = []
-        if self.topics:
+        matched_custom: list[str] = []
+        if self.topics or self.custom_topics:
             parts = []
             for topic, level in self.topics.items():
                 have_level = inspection.confidence(topic)
@@ -148,7 +154,14 @@ class Rule:
                 parts.append(
                     f"{topic.value} {have_level.name.lower()} {'>=' if have_level >= level else '<'} {level.name.lower()}"
                 )
-            checks.append(Check("topics", bool(matched_topics), "; ".join(parts)))
+            for name, level in self.custom_topics.items():
+                have_level = inspection.custom_confidence(name)
+                if have_level >= level:
+                    matched_custom.append(name)
+                parts.append(
+                    f"{name} {have_level.name.lower()} {'>=' if have_level >= level else '<'} {level.name.lower()}"
+                )
+            checks.append(Check("topics", bool(matched_topics or matched_custom), "; ".join(parts)))
         covered: tuple[str, ...] = ()
         if self.detector_errors is not None:
             failed = inspection.errored_detectors
@@ -180,7 +193,7 @@ class Rule:
             detail = f"unread: {', '.join(pairs)}" if pairs else "every selected topic read in every language"
             checks.append(Check("uncovered_topics", bool(pairs), detail))
         matched = all(c.ok for c in checks)
-        return RuleResult(self, matched, tuple(checks), tuple(matched_topics), covered)
+        return RuleResult(self, matched, tuple(checks), tuple(matched_topics), covered, tuple(matched_custom))
 
     def matches(self, operation: Operation, inspection: Inspection) -> bool:
         return self.check(operation, inspection).matched
@@ -200,6 +213,7 @@ class RuleResult:
     checks: tuple[Check, ...]
     topics: tuple[Topic, ...]  # topics that reached the rule's level
     covered_failures: tuple[str, ...]  # failed detectors this rule's detector_errors selector covers
+    custom_topics: tuple[str, ...] = ()  # custom topics that reached the rule's level
 
 
 @dataclass(frozen=True)
@@ -226,6 +240,7 @@ class Candidate:
     message: str
     reason: str
     redactions: tuple[Redaction, ...] = ()
+    justification: bool = False  # a warn whose rule wants a reason on the resend
 
 
 @dataclass(frozen=True)
@@ -260,8 +275,8 @@ class PolicySet:
 # -- evaluation ------------------------------------------------------------------------------
 
 
-def _render(message: str, topics: Sequence[Topic]) -> str:
-    names = ", ".join(t.value for t in topics) or "policy"
+def _render(message: str, topics: Sequence[Topic], custom: Sequence[str] = ()) -> str:
+    names = ", ".join([*(t.value for t in topics), *custom]) or "policy"
     return message.replace("{topics}", names)
 
 
@@ -306,22 +321,31 @@ def _redactions(
 def _rule_candidate(result: RuleResult, policy: Policy, operation: Operation, inspection: Inspection) -> Candidate:
     rule = result.rule
     topics = list(result.topics)
-    reason = "topics " + ",".join(t.value for t in topics) if topics else "selectors matched"
+    custom = list(result.custom_topics)
+    named = [*(t.value for t in topics), *custom]
+    reason = "topics " + ",".join(named) if named else "selectors matched"
     if result.covered_failures:
         reason += f" (detector errors: {', '.join(result.covered_failures)})"
     if rule.action is Action.REDACT:
         spans, unlocated = _redactions(topics, operation, inspection)
-        if unlocated:
-            names = ",".join(t.value for t in unlocated)
+        if unlocated or custom:  # a custom topic is about the whole prompt: nothing to cut out
+            names = ",".join([*(t.value for t in unlocated), *custom])
             return Candidate(
                 Action.BLOCK,
                 rule.rule_id,
                 policy.name,
-                _render(REDACT_IMPOSSIBLE_MESSAGE, unlocated),
+                _render(REDACT_IMPOSSIBLE_MESSAGE, unlocated, custom),
                 f"redact impossible: {names} evidence has no location, so the rule blocks",
             )
         return Candidate(Action.REDACT, rule.rule_id, policy.name, _render(rule.message, topics), reason, spans)
-    return Candidate(rule.action, rule.rule_id, policy.name, _render(rule.message, topics), reason)
+    return Candidate(
+        rule.action,
+        rule.rule_id,
+        policy.name,
+        _render(rule.message, topics, custom),
+        reason,
+        justification=rule.justification and rule.action is Action.WARN,
+    )
 
 
 def explain(policies: Sequence[Policy], operation: Operation, inspection: Inspection) -> Explanation:
@@ -385,6 +409,7 @@ def _decide(candidates: Sequence[Candidate]) -> Decision:
         message=first.message if first.action in (Action.BLOCK, Action.WARN) else "",
         reason="; ".join(dict.fromkeys(c.reason for c in winners)),
         redactions=redactions,
+        justification_required=first.action is Action.WARN and any(c.justification for c in winners),
     )
 
 
@@ -518,7 +543,29 @@ def _names(match: YamlMap, key: str, *, fold: bool = False) -> frozenset[str] | 
     return frozenset(v.casefold() if fold else v for v in items)
 
 
-def _parse_rule(raw: YamlMap, index: int, source: str) -> Rule:
+def _parse_topics(
+    match: YamlMap, base: str, custom_topics: Collection[str]
+) -> tuple[dict[Topic, Confidence], dict[str, Confidence]]:
+    """Built-in topics by enum, custom ones by name; a name neither built in nor declared in a
+    topic file is the same error the schema gives for a misspelt topic."""
+    raw = match.get("topics") or {}
+    builtin: dict[Topic, Confidence] = {}
+    custom: dict[str, Confidence] = {}
+    for name, level in raw.items():
+        if name in Topic.__members__:
+            builtin[Topic(name)] = Confidence.parse(str(level))
+        elif is_custom_topic_name(name) and name in custom_topics:
+            custom[name] = Confidence.parse(str(level))
+        else:
+            known = [t.value for t in Topic] + sorted(custom_topics)
+            message = f"unknown topic (expected one of: {', '.join(known)}; custom topics come from topic files)"
+            if isinstance(raw, YamlMap):
+                raise raw.error(name, f"{base}.match.topics.{name}", message)
+            raise match.error("topics", f"{base}.match.topics.{name}", message)
+    return builtin, custom
+
+
+def _parse_rule(raw: YamlMap, index: int, source: str, custom_topics: Collection[str] = ()) -> Rule:
     base = f"rules[{index}]"
     match = raw.get("match")
     if match is None:
@@ -526,7 +573,7 @@ def _parse_rule(raw: YamlMap, index: int, source: str) -> Rule:
     marks = {f"match.{k}": match.where(k) for k in match}
     marks.update({k: raw.where(k) for k in raw})
     operations = _names(match, "operations")
-    topics = {Topic(name): Confidence.parse(str(level)) for name, level in (match.get("topics") or {}).items()}
+    topics, custom = _parse_topics(match, base, custom_topics)
     detector_errors: frozenset[str] | None = None
     if match.get("detector_errors") is True:
         detector_errors = frozenset({ANY_DETECTOR})
@@ -556,6 +603,8 @@ def _parse_rule(raw: YamlMap, index: int, source: str) -> Rule:
         groups=_names(match, "groups", fold=True),
         not_groups=_names(match, "not_groups", fold=True),
         topics=topics,
+        custom_topics=custom,
+        justification=raw.get("justification") == "required",
         detector_errors=detector_errors,
         obfuscated=obfuscated,
         uncovered_topics=uncovered_topics,
@@ -564,7 +613,13 @@ def _parse_rule(raw: YamlMap, index: int, source: str) -> Rule:
         column=raw.column,
         marks=marks,
     )
-    if rule.action is Action.REDACT and not rule.topics:
+    if rule.justification and rule.action is not Action.WARN:
+        raise raw.error(
+            "justification",
+            f"{base}.justification",
+            "justification applies to warn rules only (a resend with a reason)",
+        )
+    if rule.action is Action.REDACT and not (rule.topics or rule.custom_topics):
         raise raw.error(
             "action", f"{base}.action", "redact needs a topics selector: it replaces the spans of the detected topics"
         )
@@ -575,7 +630,7 @@ def _parse_rule(raw: YamlMap, index: int, source: str) -> Rule:
     return rule
 
 
-def parse_policy(data: object, source: str) -> Policy:
+def parse_policy(data: object, source: str, custom_topics: Collection[str] = ()) -> Policy:
     """Schema first (structure), then semantics; the first error in file order is raised."""
     errors = schema_errors(data, source)
     if errors:
@@ -585,7 +640,7 @@ def parse_policy(data: object, source: str) -> Policy:
     rules: list[Rule] = []
     seen: set[str] = set()
     for index, raw in enumerate(rules_raw):
-        rule = _parse_rule(raw, index, source)
+        rule = _parse_rule(raw, index, source, custom_topics)
         if rule.rule_id in seen:
             raise raw.error("id", f"rules[{index}].id", f"duplicate rule id {rule.rule_id!r}")
         seen.add(rule.rule_id)
@@ -601,8 +656,8 @@ def parse_policy(data: object, source: str) -> Policy:
     )
 
 
-def load_policy_file(path: Path) -> Policy:
-    return parse_policy(load_yaml_file(path), str(path))
+def load_policy_file(path: Path, custom_topics: Collection[str] = ()) -> Policy:
+    return parse_policy(load_yaml_file(path), str(path), custom_topics)
 
 
 def expand_policy_paths(files: Sequence[Path]) -> list[Path]:
@@ -645,8 +700,9 @@ def check_policy_set(policies: Sequence[Policy]) -> None:
             rule_owner[rule.rule_id] = rule
 
 
-def load_policies(files: Sequence[Path]) -> PolicySet:
-    """Load every file (empty: the shipped default); any error raises, naming file, line and field."""
-    policies = tuple(load_policy_file(p) for p in expand_policy_paths(files))
+def load_policies(files: Sequence[Path], custom_topics: Collection[str] = ()) -> PolicySet:
+    """Load every file (empty: the shipped default); any error raises, naming file, line and field.
+    ``custom_topics``: the names the configured topic files declare, which rules may select."""
+    policies = tuple(load_policy_file(p, custom_topics) for p in expand_policy_paths(files))
     check_policy_set(policies)
     return PolicySet(policies)

@@ -18,7 +18,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 from policies.policy import PolicySet, expand_policy_paths, load_policies
@@ -53,12 +53,14 @@ class ReloadingPolicySet:
         *,
         clock: Callable[[], float] = time.time,
         on_error: Callable[[ConfigError], None] | None = None,
+        custom_topics: Collection[str] = (),
     ) -> None:
         self.files = [Path(f) for f in files]
+        self.custom_topics = frozenset(custom_topics)
         self._clock = clock
         self._on_error = on_error
         self._signature = self._current_signature()
-        self.current: PolicySet = load_policies(self.files)  # a broken set at start-up is fatal
+        self.current: PolicySet = load_policies(self.files, self.custom_topics)  # a broken set at start-up is fatal
         self.last_error: ConfigError | None = None
         self.reloads = 0
 
@@ -82,7 +84,7 @@ class ReloadingPolicySet:
             return False
         self._signature = signature
         try:
-            fresh = load_policies(self.files)
+            fresh = load_policies(self.files, self.custom_topics)
         except ConfigError as exc:
             self.last_error = exc
             log.error(

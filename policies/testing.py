@@ -43,6 +43,7 @@ from promptfence.core import (
     OperationKind,
     Span,
     Topic,
+    is_custom_topic_name,
 )
 from promptfence.errors import ConfigError
 from promptfence.yamlsource import YamlList, YamlMap, load_yaml_file
@@ -89,6 +90,8 @@ class PolicyTestCase:
     expect: Action
     rules: tuple[str, ...]
     redacted: Mapping[str, int] | None
+    # Custom topics (topic files) the case declares, by name, like ``topics``.
+    custom_topics: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def where(self) -> str:
@@ -206,6 +209,7 @@ def _case(raw: object, cases: YamlList, index: int, source: str) -> PolicyTestCa
         kinds = ", ".join(k.value for k in OperationKind)
         raise raw.error("operation", f"{base}.operation", f"unknown operation (expected one of: {kinds})") from None
     topics: dict[Topic, float] | None = None
+    custom_topics: dict[str, float] = {}
     raw_topics = raw.get("topics")
     if raw_topics is not None:
         if not isinstance(raw_topics, YamlMap):
@@ -215,6 +219,12 @@ def _case(raw: object, cases: YamlList, index: int, source: str) -> PolicyTestCa
                 level, raw_topics, name, f"{base}.topics.{name}"
             )
             for name, level in raw_topics.items()
+            if not is_custom_topic_name(str(name))
+        }
+        custom_topics = {
+            str(name): _score(level, raw_topics, name, f"{base}.topics.{name}")
+            for name, level in raw_topics.items()
+            if is_custom_topic_name(str(name))
         }
     findings = _findings(raw["findings"], raw, base) if "findings" in raw else None
     prompt = raw.get("prompt")
@@ -243,6 +253,7 @@ def _case(raw: object, cases: YamlList, index: int, source: str) -> PolicyTestCa
         app_type=_str(raw, "app_type", f"{base}.app_type"),
         kind=kind,
         topics=topics,
+        custom_topics=custom_topics,
         findings=findings,
         prompt=prompt,
         failed=_str_list(raw, "detector_errors", f"{base}.detector_errors") or (),
@@ -300,7 +311,7 @@ def case_inputs(
         for finding in findings:
             topics[finding.topic] = max(topics.get(finding.topic, 0.0), finding.score)
         topics.update(case.topics or {})
-        return operation, Inspection(findings=findings, topics=topics, runs=runs)
+        return operation, Inspection(findings=findings, topics=topics, runs=runs, custom_topics=case.custom_topics)
     if case.prompt is not None:
         if inspect is None:
             raise ConfigError("this test needs an inspector (its prompt must be inspected)", source=case.where)
@@ -317,6 +328,11 @@ def run_case(
     app_type_of: Callable[[str], str | None] = lambda app: None,
     inspect: Callable[[str], Inspection] | None = None,
 ) -> CaseResult:
+    selected = {name for rule in policies.rules for name in rule.custom_topics}
+    unknown = sorted(set(case.custom_topics) - selected)
+    if unknown:  # a misspelt built-in topic, or a custom one no loaded rule selects
+        known = ", ".join([t.value for t in Topic] + sorted(selected))
+        return CaseResult(case, False, None, (f"unknown topic {', '.join(unknown)} (expected one of: {known})",))
     try:
         operation, inspection = case_inputs(case, groups_of=groups_of, app_type_of=app_type_of, inspect=inspect)
     except ConfigError as exc:

@@ -116,6 +116,24 @@ class EmbedderConfig:
 
 
 @dataclass(frozen=True)
+class ConversationWindowConfig:
+    """``inspector.conversation_window``: the per-conversation memory that finds a secret split
+    across prompts (classifiers/conversation_window.py). In the inspector's memory only, never
+    written anywhere; bounded and expiring."""
+
+    enabled: bool = True
+    # Forget a conversation this long after its last prompt.
+    ttl_s: float = 900.0
+    # Conversations held at once (least recently used first out).
+    max_conversations: int = 10_000
+    # Secret-like fragments kept per conversation (the most recent).
+    max_fragments: int = 16
+    max_fragment_chars: int = 128
+    # Characters kept from the end of the previous prompt, joined to the start of the next.
+    tail_chars: int = 96
+
+
+@dataclass(frozen=True)
 class InspectorConfig:
     """The inspection service (holds the models)."""
 
@@ -145,6 +163,7 @@ class InspectorConfig:
     # Embedded CPU intent detector (MiniLM + shipped head): on by default.
     intent_detector: bool = True
     embedder: EmbedderConfig = field(default_factory=EmbedderConfig)
+    conversation_window: ConversationWindowConfig = field(default_factory=ConversationWindowConfig)
     # Model-backed detectors; each is off until configured (see PromptGuardConfig, LLMConfig).
     prompt_guard: PromptGuardConfig = field(default_factory=PromptGuardConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
@@ -161,6 +180,20 @@ class PolicyConfig:
     files: list[Path] = field(default_factory=list)
     # An identical resend of a warned request within this many seconds proceeds (and is logged).
     warn_resend_window_s: float = 600.0
+    # Candidate policy files evaluated next to the enforced ones on every request: their verdict
+    # is recorded as the record's ``shadow`` and never changes the flow (docs/rollout.md).
+    shadow: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TopicsConfig:
+    """Company-defined topics (docs/rollout.md): YAML files of name, description, examples and
+    counter-examples, detected on the embedded default by nearest-exemplar similarity."""
+
+    # Topic files (a directory means its *.yaml files).
+    files: list[Path] = field(default_factory=list)
+    # The shipped example sets (classifiers/data/custom_topics/: CUSTOMER_DATA) load too.
+    builtin: bool = True
 
 
 @dataclass(frozen=True)
@@ -301,6 +334,7 @@ class Config:
     logs: LogConfig = field(default_factory=LogConfig)
     viewer: ViewerConfig = field(default_factory=ViewerConfig)
     memory: MemoryConfig = field(default_factory=MemoryConfig)
+    topics: TopicsConfig = field(default_factory=TopicsConfig)
     # Where this config came from (None: embedded defaults). Not a YAML key.
     source: str | None = field(default=None, metadata={"internal": True})
 

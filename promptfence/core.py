@@ -364,6 +364,35 @@ class NeighbourRef:
         )
 
 
+# A custom topic's name (topic files, classifiers/custom_topics.py): upper-case like the built-in
+# topics, so a policy names both the same way; a built-in name is never a custom topic.
+CUSTOM_TOPIC_NAME = re.compile(r"^[A-Z][A-Z0-9_]{1,63}$")
+
+
+def is_custom_topic_name(name: str) -> bool:
+    return bool(CUSTOM_TOPIC_NAME.match(name)) and name not in {t.value for t in Topic}
+
+
+@dataclass(frozen=True)
+class CustomFinding:
+    """Evidence for a company-defined topic (``PROJECT_FALCON``): which detector, how strong,
+    and why (the nearest example's index and similarity), never the prompt's words. Built-in
+    topics keep :class:`Finding`; custom topics are names, not :class:`Topic` members."""
+
+    detector: str
+    name: str
+    score: float
+    explanation: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "detector": self.detector,
+            "name": self.name,
+            "score": round(self.score, 4),
+            "explanation": self.explanation,
+        }
+
+
 # De-obfuscation that had to stop before the innermost text (classifiers/normalize.py): what was
 # hidden past the bound was never inspected, and the sender chose to hide it that way.
 UNINSPECTABLE_TRANSFORMS: Mapping[str, str] = {
@@ -397,9 +426,15 @@ class Inspection:
     notes: tuple[str, ...] = ()
     memory_tenant: str | None = None
     memory_centroids: tuple[int, ...] = ()
+    # Company-defined topics (topic files): name -> score, and the evidence behind each.
+    custom_topics: Mapping[str, float] = field(default_factory=dict)
+    custom_findings: tuple[CustomFinding, ...] = ()
 
     def confidence(self, topic: Topic) -> Confidence:
         return Confidence.of(self.topics.get(topic, 0.0))
+
+    def custom_confidence(self, name: str) -> Confidence:
+        return Confidence.of(self.custom_topics.get(name, 0.0))
 
     @property
     def failed_detectors(self) -> tuple[str, ...]:
@@ -457,6 +492,11 @@ class Inspection:
             "memory": None
             if self.memory_tenant is None
             else {"tenant": self.memory_tenant, "centroids": list(self.memory_centroids)},
+            "custom_topics": {
+                name: {"score": round(score, 4), "confidence": Confidence.of(score).name.lower()}
+                for name, score in sorted(self.custom_topics.items())
+            },
+            "custom_findings": [f.to_dict() for f in self.custom_findings],
         }
 
     @classmethod
@@ -576,6 +616,35 @@ class Inspection:
                 _wire_int(c, f"memory.centroids[{i}]")
                 for i, c in enumerate(_wire_list(mem.get("centroids", []), "memory.centroids"))
             )
+        custom_topics: dict[str, float] = {}
+        raw_custom = data.get("custom_topics", {})
+        if not isinstance(raw_custom, Mapping):
+            raise InspectionFormatError("field custom_topics is not an object")
+        for name, value in raw_custom.items():
+            # The unknown name is not quoted: the answer is not trusted to be free of prompt text.
+            if not isinstance(name, str) or not is_custom_topic_name(name):
+                raise InspectionFormatError("field custom_topics has a name that is not a custom topic name")
+            where = f"custom_topics.{name}"
+            if isinstance(value, Mapping):
+                if "score" not in value:
+                    raise InspectionFormatError(f"missing field {where}.score")
+                value, where = value["score"], f"{where}.score"
+            custom_topics[name] = _wire_number(value, where, low=0.0, high=1.0)
+        custom_findings = []
+        for i, item in enumerate(_wire_list(data.get("custom_findings", []), "custom_findings")):
+            where = f"custom_findings[{i}]"
+            entry = _wire_object(item, where)
+            name = _wire_str(entry.get("name"), f"{where}.name")
+            if not is_custom_topic_name(name):
+                raise InspectionFormatError(f"field {where}.name is not a custom topic name")
+            custom_findings.append(
+                CustomFinding(
+                    detector=_wire_str(entry.get("detector"), f"{where}.detector"),
+                    name=name,
+                    score=_wire_number(entry.get("score"), f"{where}.score", low=0.0, high=1.0),
+                    explanation=_wire_str(entry.get("explanation", ""), f"{where}.explanation"),
+                )
+            )
         return cls(
             findings=tuple(findings),
             topics=topics,
@@ -599,6 +668,8 @@ class Inspection:
             notes=tuple(_wire_str(n, f"notes[{i}]") for i, n in enumerate(_wire_list(data.get("notes", []), "notes"))),
             memory_tenant=tenant,
             memory_centroids=centroids,
+            custom_topics=custom_topics,
+            custom_findings=tuple(custom_findings),
         )
 
 
@@ -700,6 +771,11 @@ class Decision:
     reason: str = ""
     redactions: tuple[Redaction, ...] = ()
     outcome: str = ""
+    # A warn whose rule asks the user for a reason (``justification: required``): the resend
+    # must carry a ``Justification:`` line (proxy/justification.py).
+    justification_required: bool = False
+    # What the shadow (candidate) policy set would have decided: recorded, never enforced.
+    shadow: ShadowDecision | None = None
 
     @property
     def blocks(self) -> bool:
@@ -724,6 +800,30 @@ class Decision:
             data["redacted"] = self.redacted_counts()
         if self.outcome:
             data["outcome"] = self.outcome
+        if self.justification_required:
+            data["justification_required"] = True
+        return data
+
+
+@dataclass(frozen=True)
+class ShadowDecision:
+    """A candidate policy set's verdict on the same request (``policies.shadow``): what the
+    record keeps so ``logs list --shadow-diff`` can show where it disagrees with the enforced
+    set. ``error`` says why there is none (a broken shadow set never touches the flow)."""
+
+    action: Action | None
+    rule_ids: tuple[str, ...] = ()
+    policy: str = ""
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "action": None if self.action is None else self.action.value,
+            "rules": list(self.rule_ids),
+            "policy": self.policy,
+        }
+        if self.error is not None:
+            data["error"] = self.error
         return data
 
 
@@ -734,20 +834,27 @@ class Payload:
     prompt: str = field(repr=False)
     response: str | None = field(default=None, repr=False)
     attachments: tuple[str, ...] = field(default=(), repr=False)
+    # The reason a user gave to proceed past a warn (a ``Justification:`` line): sealed, like the prompt.
+    justification: str | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "prompt": self.prompt,
             "response": self.response,
             "attachments": list(self.attachments),
         }
+        if self.justification is not None:
+            data["justification"] = self.justification
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Payload:
+        justification = data.get("justification")
         return cls(
             prompt=str(data.get("prompt", "")),
             response=data.get("response"),
             attachments=tuple(str(a) for a in data.get("attachments", ())),
+            justification=None if justification is None else str(justification),
         )
 
 
@@ -818,6 +925,12 @@ class LogRecord:
             "answer_status": self.answer_status,
             "attachments_count": len(self.payload.attachments),
             "message_id": op.message_id,
+            "custom_topics": self.inspection.to_dict()["custom_topics"],
+            "custom_findings": [f.to_dict() for f in self.inspection.custom_findings],
+            # The candidate policy set's verdict (policies.shadow); null when none is configured.
+            "shadow": None if self.decision.shadow is None else self.decision.shadow.to_dict(),
+            # Whether a reason was sealed with the prompt (its text is only in the sealed payload).
+            "justified": self.payload.justification is not None,
         }
 
 

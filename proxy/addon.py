@@ -51,6 +51,8 @@ from proxy.flowmap import (
 )
 from proxy.identity import Challenge, ClientAddressIdentity, Gatekeeper, IdentityResolver
 from proxy.inspection_call import InspectionPort, inspect_within
+from proxy.justification import PREFIX as JUSTIFICATION_PREFIX
+from proxy.justification import split_justification
 from proxy.redaction import RedactionError, apply_to_flow
 from proxy.tap import ResponseTap, decode_whole
 from proxy.wire.base import Answer
@@ -60,6 +62,7 @@ log = logging.getLogger("promptfence.proxy")
 METADATA_KEY = "promptfence"
 OUTCOME_WARNED = "stopped with warning"
 OUTCOME_PROCEEDED = "proceeded after warning"
+OUTCOME_JUSTIFIED = "proceeded with justification"
 UNRECORDABLE_MESSAGE = (
     "PromptFence blocked this request: the audit log cannot record it right now, and this "
     "organisation does not let prompts through unrecorded. Try again shortly."
@@ -121,6 +124,7 @@ class FlowState:
     recorded: bool = False  # True once nothing more is to be written for this flow
     notes: list[str] = field(default_factory=list)
     tap: ResponseTap | None = None  # the answer decoder's copy of the response stream
+    justification: str | None = field(default=None, repr=False)  # the reason given past a warn, sealed
 
 
 class PromptFenceAddon:
@@ -256,6 +260,8 @@ class PromptFenceAddon:
             inspection = dataclasses.replace(inspection, notes=(*inspection.notes, INVALID_UNICODE_NOTE))
         decision = self._enforce(flow, match, operation, self.policy.decide(operation, inspection))
         state = FlowState(operation, inspection, decision, started, str(uuid.uuid4()), time.time(), host)
+        if decision.outcome.startswith(OUTCOME_JUSTIFIED):
+            state.justification = split_justification(operation.prompt).reason
         if extraction.other_text:
             state.sealed_prompt = operation.prompt + OTHER_FIELDS_SEPARATOR + extraction.other_text
         flow.metadata[METADATA_KEY] = state
@@ -276,7 +282,7 @@ class PromptFenceAddon:
         if stops:
             state.recorded = True  # the decision-time record is the whole record
             decision = state.decision
-            message = decision.message if decision.blocks else self._warn_notice(decision.message)
+            message = decision.message if decision.blocks else self._warn_notice(decision)
             reply = BLOCK_REPLIES[match.operation.block_reply](message, extraction)
             headers = dict(reply.headers)
             if not decision.blocks:
@@ -329,9 +335,10 @@ class PromptFenceAddon:
     # -- warn and redact: what a decision means for this request (evaluation stays pure) ------
     def _enforce(self, flow: http.HTTPFlow, match: Match, operation: Operation, decision: Decision) -> Decision:
         if decision.action is Action.WARN:
-            if not self.warnings.resend(operation, ctx.options.promptfence_warn_window):
+            proceeded = self._warned_resend(operation, decision)
+            if proceeded is None:
                 return dataclasses.replace(decision, outcome=OUTCOME_WARNED)
-            decision = dataclasses.replace(decision, outcome=OUTCOME_PROCEEDED)
+            decision = dataclasses.replace(decision, outcome=proceeded)
         elif decision.action is not Action.REDACT:
             return decision
         if not decision.redactions:
@@ -345,15 +352,36 @@ class PromptFenceAddon:
             )
         counts = ",".join(f"{k}:{v}" for k, v in decision.redacted_counts().items())
         log.info("flow=%s redacted %s before forwarding", flow.id, counts)
-        outcome = "redacted" if decision.action is Action.REDACT else f"{OUTCOME_PROCEEDED}; redacted"
+        outcome = "redacted" if decision.action is Action.REDACT else f"{decision.outcome}; redacted"
         return dataclasses.replace(decision, outcome=outcome)
 
-    def _warn_notice(self, message: str) -> str:
+    def _warned_resend(self, operation: Operation, decision: Decision) -> str | None:
+        """The outcome when this warned request may proceed (a resend within the window, with a
+        reason where the rule requires one); None: stop it with the notice. The ledger matches
+        on the request without its ``Justification:`` line (proxy/justification.py), so the
+        resend with a reason is the same request as the first send without one."""
+        window = ctx.options.promptfence_warn_window
+        if not decision.justification_required:
+            return OUTCOME_PROCEEDED if self.warnings.resend(operation, window) else None
+        justified = split_justification(operation.prompt)
+        keyed = dataclasses.replace(operation, prompt=justified.prompt)
+        if justified.reason is None:
+            # A resend without a reason is warned again and must not use up the first send's
+            # place: the ledger entry it consumed is put back.
+            if self.warnings.resend(keyed, window):
+                self.warnings.resend(keyed, window)
+            return None
+        return OUTCOME_JUSTIFIED if self.warnings.resend(keyed, window) else None
+
+    def _warn_notice(self, decision: Decision) -> str:
         minutes = max(1, round(ctx.options.promptfence_warn_window / 60))
-        return (
-            f"{message} To proceed anyway, send the same request again within {minutes} minute"
-            f"{'s' if minutes != 1 else ''}; it will be recorded."
-        )
+        within = f"within {minutes} minute{'s' if minutes != 1 else ''}"
+        if decision.justification_required:
+            return (
+                f"{decision.message} To proceed, send the same request again {within} with a line starting "
+                f"'{JUSTIFICATION_PREFIX}' that says why you need to; your reason is recorded with the request."
+            )
+        return f"{decision.message} To proceed anyway, send the same request again {within}; it will be recorded."
 
     # -- identity: authentication before anything is forwarded -------------------------------
     async def _admit(self, flow: http.HTTPFlow) -> bool:
@@ -484,6 +512,7 @@ class PromptFenceAddon:
                 prompt=state.sealed_prompt or state.operation.prompt,
                 response=None if answer is None or answer.text is None else scrub(answer.text),
                 attachments=state.operation.attachments,
+                justification=state.justification,
             ),
             response_bytes=state.response_bytes,
             response_decode_error=None if answer is None else answer.error,

@@ -2,7 +2,7 @@
 
     python scripts/train_intent_head.py ../shared/data/prompts-dev.jsonl
 
-Training data: the hand-written exemplars in classifiers/data/intent_exemplars.yaml (ours,
+Training data: the hand-written exemplars in classifiers/data/intent_exemplars*.yaml (ours,
 Apache-2.0) plus the rows of the labelled set whose licence is on ALLOWED_LICENCES (MIT,
 Apache-2.0). Rows under non-commercial or unknown licences are never used. The manifest
 (intent_head.json) and INTENT_HEAD.md record every source, licence and count, and the
@@ -74,13 +74,14 @@ def load_training(dataset: Path) -> TrainingSet:
     """Our exemplars (group ``exemplars``) and the dataset rows :func:`allowed` admits (group:
     the row's ``source``). ``promptfence eval --loso`` trains on the same set, less one source."""
     data = TrainingSet()
-    exemplars = yaml.safe_load((DATA_DIR / "intent_exemplars.yaml").read_text())
-    for topic, items in exemplars.items():
-        for text in items:
-            data.texts.append(text)
-            data.labels.append(set() if topic == "BENIGN" else {topic})
-            data.groups.append(EXEMPLARS)
-            data.manifest_sources[("classifiers/data/intent_exemplars.yaml", "Apache-2.0 (PromptFence)")] += 1
+    for path in sorted(DATA_DIR.glob("intent_exemplars*.yaml")):
+        exemplars = yaml.safe_load(path.read_text())
+        for topic, items in exemplars.items():
+            for text in items:
+                data.texts.append(text)
+                data.labels.append(set() if topic == "BENIGN" else {topic})
+                data.groups.append(EXEMPLARS)
+                data.manifest_sources[(f"classifiers/data/{path.name}", "Apache-2.0 (PromptFence)")] += 1
 
     for line in dataset.read_text().splitlines():
         if not line.strip():
@@ -135,10 +136,42 @@ def fit_topic(X: np.ndarray, y: np.ndarray, weight: np.ndarray, C: float) -> Log
     return model
 
 
+MEDIUM = 0.6  # Confidence.MEDIUM's lower bound: what a policy's default "medium" acts on
+THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(9))  # 0.5 .. 0.9
+
+
+def logit(p: float) -> float:
+    return float(np.log(p / (1.0 - p)))
+
+
+def precision_recall(scores: np.ndarray, y: np.ndarray, threshold: float) -> tuple[float, float]:
+    known = ~np.isnan(scores)
+    pred = (scores >= threshold) & known
+    tp = int((pred & (y == 1)).sum())
+    fp = int((pred & (y == 0)).sum())
+    fn = int((~pred & known & (y == 1)).sum())
+    return (tp / (tp + fp) if tp + fp else 0.0), (tp / (tp + fn) if tp + fn else 0.0)
+
+
+def calibrated_threshold(held_out_scores: np.ndarray, y: np.ndarray) -> float:
+    """The threshold (0.5-0.9) with the best F1 on held-out-source scores; 0.6 when none helps.
+
+    Never below 0.5: the shift is there to stop a topic that over-fires on unseen sources, and
+    to let one that is too shy fire a little earlier, not to make every weak score an alarm.
+    """
+    best, best_f1 = MEDIUM, -1.0
+    for threshold in THRESHOLDS:
+        p, r = precision_recall(held_out_scores, y, threshold)
+        f1 = 2 * p * r / (p + r) if p + r else 0.0
+        if f1 > best_f1 + 1e-9:
+            best, best_f1 = threshold, f1
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dataset", type=Path)
-    parser.add_argument("--C", type=float, default=4.0)
+    parser.add_argument("--C", type=float, default=0.5)
     parser.add_argument("--exemplar-weight", type=float, default=8.0)
     parser.add_argument("--cache", help="reuse embeddings from this .npz while iterating (never shipped)")
     args = parser.parse_args()
@@ -152,29 +185,35 @@ def main() -> None:
     X = embed_texts(embedder, texts, Path(args.cache) if args.cache else None)
     weight = sample_weights(groups, args.exemplar_weight)
 
-    weights, biases, report = [], [], {}
+    weights, biases, report, calibration = [], [], {}, {}
     group_arr = np.array(groups)
     for topic in INTENT_TOPICS:
         y = np.array([topic.value in ls for ls in labels], dtype=int)
         model = fit_topic(X, y, weight, args.C)
         weights.append(model.coef_[0])
         biases.append(model.intercept_[0])
-        # Leave-one-source-out: train without a source, score that source.
-        tp = fp = fn = 0
-        for group in sorted(set(groups)):
+        # Leave-one-source-out: train without a source, score that source (exemplars always in).
+        held = np.full(len(y), np.nan)
+        for group in sorted(set(groups) - {EXEMPLARS}):
             test = group_arr == group
             if y[~test].sum() == 0:
                 continue
             m = fit_topic(X[~test], y[~test], weight[~test], args.C)
-            pred = m.predict_proba(X[test])[:, 1] >= 0.6
-            tp += int((pred & (y[test] == 1)).sum())
-            fp += int((pred & (y[test] == 0)).sum())
-            fn += int((~pred & (y[test] == 1)).sum())
-        p = tp / (tp + fp) if tp + fp else 0.0
-        r = tp / (tp + fn) if tp + fn else 0.0
-        report[topic.value] = {"positives": int(y.sum()), "loso_precision": round(p, 3), "loso_recall": round(r, 3)}
+            held[test] = m.predict_proba(X[test])[:, 1]
+        threshold = calibrated_threshold(held, y)
+        shift = logit(MEDIUM) - logit(threshold)
+        calibration[topic.value] = {"threshold": threshold, "logit_shift": round(shift, 4)}
+        p, r = precision_recall(held, y, threshold)
+        report[topic.value] = {
+            "positives": int(y.sum()),
+            "threshold": threshold,
+            "loso_precision": round(p, 3),
+            "loso_recall": round(r, 3),
+        }
         print(
-            f"{topic.value:15s} positives={int(y.sum()):4d} leave-one-source-out P={p:.3f} R={r:.3f}", file=sys.stderr
+            f"{topic.value:15s} positives={int(y.sum()):4d} threshold={threshold:.2f} "
+            f"leave-one-source-out P={p:.3f} R={r:.3f}",
+            file=sys.stderr,
         )
 
     np.savez(HEAD_FILE, weights=np.stack(weights).astype(np.float32), bias=np.array(biases, dtype=np.float32))
@@ -185,6 +224,10 @@ def main() -> None:
         "regularisation_C": args.C,
         "exemplar_weight": args.exemplar_weight,
         "leave_one_source_out": report,
+        # Per topic: the head's probability at which the leave-one-source-out F1 is best
+        # (searched from 0.5 up) is moved to the medium confidence (0.6) by a logit shift,
+        # applied at load (classifiers/intent_detector.py LinearHead.load).
+        "calibration": calibration,
         "sources": [{"source": src, "licence": lic, "rows": n} for (src, lic), n in sorted(manifest_sources.items())],
         "excluded_for_licence": dict(skipped),
     }

@@ -320,6 +320,9 @@ def stub_detectors(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(embedder, "SentenceTransformerEmbedder", lambda spec: object())
     monkeypatch.setattr(embedder, "default_minilm_path", lambda: Path("/nonexistent"))
     monkeypatch.setattr(neighbour, "build_neighbour_detector", lambda config, e: Stub(neighbour.NeighbourDetector.name))
+    import classifiers.custom_topics as custom
+
+    monkeypatch.setattr(custom, "build_custom_topic_detector", lambda files, builtin, e: Stub(custom.DETECTOR_NAME))
     # The real builder returns None without a path and would load the model with one.
     monkeypatch.setattr(
         promptguard,
@@ -350,4 +353,4 @@ def test_expected_names_are_what_build_detectors_builds(
 ) -> None:
     config = Config(inspector=inspector_config, memory=memory_config)
     built = tuple(d.name for d in build_detectors(config))
-    assert expected_detector_names(inspector_config, memory_config) == built
+    assert expected_detector_names(inspector_config, memory_config, config.topics) == built

@@ -37,7 +37,8 @@ function when(ts) {
 }
 
 function topicsText(meta) {
-  const entries = Object.entries(meta.topics || {}).filter(([, v]) => v.confidence !== "none");
+  const entries = [...Object.entries(meta.topics || {}), ...Object.entries(meta.custom_topics || {})]
+    .filter(([, v]) => v.confidence !== "none");
   return entries.map(([name, v]) => `${name}:${v.confidence}`).join(", ") || "-";
 }
 
@@ -140,6 +141,21 @@ function evidence(rec, feedback) {
   if (decision.message) {
     box.append(el("div", { class: "ev-row" }, el("span", { class: "ev-key" }, "user saw"),
       el("span", { class: "user-message" }, decision.message)));
+  }
+  if (m.shadow) {
+    const differs = m.shadow.action !== null && m.shadow.action !== decision.action;
+    box.append(el("div", { class: differs ? "ev-row shadow shadow-differs" : "ev-row shadow" }, el("span", { class: "ev-key" }, "shadow"),
+      m.shadow.action === null ? `shadow policy failed (${m.shadow.error || "error"}); not enforced`
+        : `${m.shadow.action} · rules ${(m.shadow.rules || []).join(", ") || "-"} · policy ${m.shadow.policy || "-"}` +
+          (differs ? " · differs from the enforced decision (not enforced)" : " · agrees")));
+  }
+  for (const f of m.custom_findings || []) {
+    box.append(el("div", { class: "ev-row custom-topic" }, el("span", { class: "ev-key" }, "custom topic"),
+      `${f.name} ${Number(f.score).toFixed(2)} · ${f.detector} · ${f.explanation || ""}`));
+  }
+  if (m.rescan) {
+    box.append(el("div", { class: "ev-row rescan" }, el("span", { class: "ev-key" }, "re-scan"),
+      `${m.rescan.action} · rules ${(m.rescan.rules || []).join(", ") || "-"} · ${when(m.rescan.at)} · ${m.rescan.marked}`));
   }
   const undone = (m.obfuscation || []).map((o) => (o.count > 1 ? `${o.kind} x${o.count}` : o.kind));
   if (undone.length || (m.transforms || []).length) {
@@ -292,7 +308,7 @@ function swatch(colour) {
 async function refresh() {
   showError("");
   try {
-    await Promise.all([loadRecords(), loadChart()]);
+    await Promise.all([loadRecords(), loadChart(), loadShadow()]);
   } catch (err) {
     showError(`Could not load records: ${err.message}`);
   }
@@ -378,6 +394,9 @@ async function renderTurn(rec) {
       if (!share || payload.prompt) {
         item.append(el("div", { class: "msg msg-user" }, el("span", { class: "who" }, "user"), highlighted(payload.prompt, m.findings)));
       }
+      if (payload.justification !== undefined && payload.justification !== null) {
+        item.append(el("div", { class: "justification" }, el("span", { class: "who" }, "justification"), payload.justification));
+      }
       for (const name of payload.attachments || []) item.append(el("div", { class: "attachment" }, `attachment: ${name}`));
       if (action === "block") {
         const why = failure ? ` (inspection failed: ${failure})` : "";
@@ -455,6 +474,26 @@ function forgetKey() {
   $("#key-status").className = "";
   $("#forget-key").hidden = true;
   renderConversation();
+}
+
+// Where the shadow policy set would have decided otherwise: counts per change, rule, app, group.
+async function loadShadow() {
+  const data = await api(`/api/shadow-diff?${query().toString()}`);
+  const panel = $("#shadow-panel");
+  panel.hidden = !data.with_shadow;
+  if (!data.with_shadow) return;
+  $("#shadow-summary").textContent =
+    `${data.disagreements} of ${data.with_shadow} records with a shadow decision would have been decided differently` +
+    (data.shadow_errors ? ` (${data.shadow_errors} shadow evaluation errors)` : "") + ". Shadow decisions are never enforced.";
+  const box = $("#shadow-counts");
+  box.replaceChildren();
+  for (const [title, counts] of [["change", data.by_change], ["rule", data.by_rule], ["app", data.by_app], ["group", data.by_group]]) {
+    const entries = Object.entries(counts || {});
+    if (!entries.length) continue;
+    const list = el("ul", { class: `shadow-by shadow-by-${title}` });
+    for (const [name, count] of entries) list.append(el("li", {}, `${name}: ${count}`));
+    box.append(el("div", { class: "shadow-group" }, el("h3", {}, `by ${title}`), list));
+  }
 }
 
 // The proxy's drift alarm (an app changed its wire format): one line per operation in alarm.

@@ -39,6 +39,7 @@ COMMANDS: dict[str, str] = {
     "viewer": "serve the prompt-log web viewer (decryption happens in the browser)",
     "feedback": "mark a log record's topic as a false or true positive",
     "apps": "the app catalogue and the wire-format drift alarm (apps status)",
+    "topics": "custom topics: leave-one-out precision/recall of topic files (topics test)",
 }
 
 

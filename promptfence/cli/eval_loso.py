@@ -65,7 +65,7 @@ def train_heads(
 ) -> HeldOut:
     """One head per key in ``held_out``, trained on the script's training set less every row
     whose source maps (``key_of``) to that key. ``topics`` are the shipped head's, in order."""
-    from classifiers.intent_detector import MANIFEST_FILE, LinearHead
+    from classifiers.intent_detector import MANIFEST_FILE, LinearHead, calibration_shifts
 
     trainer = load_trainer()
     data = trainer.load_training(dataset)
@@ -73,6 +73,7 @@ def train_heads(
     groups = [g if g == exemplars else key_of(g) for g in data.groups]
     manifest = json.loads(MANIFEST_FILE.read_text())
     c = float(manifest.get("regularisation_C", 4.0))
+    shifts = calibration_shifts(manifest, tuple(topics))
     exemplar_weight = float(manifest.get("exemplar_weight", 8.0))
     X = np.asarray(trainer.embed_texts(embedder, data.texts, cache), dtype=np.float32)
     weight = np.asarray(trainer.sample_weights(groups, exemplar_weight))
@@ -101,7 +102,7 @@ def train_heads(
         head = LinearHead(
             tuple(topics),
             np.stack(rows).astype(np.float32),
-            np.array(biases, dtype=np.float32),
+            np.array(biases, dtype=np.float32) + shifts,
             str(manifest.get("embedder", "")),
             f"{manifest.get('version', 'intent-head')}-loso",
         )

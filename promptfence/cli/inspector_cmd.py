@@ -18,6 +18,7 @@ log = logging.getLogger("promptfence.inspector")
 
 
 def build_engine(config: Config) -> InspectionEngine:
+    from classifiers.conversation_window import ConversationWindow
     from classifiers.engine import InspectionEngine
     from classifiers.registry import build_detectors, detector_deadlines
 
@@ -31,6 +32,10 @@ def build_engine(config: Config) -> InspectionEngine:
     inspector = config.inspector
     if inspector.spare_workers < 0:
         raise ConfigError("must be 0 or more", source=config.source, field="inspector.spare_workers")
+    window = inspector.conversation_window
+    for name in ("ttl_s", "max_conversations", "max_fragments", "max_fragment_chars", "tail_chars"):
+        if getattr(window, name) <= 0:
+            raise ConfigError("must be more than 0", source=config.source, field=f"inspector.conversation_window.{name}")
     return InspectionEngine(
         detectors,
         deadline_s=inspector.detector_timeout_s,
@@ -41,6 +46,7 @@ def build_engine(config: Config) -> InspectionEngine:
         chunk_chars=inspector.chunk_chars,
         chunk_overlap=inspector.chunk_overlap,
         max_findings_per_kind=inspector.max_findings_per_kind,
+        window=ConversationWindow(window) if window.enabled else None,
     )
 
 

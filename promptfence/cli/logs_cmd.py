@@ -1,12 +1,18 @@
-"""``promptfence logs list|show|conversation|purge|replay``: read and maintain the prompt log.
+"""``promptfence logs list|show|conversation|rescan|purge|replay``: read and maintain the prompt log.
 
 Decryption happens here, locally, with the private key file given to ``--key``; nothing else
-ever sees it. ``list`` prints clear metadata only (a table, or JSON lines for a SIEM).
+ever sees it. ``list`` prints clear metadata only (a table, or JSON lines for a SIEM);
+``list --shadow-diff`` counts where the shadow policy set disagreed with the enforced one.
+``rescan`` decrypts records in memory, has the inspector (the current detectors) inspect each
+prompt again, re-decides with the current or a given policy and reports what would have
+changed; it writes no plaintext anywhere (no temp files, nothing printed but metadata), and
+with ``--store`` adds the result to each record as a marked ``rescan`` section.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -86,7 +92,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     lst.add_argument("--conversation", metavar="ID", help="conversation id")
     lst.add_argument("--limit", type=int, default=50)
     lst.add_argument("--json", action="store_true", help="one JSON object per line (for a SIEM)")
+    lst.add_argument(
+        "--shadow-diff",
+        action="store_true",
+        help="where the shadow policy (policies.shadow) disagreed: counts per change, rule, app and group",
+    )
     add_config_option(lst)
+
+    rescan = sub.add_parser("rescan", help="re-inspect and re-decide records with today's detectors and policy")
+    rescan.add_argument("--key", required=True, metavar="FILE", help="private key file (decryption stays in memory)")
+    rescan.add_argument("--since", type=parse_time, metavar="WHEN", help="records from (default 30d)")
+    rescan.add_argument("--until", type=parse_time, metavar="WHEN")
+    rescan.add_argument("--user")
+    rescan.add_argument("--app")
+    rescan.add_argument(
+        "--policy", action="append", type=Path, default=[], metavar="FILE", help="decide with these policy files"
+    )
+    rescan.add_argument("--inspector-url", metavar="URL", help="default: the configured inspector")
+    rescan.add_argument("--limit", type=int, default=10000)
+    rescan.add_argument("--all", action="store_true", help="list unchanged records too")
+    rescan.add_argument(
+        "--store", action="store_true", help="add the result to each record as a marked 'rescan' section"
+    )
+    rescan.add_argument("--json", action="store_true", help="one JSON object per record, then a summary object")
+    add_config_option(rescan)
 
     show = sub.add_parser("show", help="decrypt one record locally with a private key")
     show.add_argument("record_id", metavar="ID", help="record id (or a unique prefix of 6+ characters)")
@@ -147,7 +176,7 @@ def _when(meta: dict[str, Any]) -> str:
 def _topics(meta: dict[str, Any]) -> str:
     """Detected topics (low and above; a score under low is no detection), or why there are
     none: a record whose inspection failed as a whole says so instead of ``-``."""
-    topics = meta.get("topics") or {}
+    topics = {**(meta.get("topics") or {}), **(meta.get("custom_topics") or {})}
     shown = ",".join(f"{name}:{value['confidence']}" for name, value in topics.items() if value["confidence"] != "none")
     if shown:
         return shown
@@ -200,7 +229,9 @@ def evidence_lines(meta: dict[str, Any], prompt: str | None = None) -> list[str]
         lines.append(f"user saw:     {decision['message']}")
     if decision.get("outcome"):
         lines.append(f"outcome:      {decision['outcome']}")
-    undone = [o["kind"] if o.get("count", 1) == 1 else f"{o['kind']} x{o['count']}" for o in meta.get("obfuscation") or []]
+    undone = [
+        o["kind"] if o.get("count", 1) == 1 else f"{o['kind']} x{o['count']}" for o in meta.get("obfuscation") or []
+    ]
     if undone or meta.get("transforms"):
         lines.append(f"undone:       {', '.join(undone or meta['transforms'])}")
     for note in meta.get("inspection_notes") or []:
@@ -267,8 +298,18 @@ def _print_record(record: StoredRecord, payload: Payload) -> None:
         print(line)
     if meta.get("operation") == OperationKind.SHARE.value:
         print(f"--- shared conversation {meta.get('conversation_id') or '(id not in the request)'} ---")
+    if meta.get("shadow"):
+        shadow = meta["shadow"]
+        print(f"shadow:       {shadow.get('action') or 'error'}  rules: {','.join(shadow.get('rules') or []) or '-'}")
+    if meta.get("rescan"):
+        rescan = meta["rescan"]
+        print(
+            f"re-scan:      {rescan.get('action')}  rules: {','.join(rescan.get('rules') or []) or '-'}  ({rescan.get('marked')})"
+        )
     print("--- prompt ---")
     print(payload.prompt)
+    if payload.justification is not None:
+        print(f"justification: {payload.justification}")
     if payload.attachments:
         print("--- attachments ---")
         print("\n".join(payload.attachments))
@@ -354,6 +395,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace, config: Config, store: LogStore) -> int:
     command = args.logs_command
+    if command == "list" and args.shadow_diff:
+        return _shadow_diff(args, store)
+    if command == "rescan":
+        import asyncio
+
+        return asyncio.run(_rescan(args, config, store))
     if command == "list":
         records = store.find(build_filter(args), limit=args.limit)
         if args.json:
@@ -394,6 +441,166 @@ def _run(args: argparse.Namespace, config: Config, store: LogStore) -> int:
         print(f"log database at revision {store.schema_revision()} ({_safe_url(config.database_url)})")
         return 0
     raise KeyMaterialError(f"unknown logs action {command!r}")  # argparse prevents this
+
+
+def _shadow_diff(args: argparse.Namespace, store: LogStore) -> int:
+    from logs.rollout import shadow_diff
+
+    limit = args.limit if args.limit != 50 else 100000  # the diff counts a period, not a page
+    records = store.find(build_filter(args), limit=limit)
+    diff = shadow_diff((r.record_id, r.metadata) for r in records)
+    if args.json:
+        print(json.dumps(diff.to_dict(), sort_keys=True))
+        return 0
+    print(
+        f"{diff.records} record(s), {diff.with_shadow} with a shadow decision, "
+        f"{diff.disagreements} disagreement(s)" + (f", {diff.errors} shadow error(s)" if diff.errors else "")
+    )
+    for title, counts in (
+        ("change", diff.by_change),
+        ("rule", diff.by_rule),
+        ("app", diff.by_app),
+        ("group", diff.by_group),
+    ):
+        if counts:
+            print(f"by {title}:")
+            for name, count in counts.most_common():
+                print(f"  {count:>6}  {name}")
+    return 0
+
+
+async def _rescan(args: argparse.Namespace, config: Config, store: LogStore) -> int:
+    """Decrypt, re-inspect, re-decide, compare; the prompt lives only in this process's memory
+    (and in the request to the inspector, as for the proxy)."""
+    from classifiers.client import InspectorClient
+    from classifiers.custom_topics import configured_topic_names
+    from logs.rollout import RescanResult, before_of, detected
+    from logs.store import LogFilter
+    from policies.policy import load_policies
+    from promptfence.core import Identity, Operation
+
+    key = Path(args.key)
+    names = configured_topic_names(config.topics.files, config.topics.builtin)
+    policies = load_policies(list(args.policy) or list(config.policies.files), names)
+    client = InspectorClient.for_config(config, base_url=args.inspector_url)
+    since = args.since if args.since is not None else time.time() - 30 * 86400.0
+    records = store.find(LogFilter(since=since, until=args.until, user=args.user, app=args.app), limit=args.limit)
+    results: list[RescanResult] = []
+    try:
+        for record in reversed(records):  # oldest first
+            meta = record.metadata
+            before_action, before_rules, before_topics = before_of(meta)
+            base = RescanResult(
+                record_id=record.record_id,
+                app=str(meta.get("app", "-")),
+                user=str(meta.get("user", "-")),
+                before_action=before_action,
+                before_rules=before_rules,
+                before_topics=before_topics,
+                after_action="-",
+                after_rules=(),
+                after_topics={},
+                after_policy="-",
+            )
+            if not meta.get("prompt_chars"):
+                continue  # nothing was captured: nothing to re-inspect
+            try:
+                payload = record.open(key)
+                operation = Operation(
+                    app=str(meta["app"]),
+                    app_type=str(meta.get("app_type") or "genai_chat"),
+                    operation_id=str(meta.get("operation_id") or ""),
+                    kind=OperationKind(meta["operation"]),
+                    identity=Identity(str(meta["user"]), tuple(str(g) for g in meta.get("groups") or ())),
+                    prompt=payload.prompt,
+                    conversation_id=meta.get("conversation_id"),
+                    attachments=payload.attachments,
+                )
+                del payload
+                inspection = await client.inspect(operation)
+                decision = policies.decide(operation, inspection)
+            except (KeyMaterialError, PromptFenceError, TimeoutError, ValueError) as exc:
+                # The message names a key id, a field or a status, never the prompt.
+                error = f"{type(exc).__name__}: {exc}" if isinstance(exc, KeyMaterialError) else type(exc).__name__
+                results.append(dataclasses.replace(base, error=error))
+                continue
+            wire = inspection.to_dict()
+            result = dataclasses.replace(
+                base,
+                after_action=decision.action.value,
+                after_rules=decision.rule_ids,
+                after_topics={**detected(wire["topics"]), **detected(wire["custom_topics"])},
+                after_policy=decision.policy,
+            )
+            results.append(result)
+            if args.store:
+                store.annotate(
+                    record.record_id,
+                    "rescan",
+                    {
+                        "marked": "re-scan result, not what happened at the time",
+                        "at": time.time(),
+                        "action": result.after_action,
+                        "rules": list(result.after_rules),
+                        "policy": result.after_policy,
+                        "topics": wire["topics"],
+                        "custom_topics": wire["custom_topics"],
+                        "detectors_run": list(inspection.detectors_run),
+                        "detectors_failed": list(inspection.failed_detectors),
+                    },
+                )
+    finally:
+        await client.close()
+    _print_rescan(results, args.json, args.all)
+    return 0
+
+
+def _topic_list(topics: dict[str, str]) -> str:
+    return ",".join(f"{k}:{v}" for k, v in sorted(topics.items())) or "-"
+
+
+def _print_rescan(results: list[Any], as_json: bool, show_all: bool) -> None:
+    changed = [r for r in results if r.changes]
+    summary: dict[str, Any] = {
+        "summary": True,
+        "rescanned": len(results),
+        "changed": len(changed),
+        "errors": sum(1 for r in results if r.error),
+        "action_changes": {},
+    }
+    for r in changed:
+        if r.error is None and r.before_action != r.after_action:
+            pair = f"{r.before_action} -> {r.after_action}"
+            summary["action_changes"][pair] = summary["action_changes"].get(pair, 0) + 1
+    shown = results if show_all else changed
+    if as_json:
+        for r in shown:
+            print(json.dumps(r.to_dict(), sort_keys=True))
+        print(json.dumps(summary, sort_keys=True))
+        return
+    header = ["ID", "APP", "USER", "BEFORE", "AFTER", "RULES NOW", "TOPICS BEFORE", "TOPICS NOW", "CHANGED"]
+    rows = [header]
+    for r in shown:
+        rows.append(
+            [
+                r.record_id[:8],
+                r.app,
+                r.user,
+                r.before_action,
+                r.after_action if r.error is None else f"error ({r.error})",
+                ",".join(r.after_rules) or "-",
+                _topic_list(r.before_topics),
+                _topic_list(r.after_topics),
+                ",".join(r.changes) or "-",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    changes = ", ".join(f"{k}: {v}" for k, v in summary["action_changes"].items()) or "none"
+    print(
+        f"{summary['rescanned']} re-scanned, {summary['changed']} changed, {summary['errors']} error(s); action changes: {changes}"
+    )
 
 
 def _replay(config: Config) -> int:

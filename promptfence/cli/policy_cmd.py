@@ -169,10 +169,20 @@ def _unredactable(catalogue: Catalogue) -> Callable[[Rule], list[str]]:
     return check
 
 
-def lint_context(directory: Directory | None, catalogue: Catalogue) -> LintContext:
+def custom_topics(config: Config) -> frozenset[str]:
+    """The custom topic names of the configured topic files (policies may select them)."""
+    from classifiers.custom_topics import configured_topic_names
+
+    return configured_topic_names(config.topics.files, config.topics.builtin)
+
+
+def lint_context(
+    directory: Directory | None, catalogue: Catalogue, topics: frozenset[str] = frozenset()
+) -> LintContext:
     from policies.lint import LintContext
 
     return LintContext(
+        custom_topics=topics,
         groups=None if directory is None else frozenset(g.casefold() for g in directory.groups),
         apps=frozenset(app.app for app in catalogue.apps),
         app_types=frozenset(app.app_type for app in catalogue.apps),
@@ -186,7 +196,7 @@ def run_lint(args: argparse.Namespace, config: Config) -> int:
 
     paths = expand_policy_paths(list(args.files) or list(config.policies.files))
     directory = _directory(args.directory or config.identity.directory)
-    problems = lint_files(paths, lint_context(directory, _catalogue()))
+    problems = lint_files(paths, lint_context(directory, _catalogue(), custom_topics(config)))
     for problem in problems:
         print(problem)
     errors = sum(1 for p in problems if p.severity == "error")
@@ -209,7 +219,7 @@ def run_test(args: argparse.Namespace, config: Config) -> int:
     passed = failed = 0
     for test_file in files:
         policy_paths = list(args.policy) or list(test_file.policies) or list(config.policies.files)
-        policies = load_policies(policy_paths)
+        policies = load_policies(policy_paths, custom_topics(config))
         directory = _directory(args.directory or test_file.directory or config.identity.directory)
         default_group = test_file.default_group or config.identity.default_group
         results = run_file(
@@ -238,19 +248,22 @@ def run_test(args: argparse.Namespace, config: Config) -> int:
 # -- explain ---------------------------------------------------------------------------------
 
 
-def _parse_topics(items: list[str]) -> dict[Any, float]:
+def _parse_topics(items: list[str], custom: frozenset[str] = frozenset()) -> tuple[dict[Any, float], dict[str, float]]:
+    """Declared ``TOPIC=level`` pairs: built-in topics, and the configured custom topics."""
     from policies.testing import LEVEL_SCORES
     from promptfence.core import Confidence, Topic
 
     topics: dict[Any, float] = {}
+    customs: dict[str, float] = {}
     for item in items:
         name, _, level = item.partition("=")
-        try:
-            topic = Topic(name.strip())
-        except ValueError:
-            raise ConfigError(
-                f"unknown topic {name!r} (expected one of: {', '.join(t.value for t in Topic)})"
-            ) from None
+        topic: Any = name.strip()
+        if topic not in custom:
+            try:
+                topic = Topic(name.strip())
+            except ValueError:
+                known = [t.value for t in Topic] + sorted(custom)
+                raise ConfigError(f"unknown topic {name!r} (expected one of: {', '.join(known)})") from None
         try:
             score = float(level)
         except ValueError:
@@ -258,8 +271,11 @@ def _parse_topics(items: list[str]) -> dict[Any, float]:
                 score = LEVEL_SCORES[Confidence.parse(level or "high")]
             except (ValueError, KeyError):
                 raise ConfigError(f"{item!r}: expected TOPIC=low|medium|high or TOPIC=score") from None
-        topics[topic] = score
-    return topics
+        if isinstance(topic, Topic):
+            topics[topic] = score
+        else:
+            customs[topic] = score
+    return topics, customs
 
 
 def _read_prompt(spec: str) -> str:
@@ -341,7 +357,8 @@ def _print_explanation(explanation: Explanation, inspection: Inspection, identit
     print(f"identity:   {identity['user']}  groups: {', '.join(identity['groups']) or '-'}  ({identity['source']})")
     print(f"operation:  {identity['app']} ({identity['app_type']}) {identity['operation']}")
     topics = ", ".join(
-        f"{t.value} {Confidence.of(s).name.lower()} ({s:.2f})" for t, s in sorted(inspection.topics.items())
+        [f"{t.value} {Confidence.of(s).name.lower()} ({s:.2f})" for t, s in sorted(inspection.topics.items())]
+        + [f"{n} {Confidence.of(s).name.lower()} ({s:.2f})" for n, s in sorted(inspection.custom_topics.items())]
     )
     print(f"inspection: topics: {topics or '-'}")
     if not inspection.runs:
@@ -385,7 +402,8 @@ def run_explain(args: argparse.Namespace, config: Config) -> int:
     from policies.policy import load_policies
     from promptfence.core import Identity, Inspection, Operation, OperationKind
 
-    policies: PolicySet = load_policies(list(args.policy) or list(config.policies.files))
+    names = custom_topics(config)
+    policies: PolicySet = load_policies(list(args.policy) or list(config.policies.files), names)
     catalogue = _catalogue()
     directory = _directory(args.directory or config.identity.directory)
     meta: dict[str, Any] = {}
@@ -393,14 +411,22 @@ def run_explain(args: argparse.Namespace, config: Config) -> int:
     if args.record:
         meta = _record_inputs(config, args.record)
         inspection = Inspection.from_dict(
-            {"topics": meta.get("topics") or {}, "findings": meta.get("findings") or [], "runs": []}
+            {
+                "topics": meta.get("topics") or {},
+                "findings": meta.get("findings") or [],
+                "runs": [],
+                "custom_topics": meta.get("custom_topics") or {},
+            }
         )
-        inspection = Inspection(inspection.findings, inspection.topics, runs_of_record(meta))
+        inspection = Inspection(
+            inspection.findings, inspection.topics, runs_of_record(meta), custom_topics=inspection.custom_topics
+        )
     elif args.prompt_file:
         prompt = _read_prompt(args.prompt_file)
         inspection = _inspector(config, args.inspector_url)(prompt)
     else:
-        inspection = Inspection(findings=(), topics=_parse_topics(args.topics), runs=())
+        declared, declared_custom = _parse_topics(args.topics, names)
+        inspection = Inspection(findings=(), topics=declared, runs=(), custom_topics=declared_custom)
     user = args.user or meta.get("user") or "test-user"
     if args.groups is not None:
         groups = tuple(g.strip() for g in args.groups.split(",") if g.strip())

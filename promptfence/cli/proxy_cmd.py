@@ -81,7 +81,6 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     from classifiers.client import InspectorClient
     from logs.recorder import AsyncRecorder
     from logs.store import Recipient
-    from policies.reload import ReloadingPolicySet
     from proxy.addon import PromptFenceAddon
     from proxy.catalogue import load_catalogue
     from proxy.drift import DriftCollector, DriftMonitor, DriftSettings
@@ -91,7 +90,7 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
     from proxy.websocket_guard import WebSocketGuard
 
     catalogue = load_catalogue()
-    policies = ReloadingPolicySet(config.policies.files)  # follows edits; keeps the last good set
+    policies = build_policies(config)
     identity = build_identity(config.identity)
     recipients = []
     for path in config.recipient_keys:
@@ -137,6 +136,21 @@ def build_master(config: Config) -> tuple[Any, AsyncRecorder, InspectorClient]:
         extra_addons=[WebSocketGuard(catalogue, client, policies, recorder, identity, drift=drift), telemetry],
     )
     return master, recorder, client
+
+
+def build_policies(config: Config) -> Any:
+    """The enforced policy set (following edits, keeping the last good set), with the shadow
+    set beside it when ``policies.shadow`` names candidate files: its verdict is recorded,
+    never enforced. Rules may select the custom topics the topic files declare."""
+    from classifiers.custom_topics import configured_topic_names
+    from policies.reload import ReloadingPolicySet
+    from policies.shadow import ShadowedPolicySet
+
+    names = configured_topic_names(config.topics.files, config.topics.builtin)
+    enforced = ReloadingPolicySet(config.policies.files, custom_topics=names)
+    if not config.policies.shadow:
+        return enforced
+    return ShadowedPolicySet(enforced, ReloadingPolicySet(config.policies.shadow, custom_topics=names))
 
 
 def build_writer(config: Config, recipients: list[Recipient]) -> SpoolingWriter:

@@ -244,8 +244,11 @@ def run(args: argparse.Namespace) -> int:
 
     config = load_config(args.config)
     catalogue = load_catalogue()
-    policy = load_policies(config.policies.files)
-    other = load_policies([Path(p) for p in args.policy]) if args.policy else None
+    from classifiers.custom_topics import configured_topic_names
+
+    names = configured_topic_names(config.topics.files, config.topics.builtin)
+    policy = load_policies(config.policies.files, names)
+    other = load_policies([Path(p) for p in args.policy], names) if args.policy else None
     replayed: list[tuple[str, ReplayedFlow]] = []
     skipped = 0
     for name in args.files:
