@@ -32,6 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import yaml
 
+from classifiers import language as lang
 from classifiers.conversation_window import Candidates, ConversationRef, ConversationWindow
 from classifiers.normalize import Analysis, analyse
 from classifiers.workers import ANALYSE, WorkerFailed, WorkerPool, WorkerTimeout
@@ -107,6 +108,7 @@ def load_topic_map(path: Path = TOPIC_MAP_FILE) -> dict[str, dict[Topic, float]]
 ANALYSIS_TIMEOUT_NOTE = "analysis_timeout"
 ANALYSIS_FAILED_NOTE = "analysis_failed"
 FINDINGS_CAPPED_NOTE = "findings_capped:{detector}"
+LANGUAGE_UNAVAILABLE_NOTE = "language_unavailable"
 # The conversation window's joins could not be scanned by this detector (the prompt itself was).
 WINDOW_FAILED_NOTE = "conversation_window_failed:{detector}"
 # Detectors asked about the joins between a conversation's prompts (a secret cut in two).
@@ -242,6 +244,7 @@ class InspectionEngine:
         chunk_overlap: int = DEFAULT_CHUNK_OVERLAP,
         max_findings_per_kind: int = DEFAULT_MAX_FINDINGS_PER_KIND,
         pool: WorkerPool | None = None,
+        coverage: Mapping[str, lang.Coverage] | None = None,
         window: ConversationWindow | None = None,
         window_detectors: Sequence[str] = WINDOW_DETECTORS,
     ) -> None:
@@ -262,6 +265,9 @@ class InspectionEngine:
             raise ConfigError(
                 f"detectors missing from the topic map: {', '.join(unmapped)}", source=str(TOPIC_MAP_FILE)
             )
+        # Which languages each detector reads (issue 15): classifiers/data/language_coverage.yaml.
+        self.coverage = coverage if coverage is not None else lang.load_coverage()
+        lang.LanguageIdentifier.model()  # decompressing the model takes seconds: not on a prompt's clock
         memories = [d for d in self.detectors if isinstance(d, MemoryDetector)]
         self.memory: MemoryDetector | None = memories[0] if memories else None
         workers = max_workers or max(4, 2 * len(self.detectors))
@@ -431,6 +437,23 @@ class InspectionEngine:
             return DetectorRun(memory.name, DetectorStatus.FAILED, elapsed, type(exc).__name__), None
         return DetectorRun(memory.name, DetectorStatus.OK, (time.perf_counter() - started) * 1000), lookup
 
+    def _reads(self, detector: str, languages: Sequence[str]) -> bool:
+        reading = self.coverage.get(detector, lang.Coverage())
+        return lang.reads(None if reading.languages is None else tuple(reading.languages), languages)
+
+    async def _languages(self, text: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The prompt's languages (bounded work, see classifiers/language.py); undetermined,
+        with a note, if identification fails or misses the analysis deadline."""
+        loop = asyncio.get_running_loop()
+        try:
+            found = await asyncio.wait_for(
+                loop.run_in_executor(self._executor, lang.languages, text), self.analysis_deadline_s
+            )
+        except Exception as exc:  # never the text: only the kind of failure
+            log.warning("language identification failed: %s", type(exc).__name__)
+            return (lang.UNDETERMINED,), (LANGUAGE_UNAVAILABLE_NOTE,)
+        return found, ()
+
     async def _run_window(
         self, candidates: Candidates, slots: asyncio.Semaphore
     ) -> tuple[list[tuple[DetectorRun, Finding]], tuple[str, ...]]:
@@ -463,6 +486,7 @@ class InspectionEngine:
             if d is not memory
         }
         memory_task = None if memory is None else asyncio.ensure_future(self._run_memory(memory, analysis.text, tasks))
+        languages_task = asyncio.ensure_future(self._languages(analysis.text))
         window_task = None
         if conversation is not None and self.window is not None and self.window_detectors:
             self.window.adopt(conversation.key, conversation.opening_key)
@@ -473,17 +497,29 @@ class InspectionEngine:
         results = await asyncio.gather(*tasks.values())
         memory_run, lookup = (None, None) if memory_task is None else await memory_task
         window_found, window_notes = ([], ()) if window_task is None else await window_task
+        languages, language_notes = await languages_task
         findings: list[Finding] = []
         custom: list[CustomFinding] = []
         covered: set[Topic] = set()
+        covered_by: dict[str, set[Topic]] = {}
         detector_notes = [n for _run, _found, notes in results for n in notes]
+        for run, _found, _notes in results:
+            if not run.failed:
+                allowed = self.topic_map.get(run.detector, {})
+                covered.update(t for t, w in allowed.items() if w > 0)
+                covered_by[run.detector] = {t for t, w in allowed.items() if w > 0}
+        # Topics some detector that ran reads in one of the prompt's languages.
+        read_here = {t for name, ts in covered_by.items() if self._reads(name, languages) for t in ts}
         for run, detector_findings, _notes in results:
             allowed = self.topic_map.get(run.detector, {})
-            if not run.failed:
-                covered.update(t for t, w in allowed.items() if w > 0)
+            reading = self.coverage.get(run.detector, lang.Coverage())
+            unread = reading.drop_outside and not self._reads(run.detector, languages)
             for finding in detector_findings:
                 if isinstance(finding, CustomFinding):
                     custom.append(finding)
+                    continue
+                if unread and finding.topic in read_here and finding.topic not in reading.keep_topics:
+                    # A model scoring a language it cannot read, where one that can has spoken.
                     continue
                 weight = allowed.get(finding.topic, 0.0)
                 if weight > 0:
@@ -526,6 +562,7 @@ class InspectionEngine:
                     outcome = MemoryResult(notes=("memory_unavailable",))
                 findings.extend(outcome.findings)
                 covered.update(outcome.covered)
+                covered_by[memory.name] = set(outcome.covered)
                 if outcome.topics is not None:
                     topics = dict(outcome.topics)
         return Inspection(
@@ -539,8 +576,12 @@ class InspectionEngine:
                 for kind, count, spans in analysis.obfuscations
             ),
             uncovered=tuple(t for t in Topic if t not in covered),
+            languages=languages,
+            uncovered_languages=lang.gaps(languages, covered_by, self.coverage),
             neighbours=outcome.neighbours,
-            notes=tuple(dict.fromkeys((*analysis_notes, *detector_notes, *window_notes, *outcome.notes))),
+            notes=tuple(
+                dict.fromkeys((*analysis_notes, *language_notes, *detector_notes, *window_notes, *outcome.notes))
+            ),
             memory_tenant=outcome.tenant,
             memory_centroids=outcome.centroids,
             custom_topics=combine_custom_scores(custom),

@@ -68,6 +68,7 @@ from spacy.tokens import Doc
 from spacy.tokens import Span as SpacySpan
 
 from classifiers.address_recognizer import StreetAddressRecognizer
+from classifiers.intl_recognizers import INTL_ENTITIES, INTL_MIN_SCORE, build_intl_recognizers
 from classifiers.linear_patterns import LinearPattern, ScanCapped
 from promptfence.core import Finding, Span, Topic
 
@@ -120,6 +121,8 @@ ENTITY_RULES: Mapping[str, EntityRule] = {
     # Only with a configured spaCy model: names and places are weak evidence alone.
     "PERSON": EntityRule(weight=0.4, min_score=0.5),
     "LOCATION": EntityRule(weight=0.25, min_score=0.5),
+    # National identifiers of other countries, scored by their own check digits and context.
+    **{entity: EntityRule(weight=1.0, min_score=INTL_MIN_SCORE) for entity in INTL_ENTITIES},
 }
 
 _CONTEXT_ONLY_PATTERN_SCORE = 0.3
@@ -528,6 +531,7 @@ def build_recognizers(tld_extract: tldextract.TLDExtract | None = None) -> list[
         _PhoneRecognizer(name=_PhoneRecognizer.NAME),
         _PublicIpRecognizer(name="IpRecognizer"),
         StreetAddressRecognizer(),
+        *build_intl_recognizers(),
     ]
 
 

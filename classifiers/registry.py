@@ -1,7 +1,7 @@
 """Which detectors an inspector runs, built once from the configuration.
 
 Embedded defaults (no GPU, no download): Presidio, secrets, source code, the MiniLM intent
-head, and the neighbour memory (same MiniLM instance, SQLite under data_dir; ``memory.enabled``). Prompt Guard and the Llama classifier join only when configured; a configured model that
+head with its multilingual sibling (USE-multilingual-v3, for prompts not in English), and the neighbour memory (same MiniLM instance, SQLite under data_dir; ``memory.enabled``). Prompt Guard and the Llama classifier join only when configured; a configured model that
 cannot be loaded is a start-up error, never a silent downgrade.
 """
 
@@ -38,6 +38,11 @@ def build_detectors(config: Config) -> list[Detector]:
         from classifiers.intent_detector import IntentDetector
 
         detectors.append(IntentDetector(embedder))
+        # Non-English prompts (issue 15): USE-multilingual-v3 from its wheel, numpy only.
+        from classifiers.multilingual_intent_detector import MultilingualIntentDetector
+        from inference.use_embedder import UseEmbedder
+
+        detectors.append(MultilingualIntentDetector(UseEmbedder()))
     from classifiers.llm_detector import build_llm_detector
     from classifiers.promptguard_detector import build_promptguard_detector
 
@@ -89,7 +94,7 @@ def expected_detector_names(
     """
     names = ["presidio", "code", "secrets"]
     if inspector.intent_detector:
-        names.append("intent")
+        names.extend(("intent", "intent_multilingual"))
     if inspector.prompt_guard.path is not None:
         names.append("promptguard")
     if inspector.llm.url is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from policies.policy import (
     ANY_DETECTOR,
     ANY_OBFUSCATION,
+    ANY_TOPIC,
     Policy,
     Rule,
     check_policy_set,
@@ -96,8 +97,10 @@ def covers(a: Rule, b: Rule) -> bool:
         for topic, level in b.topics.items():
             if topic not in a.topics or a.topics[topic] > level:
                 return False
-    return _names_cover(a.detector_errors, b.detector_errors, ANY_DETECTOR) and _names_cover(
-        a.obfuscated, b.obfuscated, ANY_OBFUSCATION
+    return (
+        _names_cover(a.detector_errors, b.detector_errors, ANY_DETECTOR)
+        and _names_cover(a.obfuscated, b.obfuscated, ANY_OBFUSCATION)
+        and _names_cover(a.uncovered_topics, b.uncovered_topics, ANY_TOPIC)
     )
 
 

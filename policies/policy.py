@@ -63,6 +63,7 @@ REDACT_IMPOSSIBLE_MESSAGE = (
 )
 ANY_DETECTOR = "*"
 ANY_OBFUSCATION = "*"
+ANY_TOPIC = "*"
 
 _LABEL_RE = re.compile(r"[^A-Z0-9_]+")
 
@@ -98,6 +99,8 @@ class Rule:
     justification: bool = False
     detector_errors: frozenset[str] | None = None  # {"*"}: any detector
     obfuscated: frozenset[str] | None = None  # {"*"}: any obfuscation kind
+    # Topics no detector that ran reads in one of the prompt's languages; {"*"}: any topic.
+    uncovered_topics: frozenset[str] | None = None
     source: str = ""
     line: int = 0
     column: int = 0
@@ -181,6 +184,14 @@ class Rule:
                 else f"no selected obfuscation ({', '.join(undone) or 'none undone'})"
             )
             checks.append(Check("obfuscated", bool(hit), detail))
+        if self.uncovered_topics is not None:
+            pairs = [
+                f"{topic.value} in {language}"
+                for language, topic in inspection.uncovered_languages
+                if ANY_TOPIC in self.uncovered_topics or topic.value in self.uncovered_topics
+            ]
+            detail = f"unread: {', '.join(pairs)}" if pairs else "every selected topic read in every language"
+            checks.append(Check("uncovered_topics", bool(pairs), detail))
         matched = all(c.ok for c in checks)
         return RuleResult(self, matched, tuple(checks), tuple(matched_topics), covered, tuple(matched_custom))
 
@@ -573,6 +584,11 @@ def _parse_rule(raw: YamlMap, index: int, source: str, custom_topics: Collection
         obfuscated = frozenset({ANY_OBFUSCATION})
     elif "obfuscated" in match:
         obfuscated = _names(match, "obfuscated", fold=True)
+    uncovered_topics: frozenset[str] | None = None
+    if match.get("uncovered_topics") is True:
+        uncovered_topics = frozenset({ANY_TOPIC})
+    elif "uncovered_topics" in match:
+        uncovered_topics = _names(match, "uncovered_topics")
     action = Action(raw["action"])
     default_message = DEFAULT_WARN_MESSAGE if action is Action.WARN else DEFAULT_BLOCK_MESSAGE
     rule = Rule(
@@ -591,6 +607,7 @@ def _parse_rule(raw: YamlMap, index: int, source: str, custom_topics: Collection
         justification=raw.get("justification") == "required",
         detector_errors=detector_errors,
         obfuscated=obfuscated,
+        uncovered_topics=uncovered_topics,
         source=source,
         line=raw.line,
         column=raw.column,

@@ -415,6 +415,10 @@ class Inspection:
     obfuscations: tuple[Obfuscation, ...] = ()
     # Topics no detector that ran is able to classify (see classifiers/topics.yaml).
     uncovered: tuple[Topic, ...] = ()
+    # The prompt's languages (ISO 639-1, most written first; "und": undetermined) and each
+    # (language, topic) pair no detector that ran reads (classifiers/data/language_coverage.yaml).
+    languages: tuple[str, ...] = ()
+    uncovered_languages: tuple[tuple[str, Topic], ...] = ()
     # Embedding memory (vectors/): the neighbours that moved a score, what the engine did with
     # the memory ("neighbour_fallback", "feedback_adjusted"), and the centroids this prompt's
     # redacted vector was assigned to, so `promptfence feedback` can teach them without the text.
@@ -481,6 +485,8 @@ class Inspection:
             "transforms": list(self.transforms),
             "obfuscation": [o.to_dict() for o in self.obfuscations],
             "uncovered": [t.value for t in self.uncovered],
+            "languages": list(self.languages),
+            "uncovered_languages": [[lang, topic.value] for lang, topic in self.uncovered_languages],
             "neighbours": [n.to_dict() for n in self.neighbours],
             "notes": list(self.notes),
             "memory": None
@@ -594,6 +600,12 @@ class Inspection:
             if not kind:
                 raise InspectionFormatError(f"field {where}.kind is empty")
             obfuscations.append(Obfuscation(kind, count, tuple(spans)))
+        gaps = []
+        for i, pair in enumerate(_wire_list(data.get("uncovered_languages", []), "uncovered_languages")):
+            where = f"uncovered_languages[{i}]"
+            if not isinstance(pair, list) or len(pair) != 2:
+                raise InspectionFormatError(f"field {where} is not a [language, topic] pair")
+            gaps.append((_wire_language(pair[0], f"{where}[0]"), _wire_topic(pair[1], f"{where}[1]")))
         memory = data.get("memory")
         tenant: str | None = None
         centroids: tuple[int, ...] = ()
@@ -647,6 +659,11 @@ class Inspection:
                 _wire_topic(t, f"uncovered[{i}]")
                 for i, t in enumerate(_wire_list(data.get("uncovered", []), "uncovered"))
             ),
+            languages=tuple(
+                _wire_language(lang, f"languages[{i}]")
+                for i, lang in enumerate(_wire_list(data.get("languages", []), "languages"))
+            ),
+            uncovered_languages=tuple(gaps),
             neighbours=tuple(neighbours),
             notes=tuple(_wire_str(n, f"notes[{i}]") for i, n in enumerate(_wire_list(data.get("notes", []), "notes"))),
             memory_tenant=tenant,
@@ -701,6 +718,16 @@ def _wire_list(value: Any, where: str) -> list[Any]:
 def _wire_object(value: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
         raise InspectionFormatError(f"field {where} is not an object")
+    return value
+
+
+_LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})?$")
+
+
+def _wire_language(value: Any, where: str) -> str:
+    # A language code (ISO 639: "de", "und", "zh-Hant"), never free text.
+    if not isinstance(value, str) or not _LANGUAGE_CODE.match(value):
+        raise InspectionFormatError(f"field {where} is not a language code")
     return value
 
 
@@ -885,6 +912,9 @@ class LogRecord:
             # and the evidence: kind, count and prompt offsets of each disguise (never text).
             "transforms": list(self.inspection.transforms),
             "obfuscation": [o.to_dict() for o in self.inspection.obfuscations],
+            # The prompt's languages, and the (language, topic) pairs no detector read (codes only).
+            "languages": list(self.inspection.languages),
+            "uncovered_languages": self.inspection.to_dict()["uncovered_languages"],
             "memory": self.inspection.to_dict()["memory"],
             "decision": self.decision.to_dict(),
             "inspection_ms": round(self.inspection.elapsed_ms, 2),

@@ -286,7 +286,7 @@ async def test_a_lone_surrogate_travels_as_an_ascii_escape(inspector: tuple[Insp
 
 
 def test_default_configuration_expects_every_embedded_detector() -> None:
-    assert DEFAULT_DETECTORS == ("presidio", "code", "secrets", "intent", "neighbours")
+    assert DEFAULT_DETECTORS == ("presidio", "code", "secrets", "intent", "intent_multilingual", "neighbours")
     client = InspectorClient.for_config(Config())
     assert client.expected_detectors == DEFAULT_DETECTORS
     assert client.base_url == Config().inspector.base_url

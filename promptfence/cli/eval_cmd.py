@@ -2,7 +2,8 @@
 
 Dataset: one JSON object per line with ``text`` and ``topics`` (a list; empty = benign; labels
 outside the eight topics, such as ``other_harm``, are ignored for scoring), optionally ``id``
-and ``source``. A topic counts as predicted when its confidence reaches ``--min-confidence``
+and ``source``, ``lang`` (the prompt's language, ISO 639-1) and ``split`` (``--split test``
+evaluates only the rows of that split). A topic counts as predicted when its confidence reaches ``--min-confidence``
 (default medium: what the shipped policy blocks on). The prompts are never printed.
 
 Figures that cannot flatter (issue 14):
@@ -15,6 +16,9 @@ Figures that cannot flatter (issue 14):
   (:mod:`eval_transforms`), reported as the share of the plain prompt's detections kept, per
   transform and wrapper family, and the false-positive rate of the rewritten harmless prompts.
 - ``--buried``: every prompt inside a long harmless document, at several positions and lengths.
+- ``--by language`` (issue 15): recall per topic and the benign false-positive rate of each
+  language (the ``lang`` field, else the language the Inspection names), and how often the
+  Inspection named the labelled language.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import asyncio
 import dataclasses
 import json
 import random
+import re
 import sys
 import time
 from collections import Counter, defaultdict
@@ -59,6 +64,8 @@ class Example:
     labels: frozenset[str]
     source: str = ""
     id: str = ""
+    # The prompt's language as the dataset labels it (ISO 639-1, e.g. "de"); "" when unlabelled.
+    lang: str = ""
 
 
 def _names(value: str, known: Sequence[str], what: str) -> list[str]:
@@ -145,6 +152,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--per-source", action="store_true", help="print recall and benign FPR per source")
     parser.add_argument(
+        "--by",
+        choices=["language"],
+        help="language: recall per topic and benign FPR per language (the dataset's lang field, "
+        "else the language the inspection names)",
+    )
+    parser.add_argument("--split", default="", metavar="NAME", help="evaluate only rows whose split field is NAME")
+    parser.add_argument(
         "--source-key",
         choices=["dataset", "exact"],
         default="dataset",
@@ -161,7 +175,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_config_option(parser)
 
 
-def load_dataset(path: Path, limit: int = 0) -> list[Example]:
+_LANG = re.compile(r"^[a-z]{2,3}(?:-[A-Za-z0-9]{2,8})?$")
+
+
+def load_dataset(path: Path, limit: int = 0, split: str = "") -> list[Example]:
+    """The rows of a dataset; with ``split``, only those whose ``split`` field is that."""
     examples: list[Example] = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -181,6 +199,11 @@ def load_dataset(path: Path, limit: int = 0) -> list[Example]:
             ) from None
         known = frozenset(Topic(t) for t in labels if t in Topic.__members__)
         source, ident = row.get("source", ""), row.get("id", "")
+        language = row.get("lang", "")
+        if not isinstance(language, str) or (language and not _LANG.match(language)):
+            raise ConfigError("'lang' is an ISO 639 language code such as de", source=str(path), line=number)
+        if split and row.get("split") != split:
+            continue
         examples.append(
             Example(
                 text,
@@ -188,6 +211,7 @@ def load_dataset(path: Path, limit: int = 0) -> list[Example]:
                 frozenset(str(t) for t in labels),
                 source if isinstance(source, str) else "",
                 str(ident) if isinstance(ident, str | int) and ident != "" else f"line-{number}",
+                language,
             )
         )
         if limit and len(examples) >= limit:
@@ -318,10 +342,17 @@ def per_source(
     examples: Sequence[Example], inspections: Sequence[Inspection], keys: dict[str, str], minimum: Confidence
 ) -> dict[str, dict[str, Any]]:
     """Per source: prompts, recall per labelled topic, the benign false-positive rate."""
+    return per_group(examples, inspections, [keys.get(e.source, e.source) for e in examples], minimum)
+
+
+def per_group(
+    examples: Sequence[Example], inspections: Sequence[Inspection], group_of: Sequence[str], minimum: Confidence
+) -> dict[str, dict[str, Any]]:
+    """Per group (a source, a language): prompts, recall per labelled topic, benign FPR."""
     table: dict[str, dict[str, Any]] = {}
     groups: dict[str, list[int]] = defaultdict(list)
-    for i, example in enumerate(examples):
-        groups[keys.get(example.source, example.source)].append(i)
+    for i, key in enumerate(group_of):
+        groups[key].append(i)
     for key in sorted(groups):
         found: Counter[str] = Counter()
         support: Counter[str] = Counter()
@@ -337,13 +368,39 @@ def per_source(
             if not examples[i].labels:
                 benign += 1
                 flagged += bool(predicted)
+        harmful = sum(support.values())
         table[key] = {
             "n": len(groups[key]),
             "recall": {t: {"recall": round(found[t] / n, 4), "support": n} for t, n in sorted(support.items())},
+            "recall_all": round(sum(found.values()) / harmful, 4) if harmful else None,
             "n_benign": benign,
             "benign_fpr": round(flagged / benign, 4) if benign else None,
             "other_topics_predicted": dict(sorted(extra.items())),
         }
+    return table
+
+
+def language_groups(examples: Sequence[Example], inspections: Sequence[Inspection]) -> list[str]:
+    """Each prompt's language: the dataset's ``lang`` label, else the first language its
+    Inspection names (marked ``~``: identified, not labelled)."""
+    return [e.lang or f"~{(i.languages or ('und',))[0]}" for e, i in zip(examples, inspections, strict=True)]
+
+
+def per_language(
+    examples: Sequence[Example], inspections: Sequence[Inspection], minimum: Confidence
+) -> dict[str, dict[str, Any]]:
+    """:func:`per_group` by language, plus how often the Inspection named the labelled language
+    and how often it reported an uncovered (language, topic) pair."""
+    groups = language_groups(examples, inspections)
+    table = per_group(examples, inspections, groups, minimum)
+    for key, row in table.items():
+        members = [i for i, g in enumerate(groups) if g == key]
+        labelled = [i for i in members if examples[i].lang]
+        named = sum(examples[i].lang in inspections[i].languages for i in labelled)
+        row["language_named"] = round(named / len(labelled), 4) if labelled else None
+        row["with_uncovered_pairs"] = round(
+            sum(bool(inspections[i].uncovered_languages) for i in members) / len(members), 4
+        )
     return table
 
 
@@ -423,6 +480,24 @@ def _print_tables(report: dict[str, Any]) -> None:
         print(f"{name:16} {q['p50']:8.1f} {q['p90']:8.1f} {q['p99']:8.1f}")
     if report["detector_failures"]:
         print(f"\ndetector failures: {report['detector_failures']}")
+
+
+def _print_per_language(table: dict[str, dict[str, Any]]) -> None:
+    topics = sorted({t for row in table.values() for t in row["recall"]})
+    print("\nper language: recall per labelled topic (support), benign false-positive rate")
+    print("(~xx: no lang field, grouped by the language the inspection named)")
+    header = f"{'LANG':6} {'N':>5}" + "".join(f" {t[:14]:>14}" for t in topics)
+    print(header + f" {'ALL HARMFUL':>12} {'BENIGN FPR':>14} {'LANG NAMED':>10}")
+    for key, row in table.items():
+        cells = "".join(
+            f" {_fmt(row['recall'][t]['recall']) + ' (' + str(row['recall'][t]['support']) + ')':>14}"
+            if t in row["recall"]
+            else f" {'':>14}"
+            for t in topics
+        )
+        fpr = "" if row["benign_fpr"] is None else f"{_fmt(row['benign_fpr'], True)} of {row['n_benign']}"
+        named = "" if row["language_named"] is None else _fmt(row["language_named"], True)
+        print(f"{key[:6]:6} {row['n']:5d}{cells} {_fmt(row['recall_all'], True):>12} {fpr:>14} {named:>10}")
 
 
 def _print_per_source(table: dict[str, dict[str, Any]]) -> None:
@@ -629,6 +704,7 @@ async def evaluate(args: argparse.Namespace, examples: list[Example]) -> dict[st
         inspections = await session.inspect_all([e.text for e in examples], keys)
         report = score(examples, inspections, minimum)
         report["per_source"] = per_source(examples, inspections, sources, minimum)
+        report["per_language"] = per_language(examples, inspections, minimum)
         report["loso"] = loso
         plain = [set(i.detected(minimum)) for i in inspections]
         report["obfuscation"] = (
@@ -657,7 +733,7 @@ async def evaluate(args: argparse.Namespace, examples: list[Example]) -> dict[st
 
 
 def run(args: argparse.Namespace) -> int:
-    examples = load_dataset(args.dataset, args.limit)
+    examples = load_dataset(args.dataset, args.limit, args.split)
     if args.per_label:
         examples = stratified(examples, args.per_label, args.seed)
     started = time.perf_counter()
@@ -670,6 +746,8 @@ def run(args: argparse.Namespace) -> int:
     _print_tables(report)
     if args.per_source or args.loso:
         _print_per_source(report["per_source"])
+    if args.by == "language":
+        _print_per_language(report["per_language"])
     if report["obfuscation"]:
         _print_obfuscation(report["obfuscation"])
     if report["buried"]:
