@@ -137,7 +137,7 @@ def fit_topic(X: np.ndarray, y: np.ndarray, weight: np.ndarray, C: float) -> Log
 
 
 MEDIUM = 0.6  # Confidence.MEDIUM's lower bound: what a policy's default "medium" acts on
-THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(9))  # 0.5 .. 0.9
+THRESHOLDS = tuple(round(0.6 + 0.05 * i, 2) for i in range(7))  # 0.6 .. 0.9
 
 
 def logit(p: float) -> float:
@@ -154,10 +154,11 @@ def precision_recall(scores: np.ndarray, y: np.ndarray, threshold: float) -> tup
 
 
 def calibrated_threshold(held_out_scores: np.ndarray, y: np.ndarray) -> float:
-    """The threshold (0.5-0.9) with the best F1 on held-out-source scores; 0.6 when none helps.
+    """The threshold (0.6-0.9) with the best F1 on held-out-source scores; 0.6 when none helps.
 
-    Never below 0.5: the shift is there to stop a topic that over-fires on unseen sources, and
-    to let one that is too shy fire a little earlier, not to make every weak score an alarm.
+    Never below 0.6: the shift is there to stop a topic that over-fires on unseen sources. A
+    lower threshold bought a few F1 points on the dev set's sources with false alarms on
+    harmless instructions (PurpleLlama instruct 11% -> 25%), the costlier error in blocking mode.
     """
     p, r = precision_recall(held_out_scores, y, MEDIUM)
     best, best_f1 = MEDIUM, (2 * p * r / (p + r) if p + r else 0.0)
@@ -226,7 +227,7 @@ def main() -> None:
         "exemplar_weight": args.exemplar_weight,
         "leave_one_source_out": report,
         # Per topic: the head's probability at which the leave-one-source-out F1 is best
-        # (searched from 0.5 up) is moved to the medium confidence (0.6) by a logit shift,
+        # (searched from 0.6 up) is moved to the medium confidence (0.6) by a logit shift,
         # applied at load (classifiers/intent_detector.py LinearHead.load).
         "calibration": calibration,
         "sources": [{"source": src, "licence": lic, "rows": n} for (src, lic), n in sorted(manifest_sources.items())],
