@@ -173,8 +173,8 @@ def calibrated_threshold(held_out_scores: np.ndarray, y: np.ndarray) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("dataset", type=Path)
-    parser.add_argument("--C", type=float, default=0.5)
-    parser.add_argument("--exemplar-weight", type=float, default=8.0)
+    parser.add_argument("--C", type=float, default=4.0)
+    parser.add_argument("--exemplar-weight", type=float, default=2.0)
     parser.add_argument("--cache", help="reuse embeddings from this .npz while iterating (never shipped)")
     args = parser.parse_args()
 
