@@ -331,7 +331,7 @@ def test_host_spelling_variants_still_route_to_the_app(deployment: ProxyDeployme
     ("marker", "why"),
     [
         ("empty", "inspector: answer missing field topics"),
-        ("noruns", "inspector: answer missing runs for presidio, code, secrets, intent, neighbours"),
+        ("noruns", "inspector: answer missing runs for presidio, code, secrets, intent, intent_multilingual, neighbours"),
         ("http500", "inspector: inspector answered HTTP 500"),
         ("notjson", "inspector: answer is not JSON"),
         ("badscore", "inspector: answer field topics.PII.score is not a number"),
