@@ -516,9 +516,16 @@ class InspectionEngine:
             unread = reading.drop_outside and not self._reads(run.detector, languages)
             for finding in detector_findings:
                 if isinstance(finding, CustomFinding):
-                    custom.append(finding)
+                    # Custom topics are judged on MiniLM against English examples: in a language
+                    # their detector does not read, a similarity is noise, not evidence.
+                    if not unread:
+                        custom.append(finding)
                     continue
-                if unread and finding.topic in read_here and finding.topic not in reading.keep_topics:
+                if (
+                    unread
+                    and (finding.topic in read_here or reading.discard_outside)
+                    and finding.topic not in reading.keep_topics
+                ):
                     # A model scoring a language it cannot read, where one that can has spoken.
                     continue
                 weight = allowed.get(finding.topic, 0.0)

@@ -207,6 +207,9 @@ class Coverage:
 
     languages: frozenset[str] | None = None
     drop_outside: bool = False
+    # ``outside: discard``: dropped outside its languages even where no other detector reads
+    # the topic (the topic is then uncovered there), for a detector whose score is noise there.
+    discard_outside: bool = False
     # Topics whose findings are kept even outside those languages (``keep_topics``).
     keep_topics: frozenset[Topic] = frozenset()
 
@@ -228,16 +231,17 @@ def load_coverage(path: Path = COVERAGE_FILE) -> dict[str, Coverage]:
             raise ConfigError("keep_topics lists topics", source=str(path), field=f"{where}.keep_topics") from None
         langs = entry.get("languages", "any")
         outside = entry.get("outside", "keep")
-        if outside not in ("keep", "drop"):
-            raise ConfigError("outside is keep or drop", source=str(path), field=f"{where}.outside")
+        if outside not in ("keep", "drop", "discard"):
+            raise ConfigError("outside is keep, drop or discard", source=str(path), field=f"{where}.outside")
+        drop, discard = outside in ("drop", "discard"), outside == "discard"
         if langs == "any":
-            result[str(name)] = Coverage(None, outside == "drop", keep)
+            result[str(name)] = Coverage(None, drop, discard, keep)
             continue
         if not isinstance(langs, list) or not all(isinstance(x, str) and _CODE.match(x) for x in langs):
             raise ConfigError(
                 "languages is any or a list of ISO 639 codes", source=str(path), field=f"{where}.languages"
             )
-        result[str(name)] = Coverage(frozenset(langs), outside == "drop", keep)
+        result[str(name)] = Coverage(frozenset(langs), drop, discard, keep)
     return result
 
 
