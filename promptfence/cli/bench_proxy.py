@@ -77,27 +77,9 @@ def percentile(values: list[float], q: float) -> float:
 
 def tree_cpu_s(root: int) -> float:
     """User + system CPU seconds of ``root`` and all its descendants (live ones)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    parents: dict[int, int] = {}
-    used: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        used[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
-    total = 0.0
-    for pid, seconds in used.items():
-        walk = pid
-        while walk not in (0, 1) and walk != root:
-            walk = parents.get(walk, 0)
-        if walk == root:
-            total += seconds
-    return total
+    from promptfence.cli.bench_cmd import process_tree_cpu_s
+
+    return process_tree_cpu_s(root)
 
 
 @dataclass
