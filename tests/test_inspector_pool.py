@@ -139,7 +139,9 @@ async def test_a_down_inspector_gets_no_prompts_until_healthy_again(standins: li
 async def test_a_refused_connection_is_retried_on_another_inspector(standins: list[Standin]) -> None:
     a, b = standins
     await a.stop()  # nothing listens on a's port: connection refused
-    pool = InspectorPool([a.url, b.url], expected_detectors=("presidio",), health_interval_s=0)
+    # No affinity: the turn order sends the first prompt to a. With affinity the user's home
+    # depends on the ports' hash, and a prompt homed on b never touches a.
+    pool = InspectorPool([a.url, b.url], expected_detectors=("presidio",), health_interval_s=0, affinity_slack=-1)
     try:
         for _ in range(4):
             assert (await pool.inspect(_op())).notes == ("b",)
