@@ -54,6 +54,8 @@ log = logging.getLogger("promptfence.logs")
 RETENTION_CHECK_S = 6 * 3600.0
 ON_UNRECORDABLE = ("block", "allow")
 DEFAULT_DB_TIMEOUT_S = 1.5
+# At most this many queued records share one transaction (bounds one commit's time and size).
+MAX_GROUP_COMMIT = 64
 # How long a slow call (a migration on a large database, retention) may run before its socket is
 # broken; the writer itself stops waiting for it after db_timeout_s either way.
 SLOW_CALL_HARD_TIMEOUT_S = 120.0
@@ -222,6 +224,44 @@ class SpoolingWriter:
             return self._write_sealed(sealed)
         finally:
             self._publish_health()
+
+    def write_many(self, records: Sequence[LogRecord]) -> list[Outcome | BaseException]:
+        """Group commit: the records queued together go to the database in one transaction.
+
+        One commit (one fsync on SQLite) per batch instead of one per record is what lets the
+        proxy keep up under concurrency; durability is unchanged, because no caller is answered
+        before the transaction holding its record has committed. When the batch cannot be
+        stored, each record takes the single-record path (spool, or the unrecordable rule) and
+        gets its own outcome; a record that fails (sealing, or ``block`` with nowhere to write)
+        gets its exception, and the others are unaffected.
+        """
+        results: list[Outcome | BaseException | None] = [None] * len(records)
+        sealed: list[tuple[int, SealedRecord]] = []
+        for i, record in enumerate(records):
+            try:
+                sealed.append((i, self.store.seal(record)))
+            except Exception as exc:
+                results[i] = exc
+        try:
+            if len(sealed) > 1 and not self.database_down and (not self.spool.pending() or self.flush()):
+                batch = [s for _, s in sealed]
+                try:
+                    self._db(lambda: self.store.insert_many(batch))
+                except Exception as exc:  # the batch is not stored: each record is spooled below
+                    self._mark_down(exc)
+                else:
+                    self.counts[Outcome.STORED.value] += len(batch)
+                    for i, _ in sealed:
+                        results[i] = Outcome.STORED
+                    sealed = []
+            for i, one in sealed:
+                try:
+                    results[i] = self._write_sealed(one)
+                except Exception as exc:
+                    results[i] = exc
+        finally:
+            self._publish_health()
+        return [r if r is not None else RuntimeError("record not written") for r in results]
 
     def _write_sealed(self, sealed: SealedRecord) -> Outcome:
         tried_db = False
@@ -407,15 +447,37 @@ class AsyncRecorder:
             except queue.Empty:
                 self._housekeeping()
                 continue
-            if item is None:
-                break
-            record, future = item
-            if future.set_running_or_notify_cancel():
+            # Whatever queued up while the last commit ran goes into the next one (group
+            # commit): no waiting for a batch to fill, so an idle proxy pays nothing extra.
+            batch: list[_Item] = []
+            stop = item is None
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= MAX_GROUP_COMMIT:
+                    break
                 try:
-                    future.set_result(self.writer.write(record))
-                except BaseException as exc:
-                    future.set_exception(exc)
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                stop = item is None
+            self._write_batch(batch)
+            if stop:
+                break
             self._housekeeping()
+
+    def _write_batch(self, batch: list[_Item]) -> None:
+        live = [(record, future) for record, future in batch if future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        try:
+            results = self.writer.write_many([record for record, _ in live])
+        except BaseException as exc:  # never strand a waiting prompt
+            results = [exc] * len(live)
+        for (_, future), result in zip(live, results, strict=True):
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
 
     def _housekeeping(self) -> None:
         """Replay the spool once the database is back; apply retention every few hours."""
