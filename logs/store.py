@@ -27,9 +27,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Select, delete, func, insert, inspect, select, update
+from sqlalchemy import Select, Table, bindparam, delete, func, insert, inspect, select, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -329,33 +329,52 @@ class LogStore:
         if not records:
             return 0
         with self._session() as session, session.begin():
+            conn = session.connection()
             ids = list(dict.fromkeys(r.record_id for r in records))
             stored: dict[str, str] = {}
             for start in range(0, len(ids), 500):
-                query = select(RecordRow.record_id, RecordRow.answer_status).where(
-                    RecordRow.record_id.in_(ids[start : start + 500])
+                query = select(_RECORDS.c.record_id, _RECORDS.c.answer_status).where(
+                    _RECORDS.c.record_id.in_(ids[start : start + 500])
                 )
-                stored.update({rid: status for rid, status in session.execute(query)})
-            now = time.time()
+                stored.update({rid: status for rid, status in conn.execute(query)})
+            # The batch's last word on each record, in first-seen order: a record and its
+            # completion queued together are inserted once, complete (same outcome as two writes).
+            inserts: dict[str, SealedRecord] = {}
+            updates: dict[str, SealedRecord] = {}
             changed = 0
             for sealed in records:
                 rid = sealed.record_id
                 status = answer_status(sealed.metadata)
                 if rid not in stored:
-                    session.execute(insert(RecordRow).values(**_record_columns(sealed), stored_at=now))
+                    inserts[rid] = sealed
                 elif supersedes(sealed.metadata, stored[rid]):
-                    session.execute(
-                        update(RecordRow).where(RecordRow.record_id == rid).values(**_record_columns(sealed))
-                    )
-                    for child in (SealRow, TopicRow, GroupRow):
-                        session.execute(delete(child).where(child.record_id == rid))
+                    if rid in inserts:
+                        inserts[rid] = sealed
+                    else:
+                        updates[rid] = sealed
                 else:
                     continue
-                for table, rows in _child_rows(sealed):
-                    if rows:
-                        session.execute(insert(table), rows)
                 stored[rid] = status
                 changed += 1
+            # Core statements, one executemany per table: the ORM's per-row statement building
+            # was most of the proxy's CPU per inspected prompt (issue 17).
+            now = time.time()
+            if inserts:
+                conn.execute(insert(_RECORDS), [{**_record_columns(r), "stored_at": now} for r in inserts.values()])
+            if updates:
+                rows = [{**_record_columns(r), "b_record_id": rid} for rid, r in updates.items()]
+                for row in rows:
+                    row.pop("record_id")
+                conn.execute(_UPDATE_RECORD, rows)
+                for child in (SealRow, TopicRow, GroupRow):
+                    conn.execute(delete(_table(child)).where(_table(child).c.record_id.in_(list(updates))))
+            children: dict[type[Any], list[dict[str, Any]]] = {}
+            for sealed in (*inserts.values(), *updates.values()):
+                for table, rows in _child_rows(sealed):
+                    children.setdefault(table, []).extend(rows)
+            for table, rows in children.items():
+                if rows:
+                    conn.execute(insert(_table(table)), rows)
         return changed
 
     def interrupt(self) -> int:
@@ -584,6 +603,18 @@ def _min_score(level: Confidence) -> float:
     from promptfence.core import CONFIDENCE_THRESHOLDS
 
     return 0.0 if level is Confidence.NONE else CONFIDENCE_THRESHOLDS[level]
+
+
+def _table(model: type[Any]) -> Table:
+    return cast(Table, model.__table__)
+
+
+_RECORDS = _table(RecordRow)
+_UPDATE_RECORD = (
+    update(_RECORDS)
+    .where(_RECORDS.c.record_id == bindparam("b_record_id"))
+    .values({c.name: bindparam(c.name) for c in _RECORDS.columns if c.name not in ("id", "record_id", "stored_at")})
+)
 
 
 def _record_columns(sealed: SealedRecord) -> dict[str, Any]:

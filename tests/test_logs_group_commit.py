@@ -4,6 +4,7 @@ answered before their record is durable, and a failing batch loses nothing."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 from logs.recorder import MAX_GROUP_COMMIT, AsyncRecorder, Outcome, SpoolingWriter
 from logs.sealing import KeyPair, write_key_pair
 from logs.spool import Spool, spool_size
-from logs.store import LogStore, Recipient, SealedRecord
+from logs.store import LogStore, Recipient, SealedRecord, answer_status
 from promptfence.core import LogRecord
 from tests.support.logdb import BACKENDS, LogDB, make_log_db, make_record
 
@@ -136,4 +137,34 @@ async def test_a_burst_larger_than_one_batch_is_split_and_all_stored(
     recorder.close()
     assert max(len(b) for b in store.batches) <= MAX_GROUP_COMMIT
     assert store.record_ids()[1:] == [r.record_id for r in records]
+    store.close()
+
+
+def test_a_record_and_its_completion_in_one_batch_are_stored_once_complete(
+    log_db: LogDB, recipients: list[Recipient]
+) -> None:
+    store = LogStore(log_db.url, recipients)
+    earlier = make_record("earlier", topics={"PII": 0.9})
+    store.insert_many([store.seal(dataclasses.replace(earlier, answer_status="pending"))])
+    a = make_record("a", topics={"JAILBREAK": 0.8})
+    b = make_record("b")
+    batch = [
+        dataclasses.replace(a, answer_status="pending", response_bytes=0),
+        dataclasses.replace(b, answer_status="pending", response_bytes=0),
+        dataclasses.replace(a, answer_status="complete"),
+        dataclasses.replace(earlier, answer_status="complete", inspection=a.inspection),
+        dataclasses.replace(a, answer_status="pending", response_bytes=0),  # stale: changes nothing
+    ]
+    assert store.insert_many([store.seal(r) for r in batch]) == 4
+    assert store.record_ids() == [earlier.record_id, a.record_id, b.record_id]
+    got = {r: store.get(r) for r in store.record_ids()}
+    assert {r: answer_status(s.metadata) for r, s in got.items() if s} == {
+        earlier.record_id: "complete",
+        a.record_id: "complete",
+        b.record_id: "pending",
+    }
+    # The completed earlier record's topic rows (what filters use) were replaced, not added to.
+    with store.engine.connect() as conn:
+        rows = conn.exec_driver_sql("SELECT record_id, topic FROM log_topic ORDER BY record_id, topic").all()
+    assert sorted((r, t) for r, t in rows) == sorted([(earlier.record_id, "JAILBREAK"), (a.record_id, "JAILBREAK")])
     store.close()
