@@ -53,6 +53,7 @@ INSPECTOR_SIDE = frozenset(
         "test_topic_llm.py",
         "test_unicode_boundary.py",
         "test_vectors.py",
+        "test_memory_group_commit.py",
         "test_worker_spares.py",
     }
 )

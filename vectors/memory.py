@@ -18,15 +18,16 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from promptfence.core import Topic
+from vectors.group_commit import GroupCommitter
 from vectors.index import IndexSpec, VectorIndex
-from vectors.store import Assignment, CentroidState, Changes, Vector, VectorStore, normalise
+from vectors.store import Assignment, CentroidState, Changes, Observation, Vector, VectorStore, normalise
 
 log = logging.getLogger("promptfence.vectors")
 
@@ -61,6 +62,8 @@ class VectorMemory:
             raise ValueError("index dimension differs from the memory's")
         self.namespace_id = store.namespace(spec.tenant, spec.model, spec.dimension)
         self.index = VectorIndex(index_spec)
+        # Concurrent inspections' observations share one transaction (vectors/group_commit.py).
+        self._observations: GroupCommitter[Observation, Assignment] = GroupCommitter(self._commit_observations)
         self._states: dict[int, CentroidState] = {}
         self._generation: int | None = None
         self._lock = threading.RLock()
@@ -157,15 +160,15 @@ class VectorMemory:
         if nearest is None:
             found = self.search(vector, 1)
             nearest = found[0] if found else None
-        assignment = self.store.assign(
-            self.namespace_id,
-            vector,
-            nearest=None if nearest is None else (nearest.centroid_id, nearest.similarity),
-            join_similarity=self.spec.join_similarity,
-            labels=labels,
+        observation = Observation(
+            vector, None if nearest is None else (nearest.centroid_id, nearest.similarity), labels
         )
-        self.sync()
-        return assignment
+        return self._observations.submit(observation)
+
+    def _commit_observations(self, observations: Sequence[Observation]) -> list[Assignment]:
+        assignments = self.store.assign_many(self.namespace_id, observations, join_similarity=self.spec.join_similarity)
+        self.sync()  # the next search sees these centroids
+        return assignments
 
     def touch(self, centroid_ids: Iterable[int]) -> None:
         self.store.touch(centroid_ids)
