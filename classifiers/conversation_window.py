@@ -118,7 +118,9 @@ class ConversationRef:
 class ConversationWindow:
     """Per-conversation fragments and tail, in memory, bounded and expiring."""
 
-    def __init__(self, settings: ConversationWindowConfig | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: ConversationWindowConfig | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings or ConversationWindowConfig()
         self._clock = clock
         self._entries: OrderedDict[str, _Entry] = OrderedDict()

@@ -173,9 +173,72 @@ MAX_SEGMENTS = 8
 SEGMENT_WEIGHT = 0.9  # like a window: one sentence must be more certain than the document
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 _REQUEST_OPENERS = frozenset(
-    ["write", "create", "generate", "give", "tell", "show", "list", "explain", "describe", "provide", "find", "make", "build", "code", "develop", "implement", "ignore", "disregard", "forget", "pretend", "act", "roleplay", "imagine", "how", "what", "where", "who", "which", "why", "can", "could", "would", "will", "help", "send", "share", "extract", "reveal", "print", "output", "decode", "translate", "summarize", "summarise", "draft", "compose", "design", "craft", "produce", "obtain", "get", "lookup", "look", "search", "dump", "bypass", "disable", "hack", "crack", "steal"]
+    [
+        "write",
+        "create",
+        "generate",
+        "give",
+        "tell",
+        "show",
+        "list",
+        "explain",
+        "describe",
+        "provide",
+        "find",
+        "make",
+        "build",
+        "code",
+        "develop",
+        "implement",
+        "ignore",
+        "disregard",
+        "forget",
+        "pretend",
+        "act",
+        "roleplay",
+        "imagine",
+        "how",
+        "what",
+        "where",
+        "who",
+        "which",
+        "why",
+        "can",
+        "could",
+        "would",
+        "will",
+        "help",
+        "send",
+        "share",
+        "extract",
+        "reveal",
+        "print",
+        "output",
+        "decode",
+        "translate",
+        "summarize",
+        "summarise",
+        "draft",
+        "compose",
+        "design",
+        "craft",
+        "produce",
+        "obtain",
+        "get",
+        "lookup",
+        "look",
+        "search",
+        "dump",
+        "bypass",
+        "disable",
+        "hack",
+        "crack",
+        "steal",
+    ]
 )
-_LEAD_WORDS = frozenset(["please", "now", "then", "also", "and", "so", "ok", "okay", "finally", "lastly", "next", "btw"])
+_LEAD_WORDS = frozenset(
+    ["please", "now", "then", "also", "and", "so", "ok", "okay", "finally", "lastly", "next", "btw"]
+)
 _SEGMENT_WORDS = (4, 60)
 
 

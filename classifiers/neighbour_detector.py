@@ -332,6 +332,8 @@ def build_neighbour_detector(config: Config, embedder: Embedder) -> NeighbourDet
         raise ConfigError("expected 1 to 128 characters", field="memory.tenant")
     if mem.retention_days < 0:
         raise ConfigError("expected 0 (keep) or a positive number of days", field="memory.retention_days")
+    if not 0 <= mem.sync_interval_s <= 60:
+        raise ConfigError("expected 0 to 60 seconds", field="memory.sync_interval_s")
     store = VectorStore(config.memory_database_url)
     memory = VectorMemory(
         store,
@@ -341,6 +343,7 @@ def build_neighbour_detector(config: Config, embedder: Embedder) -> NeighbourDet
             dimension=embedder.dimension,
             join_similarity=mem.join_similarity,
             retention_days=mem.retention_days,
+            sync_interval_s=mem.sync_interval_s,
             index=IndexSpec(
                 dimension=embedder.dimension,
                 approximate_above=mem.approximate_above,

@@ -343,6 +343,10 @@ class MemoryConfig:
     feedback_strength: float = 1.2
     # Centroids not used for this many days are deleted (at start and every 6 h); 0: keep.
     retention_days: float = 60.0
+    # How stale another process's memory changes (an admin's report, another inspector's
+    # centroids) may be when a prompt is looked up, in seconds: checking the database before
+    # every lookup cost a query per prompt. This inspector's own writes count at once. 0: always check.
+    sync_interval_s: float = 0.5
     # Detectors whose spans are replaced by [TYPE] placeholders before a prompt is embedded.
     redact_with: list[str] = field(default_factory=lambda: ["presidio", "secrets"])
     # Where index snapshots go for a faster start; default <data_dir>/vectors.

@@ -93,6 +93,9 @@ def write_config(tmp_path: Path, memory_url: str, logs_url: str, tenant: str = "
         f"data_dir: {tmp_path / 'home'}\n"
         f"logs:\n  database_url: '{logs_url}'\n  recipients: [{tmp_path / 'admin.pub'}]\n"
         f"memory:\n  database_url: '{memory_url}'\n  tenant: {tenant}\n"
+        # These tests report and re-inspect at once: no staleness allowed (the default 0.5 s is
+        # covered in test_vectors.py).
+        "  sync_interval_s: 0\n"
     )
     return load_config(path)
 

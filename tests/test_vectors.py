@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -195,6 +196,22 @@ def test_processes_sharing_a_database_stay_in_step(db_url: str) -> None:
     assert joined.centroid_id == cid
     state = a.search(v, 1)[0].state
     assert state.members == 2
+    a.store.close()
+    b.store.close()
+
+
+def test_other_processes_changes_are_seen_within_the_sync_interval(db_url: str) -> None:
+    clock = Clock()
+    a = memory(db_url, clock, join_similarity=0.9, sync_interval_s=0.3)
+    b = memory(db_url, clock, join_similarity=0.9)
+    v = unit(7)
+    assert a.search(v, 1) == []  # checked the database: empty
+    cid = b.observe(v).centroid_id
+    assert a.search(v, 1) == []  # within the interval: not checked again
+    time.sleep(0.35)
+    assert [n.centroid_id for n in a.search(v, 1)] == [cid]  # past it: caught up
+    own = a.observe(unit(8)).centroid_id
+    assert a.search(unit(8), 1)[0].centroid_id == own  # its own write counts at once
     a.store.close()
     b.store.close()
 

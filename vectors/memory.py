@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,9 @@ class MemorySpec:
     index: IndexSpec | None = None
     # Directory for index snapshots (faster start at large sizes); None: always rebuild.
     snapshot_dir: Path | None = None
+    # A search checks the database for other processes' changes at most this often (seconds);
+    # this process's own writes are applied at once. 0: before every search.
+    sync_interval_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,7 @@ class VectorMemory:
         self._observations: GroupCommitter[Observation, Assignment] = GroupCommitter(self._commit_observations)
         self._states: dict[int, CentroidState] = {}
         self._generation: int | None = None
+        self._last_sync_check = float("-inf")
         self._lock = threading.RLock()
         self._start()
 
@@ -139,7 +144,10 @@ class VectorMemory:
     # -- use --------------------------------------------------------------------------------
     def search(self, vector: Vector, k: int) -> list[Neighbour]:
         """The ``k`` most similar centroids, best first (after catching up with the database)."""
-        self.sync()
+        now = time.monotonic()
+        if now - self._last_sync_check >= self.spec.sync_interval_s:
+            self._last_sync_check = now
+            self.sync()
         sims, ids = self.index.search(normalise(vector)[None, :], k)
         out = []
         with self._lock:

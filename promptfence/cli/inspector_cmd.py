@@ -40,7 +40,9 @@ def build_engine(config: Config) -> InspectionEngine:
     window = inspector.conversation_window
     for name in ("ttl_s", "max_conversations", "max_fragments", "max_fragment_chars", "tail_chars"):
         if getattr(window, name) <= 0:
-            raise ConfigError("must be more than 0", source=config.source, field=f"inspector.conversation_window.{name}")
+            raise ConfigError(
+                "must be more than 0", source=config.source, field=f"inspector.conversation_window.{name}"
+            )
     return InspectionEngine(
         detectors,
         deadline_s=inspector.detector_timeout_s,
