@@ -119,7 +119,7 @@ class InspectorClient:
         With ``inspector.urls`` (and no ``base_url``): an :class:`InspectorPool` over them."""
         from classifiers.registry import expected_detector_names
 
-        expected = expected_detector_names(config.inspector, config.memory)
+        expected = expected_detector_names(config.inspector, config.memory, config.topics)
         if base_url is None and config.inspector.urls:
             return InspectorPool(
                 config.inspector.urls,

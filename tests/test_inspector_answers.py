@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestServer
 
 from classifiers.client import InspectorClient, InspectorUnreachable, parse_answer
 from classifiers.registry import build_detectors, expected_detector_names
-from promptfence.config import Config, InspectorConfig, LLMConfig, MemoryConfig, PromptGuardConfig
+from promptfence.config import Config, InspectorConfig, LLMConfig, MemoryConfig, PromptGuardConfig, TopicsConfig
 from promptfence.core import (
     DetectorRun,
     DetectorStatus,
@@ -293,6 +293,21 @@ def test_default_configuration_expects_every_embedded_detector() -> None:
     assert InspectorClient.for_config(Config(), base_url="http://10.0.0.9:1/").base_url == "http://10.0.0.9:1"
     lean = Config(inspector=InspectorConfig(intent_detector=False), memory=MemoryConfig(enabled=False))
     assert InspectorClient.for_config(lean).expected_detectors == ("presidio", "code", "secrets")
+
+
+def test_with_custom_topics_configured_the_proxy_requires_their_run() -> None:
+    # An inspector that silently skipped the company's topics would let them all through.
+    with_topics = Config(topics=TopicsConfig(files=[Path("/etc/promptfence/topics")]))
+    assert InspectorClient.for_config(with_topics).expected_detectors[-2:] == ("custom_topics", "neighbours")
+    answer = json.dumps(
+        {
+            "findings": [],
+            "topics": {},
+            "runs": [{"detector": n, "status": "ok", "elapsed_ms": 1} for n in DEFAULT_DETECTORS],
+        }
+    ).encode()
+    with pytest.raises(InspectorInvalidAnswer, match="custom_topics"):
+        parse_answer(answer, InspectorClient.for_config(with_topics).expected_detectors)
 
 
 @dataclass
