@@ -106,6 +106,22 @@ def _to_bytes(vector: Vector) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
+def _new_centroid(namespace_id: int, vector: Vector, now: float, generation: int) -> CentroidRow:
+    """A centroid of one member (``vector`` already normalised), used and changed now."""
+    return CentroidRow(
+        namespace_id=namespace_id,
+        vector=_to_bytes(vector),
+        members=1,
+        hits=1,
+        fp_reports=0,
+        tp_reports=0,
+        label_n=0,
+        created_at=now,
+        last_used=now,
+        changed_gen=generation,
+    )
+
+
 def _from_bytes(blob: bytes) -> Vector:
     return np.frombuffer(blob, dtype="<f4").astype(np.float32)
 
@@ -344,18 +360,7 @@ class VectorStore:
             row.last_used = now
             row.changed_gen = gen
         else:
-            row = CentroidRow(
-                namespace_id=namespace_id,
-                vector=_to_bytes(vec),
-                members=1,
-                hits=1,
-                fp_reports=0,
-                tp_reports=0,
-                label_n=0,
-                created_at=now,
-                last_used=now,
-                changed_gen=gen,
-            )
+            row = _new_centroid(namespace_id, vec, now, gen)
             session.add(row)
             session.flush()
             fresh.append(row)
@@ -483,21 +488,7 @@ class VectorStore:
         now = self.clock()
         with self._session() as session, session.begin():
             gen = self._bump(session, namespace_id)
-            rows = [
-                CentroidRow(
-                    namespace_id=namespace_id,
-                    vector=_to_bytes(normalise(v)),
-                    members=1,
-                    hits=1,
-                    fp_reports=0,
-                    tp_reports=0,
-                    label_n=0,
-                    created_at=now,
-                    last_used=now,
-                    changed_gen=gen,
-                )
-                for v in vectors
-            ]
+            rows = [_new_centroid(namespace_id, normalise(v), now, gen) for v in vectors]
             session.add_all(rows)
             session.flush()
             return [r.id for r in rows]
