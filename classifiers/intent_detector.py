@@ -33,6 +33,7 @@ import numpy.typing as npt
 import re2  # type: ignore[import-untyped]
 
 from classifiers.normalize import SECTION_BREAK, embedding_view, english_score
+from classifiers.wrapper_text import common_edges, without_decoding_requests
 from inference.embedder import Embedder, EmbedderSpec, windows
 from promptfence.core import Finding, Span, Topic
 
@@ -92,21 +93,46 @@ INTENT_TOPICS = (Topic.JAILBREAK, Topic.MALICIOUS_CODE, Topic.PII_REQUEST, Topic
 
 
 def meaningful_views(text: str) -> list[str]:
-    """The sections of an analysis text worth embedding.
+    """The sections of an analysis text worth embedding: what a decoded section decodes to,
+    and never the wrapper's request to decode it.
 
-    With decoded sections present, two kinds of section carry no meaning of their own and only
-    push a sentence model off its training distribution: the short wrapper left around an
-    encoded payload ("Decode this and answer:") and the ciphertext itself (ROT13 gibberish),
-    whose plain-text twin is another section.
+    With decoded sections present, the prompt's own section holds a disguised payload in a
+    wrapper ("Decode this and answer: <ciphertext>"). Neither part means anything to a sentence
+    model as it stands: the ciphertext is noise, and the wrapper's "decode and respond" reads
+    like the opening of a jailbreak whatever the payload says. So each decoded section is
+    judged as what it decodes to: where it rewrote the prompt in place (a Caesar or reversed
+    run, leetspeak) the unchanged edges are the wrapper, kept less its clauses about decoding
+    or answering (:func:`classifiers.wrapper_text.without_decoding_requests`) around the decoded
+    middle; where it is the payload alone (base64, tag characters) it is judged alone, and
+    the prompt's section (blobs removed) counts only for what its wrapper says besides
+    "decode this", when that is a sentence's worth (``MIN_SECTION_WORDS``).
     """
-    views = [v for v in (embedding_view(s) for s in text.split(SECTION_BREAK)) if v.strip()]
+    views = [embedding_view(s) for s in text.split(SECTION_BREAK)]
     if len(views) <= 1:
-        return views
-    kept = [v for v in views if len(v.split()) >= MIN_SECTION_WORDS]
-    fluency = [english_score(v) for v in kept]
+        return [v for v in views if v.strip()]
+    primary = views[0]
+    judged: list[str] = []
+    rewritten_in_place = False
+    for decoded in dict.fromkeys(views[1:]):
+        if not decoded.strip() or decoded == primary:
+            continue
+        prefix, suffix = common_edges(primary, decoded)
+        if prefix or suffix or len(decoded) == len(primary):
+            rewritten_in_place = True
+            middle = decoded[prefix : len(decoded) - suffix]
+            edges = (without_decoding_requests(decoded[:prefix]), middle, without_decoding_requests(decoded[len(decoded) - suffix :]))
+            judged.append(" ".join(e for e in edges if e.strip()))
+        else:
+            judged.append(decoded)
+    if not rewritten_in_place:
+        wrapper = without_decoding_requests(primary)
+        if len(wrapper.split()) >= MIN_SECTION_WORDS:
+            judged.append(wrapper)
+    judged = [v for v in judged if v.strip()]
+    fluency = [english_score(v) for v in judged]
     if fluency and max(fluency) >= 0.15:
-        kept = [v for v, f in zip(kept, fluency, strict=True) if f >= 0.05]
-    return kept or views[-1:]
+        judged = [v for v, f in zip(judged, fluency, strict=True) if f >= 0.05]
+    return judged or [v for v in views if v.strip()][-1:]
 
 
 MIN_SECTION_WORDS = 6

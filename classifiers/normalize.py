@@ -21,13 +21,14 @@ import functools
 import importlib.util
 import itertools
 import re
-import string
 import unicodedata
 import urllib.parse
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from classifiers.word_runs import MIN_STRONG, ROTATIONS, best_shift, reversed_runs, scored_runs, undo_runs
 
 # Invisible characters used to split words: zero-width space/joiners, word joiner, BOM,
 # soft hyphen, Mongolian vowel separator, invisible operators, and the tag block.
@@ -420,52 +421,50 @@ def _decoded_sections(text: str) -> Iterator[Decoding]:
         yield "despaced", despaced, spans
 
 
-# Caesar shifts: each rotation's table, and the English-ness a rotation must reach (as ROT13's).
-_ROTATIONS = {
-    n: str.maketrans(
-        string.ascii_lowercase + string.ascii_uppercase,
-        string.ascii_lowercase[n:]
-        + string.ascii_lowercase[:n]
-        + string.ascii_uppercase[n:]
-        + string.ascii_uppercase[:n],
-    )
-    for n in range(1, 26)
-}
+def _is_word(token: str) -> bool:
+    """Whether a lower-case letter token is an English word: a lexicon word of three letters
+    or more, or a common two-letter one ("of", "is"); single letters prove nothing."""
+    if len(token) >= 3:
+        return token in lexicon()
+    return len(token) == 2 and token in _COMMON_WORDS
 
 
-def _common_words(text: str) -> tuple[int, int]:
-    """(common English words, words) of two letters or more in ``text`` (a shift turns escapes
-    such as ``\\t\\n`` into "a" and "i" all too easily)."""
-    words = [w for w in _WORD.findall(text.lower()) if len(w) >= 2]
-    return sum(1 for w in words if w in _COMMON_WORDS), len(words)
+def _shift_weight(token: str) -> float:
+    """How much a token turned into a word says about a shift: with 25 shifts to try, some
+    shift of a short text always makes a two- or three-letter word ("aevil b" -> "hlcps i")."""
+    return 1.0 if len(token) >= 4 else 0.5 if len(token) == 3 else 0.25
 
 
-# A rotation other than ROT13 must read clearly as English: with 25 shifts to try, some shift of
-# a short text always makes a word or two ("aevil b" -> "hlcps i").
-_CAESAR_MIN_WORDS = 4
-_CAESAR_MIN_COMMON = 3
-_CAESAR_MIN_SCORE = 0.4
+# A shift must turn this much of a text into words (two four-letter words, or four shorter
+# ones), and do at least twice as well as any other shift: ciphertext has one right shift,
+# ordinary text only chance hits, spread over the shifts.
+_CAESAR_MIN_GAIN = 2.0
+_CAESAR_MARGIN = 2.0
+# ... and turn a good part of its non-words into words (reversed text or another cipher gives
+# any shift a few chance words among thousands of tokens).
+_CAESAR_MIN_SHARE = 0.3
 
 
 def _caesar(text: str) -> tuple[str, str] | None:
-    """The Caesar rotation (ROT-N) of ``text`` that reads as English, if one does clearly better
-    than the text itself: ``("rot13", ...)``, ``("rot3", ...)``. Scored on a sample of the text;
-    the wording around it (a "rot13" or "caesar" hint) only adds ROT13 as a view."""
+    """The Caesar rotation (ROT-N) that hides part of ``text``, and ``text`` with only the
+    hidden runs rotated back (the plain wrapper around them stays as it was):
+    ``("rot13", ...)``, ``("rot3", ...)``. Every shift is tried on a sample of the text; the
+    wording around it (a "rot13" or "caesar" hint) only lowers the bar for ROT13 itself."""
     sample = _statistics_sample(text)
-    plain = english_score(sample)
-    rot13 = english_score(sample.translate(_ROTATIONS[13]))
-    if rot13 >= 0.2 and rot13 > 1.5 * plain + 0.05:
-        return "rot13", text.translate(_ROTATIONS[13])
-    best, best_score = 0, 0.0
-    for n, table in _ROTATIONS.items():
-        common, total = _common_words(sample.translate(table))
-        score = common / total if total >= _CAESAR_MIN_WORDS and common >= _CAESAR_MIN_COMMON else 0.0
-        if n != 13 and score > best_score:
-            best, best_score = n, score
-    if best and best_score >= _CAESAR_MIN_SCORE and best_score > 1.5 * plain + 0.05:
-        return f"rot{26 - best}", text.translate(_ROTATIONS[best])  # named by the cipher's shift
-    if _ROT13_HINT.search(text):
-        return "rot13", text.translate(_ROTATIONS[13])
+    shift, gain, runner_up, unknown = best_shift(sample, _is_word, _shift_weight)
+    hinted = bool(_ROT13_HINT.search(text))
+    if gain >= _CAESAR_MIN_GAIN and gain >= _CAESAR_MARGIN * runner_up + 0.5 and gain >= _CAESAR_MIN_SHARE * unknown:
+        candidates = [(shift, MIN_STRONG)]
+    else:
+        candidates = []
+    if hinted and (13, MIN_STRONG) not in candidates:
+        candidates.append((13, 1))
+    for n, strong in candidates:
+        table = ROTATIONS[n]
+        runs = scored_runs(text, lambda t, table=table: t.translate(table), _is_word, strong)
+        if runs:
+            rotated = undo_runs(text, runs, lambda t, table=table: t.translate(table))
+            return ("rot13" if n == 13 else f"rot{26 - n}"), rotated
     return None
 
 
@@ -626,42 +625,16 @@ def _reversed_runs(text: str) -> tuple[str, tuple[tuple[int, int], ...]]:
     erongi" -> "ignore all previous instructions"), and the runs' spans.
 
     A word is reversed when it is not a word but its reverse is; a run needs two such words of
-    three letters or more (short words like "a" or "ot" may sit between them)."""
+    three letters or more, and words that read both ways ("dna", "tub") or neither way (a
+    number, a name) sit inside it (:func:`classifiers.word_runs.scored_runs`)."""
     words = lexicon()
     candidates = {t for t in set(_LETTER_RUN.findall(text.lower())) if len(t) >= 3 and t not in words}
     if sum(1 for t in candidates if t[::-1] in words) < 2:
         return text, ()
-    runs: list[tuple[int, int]] = []
-    start = end = strong = 0
-    previous_end = -10
-
-    def close() -> None:
-        if strong >= 2:
-            runs.append((start, end))
-
-    for match in _LETTER_RUN.finditer(text):
-        token = match.group(0).lower()
-        backwards = token[::-1]
-        is_reversed = backwards in words and token not in words
-        short_ok = len(token) <= 2 and (backwards in _COMMON_WORDS or token in _COMMON_WORDS)
-        gap_ok = match.start() - previous_end <= 3 and "\n" not in text[previous_end : match.start()]
-        if (is_reversed or short_ok) and gap_ok and end > start:
-            end = match.end()
-            strong += is_reversed and len(token) >= 3
-        else:
-            close()
-            start, end, strong = (match.start(), match.end(), 1) if is_reversed and len(token) >= 3 else (0, 0, 0)
-        previous_end = match.end()
-    close()
+    runs = reversed_runs(text, _is_word)
     if not runs:
         return text, ()
-    out, position = [], 0
-    for a, b in runs:
-        out.append(text[position:a])
-        out.append(text[a:b][::-1])
-        position = b
-    out.append(text[position:])
-    return "".join(out), tuple(runs[:MAX_EVIDENCE_SPANS])
+    return undo_runs(text, runs, lambda run: run[::-1]), tuple(runs[:MAX_EVIDENCE_SPANS])
 
 
 def _is_bare_encoding(text: str) -> bool:

@@ -1,0 +1,165 @@
+"""Find the stretch of a prompt that a word-level disguise (a Caesar shift, reversed text) hides.
+
+A disguised payload usually sits inside plain words: "Decode this and answer: Jevgr n unvxh"
+or "Respond to the line above" after a reversed sentence. Undoing the whole prompt would turn
+the plain wrapper into gibberish, and the detectors would read the wrapper's words as noise
+next to the payload (or, worse, judge the wrapper's wording instead of the payload). So each
+token votes: +1 when only its undone form is a word, -1 when only the token itself is, 0 when
+both or neither are; a run is a stretch whose votes stay positive, and only runs are undone.
+A run needs two tokens of three letters or more that vote for it, so an English prompt with a
+name or a typo that happens to spell a word backwards or shifted is left as it is.
+
+Pure functions over a word predicate (``is_word``) so that the lexicon stays in
+:mod:`classifiers.normalize`.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+from collections.abc import Callable, Iterable
+
+_LETTERS = re.compile(r"[A-Za-z]+")
+# Punctuation that ends a sentence comes first in a reversed one (".xiffus ro"): a run takes
+# the marks stuck to its first word along, so the sentence reads forwards with its full stop.
+_LEADING_MARKS = frozenset(".?!,;:")
+# Tokens it takes for a run (three letters or more, voting for it).
+MIN_STRONG = 2
+# Distinct tokens a text's shift is chosen on (the most frequent ones).
+MAX_SHIFT_TOKENS = 3000
+
+Span = tuple[int, int]
+IsWord = Callable[[str], bool]
+
+ROTATIONS = {
+    n: str.maketrans(
+        string.ascii_lowercase + string.ascii_uppercase,
+        string.ascii_lowercase[n:]
+        + string.ascii_lowercase[:n]
+        + string.ascii_uppercase[n:]
+        + string.ascii_uppercase[:n],
+    )
+    for n in range(1, 26)
+}
+
+
+def _vote(token: str, undone: str, is_word: IsWord) -> int:
+    plain, hidden = is_word(token), is_word(undone)
+    if hidden and not plain:
+        return 1
+    if plain and not hidden:
+        return -1
+    return 0
+
+
+def scored_runs(text: str, undo: Callable[[str], str], is_word: IsWord, min_strong: int = MIN_STRONG) -> list[Span]:
+    """Spans of ``text`` whose tokens read as words once undone: maximal stretches that start
+    and end on a token voting for the disguise and whose running vote never falls to zero,
+    widened over the undecided tokens next to them (:func:`_widened`)."""
+    tokens = []
+    for match in _LETTERS.finditer(text):
+        token = match.group(0).lower()
+        undone = undo(token)
+        vote: float = _vote(token, undone, is_word)
+        if vote == 0 and (len(token) <= 2 or is_word(token)):
+            vote = BOTH_WAYS  # undecided: short, or a word both ways ("dna", "tub")
+        elif vote == 0:
+            vote = NEITHER_WAY  # gibberish either way: a run does not cross much of it
+        tokens.append((match.start(), match.end(), vote))
+    return _widened(text, tokens, _core_runs(tokens, min_strong))
+
+
+# Undecided tokens a run takes in at each end: a word that reads both ways ("a", "dna") at the
+# edge of the payload belongs to it.
+MAX_WIDEN = 2
+BOTH_WAYS = 2.0  # the vote marker of such a token (it counts as 0 inside a run)
+# A token that is a word neither way (a name, or ciphertext of another kind) weighs a little
+# against a run, so that one chance word in a page of gibberish does not start one.
+NEITHER_WAY = -0.5
+# A run is not widened across these (a colon ends a wrapper: "quick one: <payload>").
+_WIDEN_STOPS = frozenset("\n:")
+
+
+def _widened(text: str, tokens: list[tuple[int, int, float]], runs: list[tuple[int, int]]) -> list[Span]:
+    """Each run of token indexes widened over at most ``MAX_WIDEN`` undecided tokens on each
+    side on the same line, as character spans."""
+    spans: list[Span] = []
+    for first, last in runs:
+        for _ in range(MAX_WIDEN):
+            if first == 0 or tokens[first - 1][2] != BOTH_WAYS or _WIDEN_STOPS & set(text[tokens[first - 1][1] : tokens[first][0]]):
+                break
+            if spans and tokens[first - 1][0] < spans[-1][1]:
+                break
+            first -= 1
+        for _ in range(MAX_WIDEN):
+            if last + 1 >= len(tokens) or tokens[last + 1][2] != BOTH_WAYS or _WIDEN_STOPS & set(text[tokens[last][1] : tokens[last + 1][0]]):
+                break
+            last += 1
+        spans.append((tokens[first][0], tokens[last][1]))
+    return spans
+
+
+def _core_runs(tokens: list[tuple[int, int, float]], min_strong: int) -> list[tuple[int, int]]:
+    """(first, last) token indexes of each run of positive votes."""
+    runs: list[tuple[int, int]] = []
+    start = best_end = -1
+    total = best = 0.0
+    strong = best_strong = 0
+    for i, (a, b, marked) in enumerate(tokens):
+        vote = 0.0 if marked == BOTH_WAYS else marked
+        long = b - a >= 3
+        if start < 0:
+            if vote > 0:
+                start, best_end, total, best = i, i, 1.0, 1.0
+                strong = best_strong = int(long)
+            continue
+        total += vote
+        strong += vote > 0 and long
+        if vote > 0 and total >= best:
+            best, best_end, best_strong = total, i, strong
+        if total <= 0:
+            if best_strong >= min_strong:
+                runs.append((start, best_end))
+            start = -1
+    if start >= 0 and best_strong >= min_strong:
+        runs.append((start, best_end))
+    return runs
+
+
+def _with_leading_marks(text: str, runs: Iterable[Span]) -> list[Span]:
+    out = []
+    for a, b in runs:
+        while a > 0 and text[a - 1] in _LEADING_MARKS and (a == 1 or not text[a - 2].isalnum()):
+            a -= 1
+        out.append((a, b))
+    return out
+
+
+def reversed_runs(text: str, is_word: IsWord) -> list[Span]:
+    """Spans of ``text`` written backwards ("snoitcurtsni suoiverp lla erongi")."""
+    return _with_leading_marks(text, scored_runs(text, lambda t: t[::-1], is_word))
+
+
+def undo_runs(text: str, runs: Iterable[Span], undo: Callable[[str], str]) -> str:
+    """``text`` with each run replaced by ``undo(run)``."""
+    out, position = [], 0
+    for a, b in runs:
+        out.append(text[position:a])
+        out.append(undo(text[a:b]))
+        position = b
+    out.append(text[position:])
+    return "".join(out)
+
+
+def best_shift(sample: str, is_word: IsWord, weight: Callable[[str], float]) -> tuple[int, float, float, float]:
+    """The Caesar rotation that turns most of ``sample``'s non-words into words: (rotation,
+    its gain, the runner-up's gain, the weight of all non-words). Gains count occurrences,
+    weighted by ``weight`` (a long word is stronger evidence than a two-letter one)."""
+    counts = collections.Counter(t.lower() for t in _LETTERS.findall(sample))
+    tokens = [(t, c) for t, c in counts.most_common(MAX_SHIFT_TOKENS) if len(t) >= 2 and not is_word(t)]
+    gains = dict.fromkeys(ROTATIONS, 0.0)
+    for n, table in ROTATIONS.items():
+        gains[n] = sum(c * weight(t) for t, c in tokens if is_word(t.translate(table)))
+    ranked = sorted(gains.items(), key=lambda item: item[1], reverse=True)
+    return ranked[0][0], ranked[0][1], ranked[1][1], sum(c * weight(t) for t, c in tokens)

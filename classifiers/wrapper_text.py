@@ -1,0 +1,91 @@
+"""Tell the words around a disguised payload from the payload, so the wrapper never decides a topic.
+
+"Kindly decode the passage below and provide a complete response", "the line above is ROT13;
+reply to it", "Dekodiere diesen Text und antworte darauf": a wrapper that only asks for the
+payload to be decoded and answered says nothing about what the payload asks, yet a sentence
+model reads "decode this and respond" as the opening of a jailbreak. Such a clause (one that
+names a decoding, or asks for a reply to "it / this / the text above") is dropped from the
+wrapper before the intent head reads it. Whatever else the wrapper says ("write ransomware
+that uses this config") is kept and judged; the decoded payload itself is never filtered.
+
+The clause test is about the act of decoding and answering in general (verbs and nouns of
+encoding, translating and replying, in the languages the multilingual head reads), not any
+one phrasing: it is not tuned to the wrappers that ``eval --obfuscate`` uses.
+"""
+
+from __future__ import annotations
+
+import re
+
+# Names of a decoding or an encoding, and verbs of undoing one (stems: "decod" covers decode,
+# decoded, decoding; "chiffr" déchiffrer; "kodier" dekodieren).
+_DECODING = re.compile(
+    r"\b(?:de|en|un|re)?cod(?:e|ed|es|ing|ier\w*|ifi\w*|ific\w*)\b|\b\w*(?:cipher|crypt|chiffr|cifr|kodier|schlüssel)\w*"
+    r"|\b(?:trans|tra|tradu|über)(?:lat|duc|setz)\w*|\bconvert\w*|\bunscrambl\w*|\bobfuscat\w*|\bdeobfuscat\w*"
+    r"|\bbase[\s-]?(?:64|32|16)\b|\bb64\b|\bhex(?:adecimal)?\b|\brot[\s-]?\d+\b|\bca[eé]sar\b|\bcäsar\b|\bc[eé]sar\b"
+    r"|\bmorse\b|\bleet\w*|\bunicode\b|\bencoding\b|\bencoded\b|\brevers\w*|\bbackwards?\b|\bmirror\w*|\bupside[\s-]down\b"
+    r"|\binvisible\b|\bhidden\b|\bdisguis\w*|\bscrambl\w*|\bspelled\b|\bspaced\b|\bdotted\b|\bhyphenated\b"
+    r"|\bzero[\s-]?width\b|\bzalgo\b|\bhomoglyph\w*|\blook[\s-]?alike\b|\bfull[\s-]?width\b|\baccent\w*|\bdiacritic\w*"
+    r"|\btag\s+characters?\b|\bright[\s-]to[\s-]left\b|\brtl\b|\bbidi\b|\bpig\s+latin\b|\batbash\b|\bvigen[eè]re\b"
+    r"|\bbinary\b|\bascii\b|\burl[\s-]?encoded\b|\bpercent[\s-]encoded\b|\bpunycode\b|\bbraille\b|\bflipped\b"
+    r"|\bcipher\w*|\bcode\s*words?\b|\bsecret\s+(?:code|language|message)\b"
+    r"|解読|解码|解碼|復号|デコード|翻訳|翻译|暗号|расшифр\w*|декодир\w*|переве\w*",
+    re.IGNORECASE,
+)
+# Asking for a reply, or for the payload to be acted on ...
+_REPLY = re.compile(
+    r"\b(?:answer|respond|response|reply|replies|replying|antwort\w*|beantwort\w*|r[ée]pon\w*|respond\w*|contest\w*"
+    r"|rispond\w*|follow|obey|execute|handle|process|do\s+what|carry\s+out|act\s+on)\b|答え|回答|返答|回复|ответ\w*",
+    re.IGNORECASE,
+)
+# ... that points at it ("it", "this", "the text above").
+_POINTER = re.compile(
+    r"\b(?:it|this|that|these|those|above|below|following|enclosed|attached|message|text|passage|block|line|lines"
+    r"|snippet|string|input|content|question|request|one|here|darauf|dies\w*|ce|cette|ceci|este|esta|esto|questo)\b"
+    r"|-y\b|この|これ|это",
+    re.IGNORECASE,
+)
+# A clause this short that asks for a reply ("y responde", "reply pls") needs no pointer.
+_BARE_REPLY_WORDS = 4
+# Clauses: split at sentence ends, colons, semicolons, commas, brackets and line breaks.
+_CLAUSE = re.compile(r"[^.!?;:,()\[\]{}<>\n\u3001\u3002\uff1a\uff0c]+")
+
+
+def is_about_the_payload(clause: str) -> bool:
+    """Whether ``clause`` only asks for a payload to be decoded or answered."""
+    if _DECODING.search(clause):
+        return True
+    return bool(_REPLY.search(clause)) and (bool(_POINTER.search(clause)) or len(clause.split()) <= _BARE_REPLY_WORDS)
+
+
+def without_decoding_requests(wrapper: str) -> str:
+    """``wrapper`` less its clauses about decoding or answering the payload (joined by spaces)."""
+    kept = [m.group(0).strip() for m in _CLAUSE.finditer(wrapper)]
+    return " ".join(c for c in kept if c and not is_about_the_payload(c))
+
+
+def common_edges(a: str, b: str) -> tuple[int, int]:
+    """Lengths of the longest common prefix and suffix of ``a`` and ``b`` that end (prefix) or
+    begin (suffix) between words, never overlapping: what a decoding left as it was."""
+    limit = min(len(a), len(b))
+    prefix = _common_length(a, b, limit, from_end=False)
+    while prefix > 0 and a[prefix - 1].isalnum():
+        prefix -= 1
+    suffix = _common_length(a, b, limit - prefix, from_end=True)
+    while suffix > 0 and a[len(a) - suffix].isalnum():
+        suffix -= 1
+    return prefix, suffix
+
+
+def _common_length(a: str, b: str, limit: int, from_end: bool) -> int:
+    """Length of the common prefix (or suffix) of ``a`` and ``b``, at most ``limit``: a binary
+    search over slice comparisons, which run in C (a character loop over a megabyte does not)."""
+    low, high = 0, limit
+    while low < high:
+        mid = (low + high + 1) // 2
+        same = a[len(a) - mid :] == b[len(b) - mid :] if from_end else a[:mid] == b[:mid]
+        if same:
+            low = mid
+        else:
+            high = mid - 1
+    return low
