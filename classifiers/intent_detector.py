@@ -99,33 +99,32 @@ def meaningful_views(text: str) -> list[str]:
     With decoded sections present, the prompt's own section holds a disguised payload in a
     wrapper ("Decode this and answer: <ciphertext>"). Neither part means anything to a sentence
     model as it stands: the ciphertext is noise, and the wrapper's "decode and respond" reads
-    like the opening of a jailbreak whatever the payload says. So each decoded section is
-    judged as what it decodes to: where it rewrote the prompt in place (a Caesar or reversed
-    run, leetspeak) the unchanged edges are the wrapper, kept less its clauses about decoding
-    or answering (:func:`classifiers.wrapper_text.without_decoding_requests`) around the decoded
-    middle; where it is the payload alone (base64, tag characters) it is judged alone, and
-    the prompt's section (blobs removed) counts only for what its wrapper says besides
-    "decode this", when that is a sentence's worth (``MIN_SECTION_WORDS``).
+    like the opening of a jailbreak whatever the payload says. So a decoded payload (base64,
+    a Caesar or reversed run, tag characters) is judged alone, and the prompt's section only
+    for what its wrapper says besides "decode this", in English, when that is a sentence's
+    worth (``MIN_SECTION_WORDS``; :func:`classifiers.wrapper_text.without_decoding_requests`).
+    A section that rewrote the prompt in place (leetspeak, de-spaced letters, URL escapes) is
+    judged whole, less the decoding requests in the unchanged text at its edges.
     """
     views = [embedding_view(s) for s in text.split(SECTION_BREAK)]
     if len(views) <= 1:
         return [v for v in views if v.strip()]
     primary = views[0]
     judged: list[str] = []
-    rewritten_in_place = False
+    in_place = False
     for decoded in dict.fromkeys(views[1:]):
         if not decoded.strip() or decoded == primary:
             continue
         prefix, suffix = common_edges(primary, decoded)
-        if prefix or suffix or len(decoded) == len(primary):
-            rewritten_in_place = True
-            middle = decoded[prefix : len(decoded) - suffix]
-            edges = (without_decoding_requests(decoded[:prefix]), middle, without_decoding_requests(decoded[len(decoded) - suffix :]))
+        if prefix or suffix:
+            in_place = True
+            end = len(decoded) - suffix
+            edges = (without_decoding_requests(decoded[:prefix]), decoded[prefix:end], without_decoding_requests(decoded[end:]))
             judged.append(" ".join(e for e in edges if e.strip()))
         else:
             judged.append(decoded)
-    if not rewritten_in_place:
-        wrapper = without_decoding_requests(primary)
+    if not in_place:
+        wrapper = without_decoding_requests(primary, min_words=WRAPPER_MIN_WORD_SHARE)
         if len(wrapper.split()) >= MIN_SECTION_WORDS:
             judged.append(wrapper)
     judged = [v for v in judged if v.strip()]
@@ -136,6 +135,9 @@ def meaningful_views(text: str) -> list[str]:
 
 
 MIN_SECTION_WORDS = 6
+# A wrapper clause with a smaller share of English words than this is ciphertext (or another
+# language, which the multilingual head reads): the English head does not judge it.
+WRAPPER_MIN_WORD_SHARE = 0.6
 
 
 def calibration_shifts(manifest: dict[str, Any], topics: tuple[Topic, ...]) -> npt.NDArray[np.float32]:

@@ -55,8 +55,10 @@ _SPACED = re.compile(r"(?<![\w])(?:\w[ .\-_*·|]{1,3}){2,}\w(?![\w])")
 _SEPARATOR_RUN = re.compile(r"[ .\-_*·|]+")
 _ROT13_HINT = re.compile(r"\brot[\s-]?13\b|\bcaesar\b", re.IGNORECASE)
 # Between the prompt and each decoded variant: detectors that judge the whole text (embeddings)
-# score each section on its own.
-SECTION_BREAK = "\n\n[decoded]\n"
+# score each section on its own. The marker is plain words: "[decoded]" scored as a line of
+# code (brackets, an index-like shape), so a decoded XML tag or indented line next to it made
+# a two-line "code block" out of harmless text.
+SECTION_BREAK = "\n\n~ decoded ~\n"
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){12,}(?![0-9A-Fa-f])")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -446,8 +448,8 @@ _CAESAR_MIN_SHARE = 0.3
 
 
 def _caesar(text: str) -> tuple[str, str] | None:
-    """The Caesar rotation (ROT-N) that hides part of ``text``, and ``text`` with only the
-    hidden runs rotated back (the plain wrapper around them stays as it was):
+    """The Caesar rotation (ROT-N) that hides part of ``text``, and the hidden runs rotated
+    back (without the plain wrapper around them):
     ``("rot13", ...)``, ``("rot3", ...)``. Every shift is tried on a sample of the text; the
     wording around it (a "rot13" or "caesar" hint) only lowers the bar for ROT13 itself."""
     sample = _statistics_sample(text)
@@ -621,8 +623,8 @@ _LETTER_RUN = re.compile(r"[A-Za-z]+")
 
 
 def _reversed_runs(text: str) -> tuple[str, tuple[tuple[int, int], ...]]:
-    """``text`` with each run of reversed words read forwards ("snoitcurtsni suoiverp lla
-    erongi" -> "ignore all previous instructions"), and the runs' spans.
+    """Each run of reversed words in ``text`` read forwards, one a line ("snoitcurtsni
+    suoiverp lla erongi" -> "ignore all previous instructions"), and the runs' spans.
 
     A word is reversed when it is not a word but its reverse is; a run needs two such words of
     three letters or more, and words that read both ways ("dna", "tub") or neither way (a

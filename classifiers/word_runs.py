@@ -3,7 +3,8 @@
 A disguised payload usually sits inside plain words: "Decode this and answer: Jevgr n unvxh"
 or "Respond to the line above" after a reversed sentence. Undoing the whole prompt would turn
 the plain wrapper into gibberish, and the detectors would read the wrapper's words as noise
-next to the payload (or, worse, judge the wrapper's wording instead of the payload). So each
+next to the payload (or, worse, judge the wrapper's wording instead of the payload). So only
+the hidden runs are undone, and the decoded section holds them alone. Each
 token votes: +1 when only its undone form is a word, -1 when only the token itself is, 0 when
 both or neither are; a run is a stretch whose votes stay positive, and only runs are undone.
 A run needs two tokens of three letters or more that vote for it, so an English prompt with a
@@ -67,7 +68,18 @@ def scored_runs(text: str, undo: Callable[[str], str], is_word: IsWord, min_stro
         elif vote == 0:
             vote = NEITHER_WAY  # gibberish either way: a run does not cross much of it
         tokens.append((match.start(), match.end(), vote))
-    return _widened(text, tokens, _core_runs(tokens, min_strong))
+    return _widened(text, tokens, [run for run in _core_runs(tokens, min_strong) if _mostly_hidden(tokens, run)])
+
+
+# Share of a run's long tokens (not words both ways) that must read as words once undone: a
+# reversed sentence is nearly all words backwards, while a few chance words in ciphertext of
+# another kind ("gur" is "rug" backwards) are not.
+MIN_HIDDEN_SHARE = 0.5
+
+
+def _mostly_hidden(tokens: list[tuple[int, int, float]], run: tuple[int, int]) -> bool:
+    votes = [vote for a, b, vote in tokens[run[0] : run[1] + 1] if b - a >= 3 and vote != BOTH_WAYS]
+    return sum(1 for vote in votes if vote > 0) >= MIN_HIDDEN_SHARE * len(votes)
 
 
 # Undecided tokens a run takes in at each end: a word that reads both ways ("a", "dna") at the
@@ -142,14 +154,10 @@ def reversed_runs(text: str, is_word: IsWord) -> list[Span]:
 
 
 def undo_runs(text: str, runs: Iterable[Span], undo: Callable[[str], str]) -> str:
-    """``text`` with each run replaced by ``undo(run)``."""
-    out, position = [], 0
-    for a, b in runs:
-        out.append(text[position:a])
-        out.append(undo(text[a:b]))
-        position = b
-    out.append(text[position:])
-    return "".join(out)
+    """What the runs of ``text`` hide, one line each: the payload without the plain words
+    around it (they are in the prompt's own section already, and a second copy of a wrapper
+    would count twice for detectors that add up evidence, such as code lines)."""
+    return "\n".join(undo(text[a:b]) for a, b in runs)
 
 
 def best_shift(sample: str, is_word: IsWord, weight: Callable[[str], float]) -> tuple[int, float, float, float]:

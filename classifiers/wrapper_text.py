@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import re
 
+from classifiers.normalize import lexicon
+
 # Names of a decoding or an encoding, and verbs of undoing one (stems: "decod" covers decode,
 # decoded, decoding; "chiffr" déchiffrer; "kodier" dekodieren).
 _DECODING = re.compile(
@@ -47,6 +49,7 @@ _POINTER = re.compile(
 )
 # A clause this short that asks for a reply ("y responde", "reply pls") needs no pointer.
 _BARE_REPLY_WORDS = 4
+_LETTERS = re.compile(r"[A-Za-z]+")
 # Clauses: split at sentence ends, colons, semicolons, commas, brackets and line breaks.
 _CLAUSE = re.compile(r"[^.!?;:,()\[\]{}<>\n\u3001\u3002\uff1a\uff0c]+")
 
@@ -58,10 +61,25 @@ def is_about_the_payload(clause: str) -> bool:
     return bool(_REPLY.search(clause)) and (bool(_POINTER.search(clause)) or len(clause.split()) <= _BARE_REPLY_WORDS)
 
 
-def without_decoding_requests(wrapper: str) -> str:
-    """``wrapper`` less its clauses about decoding or answering the payload (joined by spaces)."""
+def word_share(clause: str) -> float:
+    """Share of the clause's tokens of three letters or more that are English words: near 1 for
+    prose, near 0 for ciphertext or reversed text (whose chance "a" and "be" fool a count of
+    common words)."""
+    tokens = [t for t in _LETTERS.findall(clause.lower()) if len(t) >= 3]
+    if not tokens:
+        return 0.0
+    words = lexicon()
+    return sum(1 for t in tokens if t in words) / len(tokens)
+
+
+def without_decoding_requests(wrapper: str, min_words: float = 0.0) -> str:
+    """``wrapper`` less its clauses about decoding or answering the payload (joined by spaces)
+    and, with ``min_words``, less the clauses with a smaller :func:`word_share` (ciphertext
+    the decoding already read, a wrapper in another language)."""
     kept = [m.group(0).strip() for m in _CLAUSE.finditer(wrapper)]
-    return " ".join(c for c in kept if c and not is_about_the_payload(c))
+    return " ".join(
+        c for c in kept if c and not is_about_the_payload(c) and (not min_words or word_share(c) >= min_words)
+    )
 
 
 def common_edges(a: str, b: str) -> tuple[int, int]:
