@@ -33,7 +33,7 @@ import numpy.typing as npt
 import re2  # type: ignore[import-untyped]
 
 from classifiers.normalize import SECTION_BREAK, embedding_view, english_score
-from classifiers.wrapper_text import common_edges, without_decoding_requests
+from classifiers.wrapper_text import common_edges, without_decoding_requests, without_edge_requests
 from inference.embedder import Embedder, EmbedderSpec, windows
 from promptfence.core import Finding, Span, Topic
 
@@ -100,33 +100,38 @@ def meaningful_views(text: str) -> list[str]:
     wrapper ("Decode this and answer: <ciphertext>"). Neither part means anything to a sentence
     model as it stands: the ciphertext is noise, and the wrapper's "decode and respond" reads
     like the opening of a jailbreak whatever the payload says. So a decoded payload (base64,
-    a Caesar or reversed run, tag characters) is judged alone, and the prompt's section only
-    for what its wrapper says besides "decode this", in English, when that is a sentence's
-    worth (``MIN_SECTION_WORDS``; :func:`classifiers.wrapper_text.without_decoding_requests`).
-    A section that rewrote the prompt in place (leetspeak, de-spaced letters, URL escapes) is
-    judged whole, less the decoding requests in the unchanged text at its edges.
+    a Caesar or reversed run, tag characters) is judged alone, and once more after what its
+    wrapper says besides "decode this" in English
+    (:func:`classifiers.wrapper_text.without_decoding_requests`): the wrapper is read in the
+    context of the payload, never on its own. A section that rewrote the prompt in place
+    (leetspeak, de-spaced letters, URL escapes) is judged whole, less the decoding requests in
+    the unchanged text at its edges.
     """
     views = [embedding_view(s) for s in text.split(SECTION_BREAK)]
     if len(views) <= 1:
-        return [v for v in views if v.strip()]
+        # A disguise undone in place (zero-width or look-alike characters) leaves no section of
+        # its own, but the wrapper around the prompt is the same: its requests go.
+        return [without_edge_requests(v) for v in views if v.strip()]
     primary = views[0]
     judged: list[str] = []
-    in_place = False
+    payloads: list[str] = []
     for decoded in dict.fromkeys(views[1:]):
         if not decoded.strip() or decoded == primary:
             continue
         prefix, suffix = common_edges(primary, decoded)
         if prefix or suffix:
-            in_place = True
             end = len(decoded) - suffix
             edges = (without_decoding_requests(decoded[:prefix]), decoded[prefix:end], without_decoding_requests(decoded[end:]))
             judged.append(" ".join(e for e in edges if e.strip()))
         else:
-            judged.append(decoded)
-    if not in_place:
+            payloads.append(decoded)
+    if payloads:
+        # What the wrapper says besides "decode this" is read with the payload it wraps: alone,
+        # a line of chatter ("no clue what it says lol") reads as a jailbreak's opening.
         wrapper = without_decoding_requests(primary, min_words=WRAPPER_MIN_WORD_SHARE)
-        if len(wrapper.split()) >= MIN_SECTION_WORDS:
-            judged.append(wrapper)
+        judged.extend(payloads)
+        if wrapper.strip():
+            judged.extend(f"{wrapper}\n{payload}" for payload in payloads)
     judged = [v for v in judged if v.strip()]
     fluency = [english_score(v) for v in judged]
     if fluency and max(fluency) >= 0.15:
@@ -134,7 +139,6 @@ def meaningful_views(text: str) -> list[str]:
     return judged or [v for v in views if v.strip()][-1:]
 
 
-MIN_SECTION_WORDS = 6
 # A wrapper clause with a smaller share of English words than this is ciphertext (or another
 # language, which the multilingual head reads): the English head does not judge it.
 WRAPPER_MIN_WORD_SHARE = 0.6

@@ -82,6 +82,17 @@ def without_decoding_requests(wrapper: str, min_words: float = 0.0) -> str:
     )
 
 
+def without_edge_requests(text: str) -> str:
+    """``text`` from its first clause to its last that is not about decoding or answering the
+    rest ("Decode this and answer: <prompt>", "<prompt> ... respond to the above"): the words a
+    wrapper puts before and after a prompt, whatever disguise the prompt wore. Clauses in the
+    middle stay; a text of nothing but such clauses is returned as it is."""
+    spans = [m.span() for m in _CLAUSE.finditer(text) if m.group(0).strip() and not is_about_the_payload(m.group(0))]
+    if not spans:
+        return text
+    return text[spans[0][0] : spans[-1][1]].strip()
+
+
 def common_edges(a: str, b: str) -> tuple[int, int]:
     """Lengths of the longest common prefix and suffix of ``a`` and ``b`` that end (prefix) or
     begin (suffix) between words, never overlapping: what a decoding left as it was."""
