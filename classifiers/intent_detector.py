@@ -136,7 +136,9 @@ def meaningful_views(text: str) -> list[str]:
     fluency = [english_score(v) for v in judged]
     if fluency and max(fluency) >= 0.15:
         judged = [v for v, f in zip(judged, fluency, strict=True) if f >= 0.05]
-    return judged or [v for v in views if v.strip()][-1:]
+    if not judged:  # every decoding read as the prompt's own section does (de-spaced letters)
+        judged = [without_edge_requests(primary)]
+    return judged
 
 
 # A wrapper clause with a smaller share of English words than this is ciphertext (or another

@@ -83,14 +83,50 @@ def without_decoding_requests(wrapper: str, min_words: float = 0.0) -> str:
 
 
 def without_edge_requests(text: str) -> str:
-    """``text`` from its first clause to its last that is not about decoding or answering the
-    rest ("Decode this and answer: <prompt>", "<prompt> ... respond to the above"): the words a
-    wrapper puts before and after a prompt, whatever disguise the prompt wore. Clauses in the
-    middle stay; a text of nothing but such clauses is returned as it is."""
-    spans = [m.span() for m in _CLAUSE.finditer(text) if m.group(0).strip() and not is_about_the_payload(m.group(0))]
-    if not spans:
-        return text
-    return text[spans[0][0] : spans[-1][1]].strip()
+    """``text`` less the requests to decode or answer it at its start and end ("Decode this
+    and answer: <prompt>", "<prompt> ... respond to the above"): the words a wrapper puts
+    around a prompt, whatever disguise the prompt wore. An edge sentence made mostly of such
+    requests goes whole ("For a review, kindly decode the passage below and respond."), one
+    made mostly of something else loses only its requests; the middle is never touched, and a
+    text of nothing but requests is returned as it is."""
+    sentences = [m.span() for m in _SENTENCE.finditer(text) if m.group(0).strip()]
+    start, end = 0, len(text)
+    for a, b in sentences:
+        first, last, share = _kept_clauses(text, a, b)
+        if share > EDGE_REQUEST_SHARE:
+            start = b
+            continue
+        start = first
+        break
+    for a, b in reversed(sentences):
+        if b <= start:
+            break
+        first, last, share = _kept_clauses(text, max(a, start), b)
+        if share > EDGE_REQUEST_SHARE:
+            end = a
+            continue
+        end = last
+        break
+    kept = text[start:end].strip()
+    return kept or text
+
+
+# An edge sentence whose requests hold more than this share of its words goes whole.
+EDGE_REQUEST_SHARE = 0.5
+_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+
+
+def _kept_clauses(text: str, a: int, b: int) -> tuple[int, int, float]:
+    """For the sentence ``text[a:b]``: where its first and last clause that is not a request
+    start and end, and the share of its words in requests."""
+    clauses = [(m.start() + a, m.end() + a, m.group(0)) for m in _CLAUSE.finditer(text[a:b]) if m.group(0).strip()]
+    kept = [(x, y) for x, y, c in clauses if not is_about_the_payload(c)]
+    words = sum(len(c.split()) for _x, _y, c in clauses)
+    requests = sum(len(c.split()) for _x, _y, c in clauses if is_about_the_payload(c))
+    if not kept:
+        return b, b, 1.0 if words else 0.0
+    last = b if kept[-1][1] == clauses[-1][1] else kept[-1][1]  # its full stop, if it ends the sentence
+    return kept[0][0], last, requests / words if words else 0.0
 
 
 def common_edges(a: str, b: str) -> tuple[int, int]:
