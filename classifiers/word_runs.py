@@ -65,6 +65,8 @@ def scored_runs(text: str, undo: Callable[[str], str], is_word: IsWord, min_stro
         vote: float = _vote(token, undone, is_word)
         if vote == 0 and (len(token) <= 2 or is_word(token)):
             vote = BOTH_WAYS  # undecided: short, or a word both ways ("dna", "tub")
+        elif vote == 0 and _letter_pairs(undone) > _letter_pairs(token):
+            vote = LIKELY_HIDDEN  # a word the lexicon lacks ("spinach"), spelled more like English undone
         elif vote == 0:
             vote = NEITHER_WAY  # gibberish either way: a run does not cross much of it
         tokens.append((match.start(), match.end(), vote))
@@ -78,38 +80,56 @@ MIN_HIDDEN_SHARE = 0.5
 
 
 def _mostly_hidden(tokens: list[tuple[int, int, float]], run: tuple[int, int]) -> bool:
-    votes = [vote for a, b, vote in tokens[run[0] : run[1] + 1] if b - a >= 3 and vote != BOTH_WAYS]
+    votes = [vote for a, b, vote in tokens[run[0] : run[1] + 1] if b - a >= 3 and vote not in _WIDENABLE]
     return sum(1 for vote in votes if vote > 0) >= MIN_HIDDEN_SHARE * len(votes)
 
 
-# Undecided tokens a run takes in at each end: a word that reads both ways ("a", "dna") at the
-# edge of the payload belongs to it.
-MAX_WIDEN = 2
 BOTH_WAYS = 2.0  # the vote marker of such a token (it counts as 0 inside a run)
 # A token that is a word neither way (a name, or ciphertext of another kind) weighs a little
 # against a run, so that one chance word in a page of gibberish does not start one.
 NEITHER_WAY = -0.5
+LIKELY_HIDDEN = -0.25  # counts as -0.5 inside a run, but a run's edge may take it in
+# The commonest letter pairs of English: a word the lexicon lacks reads as English by them.
+_PAIRS = frozenset(
+    "th he in er an re on at en nd ti es or te of ed is it al ar st to nt ng se ha as ou io le ve co me de hi "
+    "ri ro ic ne ea ra ce li ch ll be ma si om ur ca el ta la ns ge ly ei os no pe do su pa ec ac ot di ol tr "
+    "sh ss il wa ad so ie ow us ia mo un em lo ke pr ho ct ni ut wi ap ay sa ag".split()
+)
+
+
+def _letter_pairs(word: str) -> float:
+    pairs = [word[i : i + 2] for i in range(len(word) - 1)]
+    return sum(1 for p in pairs if p in _PAIRS) / len(pairs) if pairs else 0.0
+
+
 # A run is not widened across these (a colon ends a wrapper: "quick one: <payload>").
 _WIDEN_STOPS = frozenset("\n:")
+_WIDENABLE = (BOTH_WAYS, LIKELY_HIDDEN)  # not gibberish as far as a run's share is concerned
 
 
 def _widened(text: str, tokens: list[tuple[int, int, float]], runs: list[tuple[int, int]]) -> list[Span]:
-    """Each run of token indexes widened over at most ``MAX_WIDEN`` undecided tokens on each
-    side on the same line, as character spans."""
+    """Each run of token indexes widened, as character spans, over the tokens beside it on the
+    same line up to a plain word (one that only reads as a word as it stands) or a colon: a
+    key, a name or a number next to the payload's words is part of the payload ("njf_npprff_xrl
+    = NXVNVBFSBQAA7" is a ROT13 key line), a wrapper's words are not."""
     spans: list[Span] = []
     for first, last in runs:
-        for _ in range(MAX_WIDEN):
-            if first == 0 or tokens[first - 1][2] != BOTH_WAYS or _WIDEN_STOPS & set(text[tokens[first - 1][1] : tokens[first][0]]):
-                break
+        while first > 0 and _widens(text, tokens[first - 1], tokens[first]):
             if spans and tokens[first - 1][0] < spans[-1][1]:
                 break
             first -= 1
-        for _ in range(MAX_WIDEN):
-            if last + 1 >= len(tokens) or tokens[last + 1][2] != BOTH_WAYS or _WIDEN_STOPS & set(text[tokens[last][1] : tokens[last + 1][0]]):
-                break
+        while last + 1 < len(tokens) and _widens(text, tokens[last], tokens[last + 1], outwards=tokens[last + 1]):
             last += 1
         spans.append((tokens[first][0], tokens[last][1]))
     return spans
+
+
+def _widens(
+    text: str, left: tuple[int, int, float], right: tuple[int, int, float], outwards: tuple[int, int, float] | None = None
+) -> bool:
+    """Whether the token beyond a run's edge (``left``, or ``outwards`` on the right) joins it."""
+    candidate = outwards if outwards is not None else left
+    return candidate[2] != -1 and not _WIDEN_STOPS & set(text[left[1] : right[0]])
 
 
 def _core_runs(tokens: list[tuple[int, int, float]], min_strong: int) -> list[tuple[int, int]]:
@@ -119,7 +139,7 @@ def _core_runs(tokens: list[tuple[int, int, float]], min_strong: int) -> list[tu
     total = best = 0.0
     strong = best_strong = 0
     for i, (a, b, marked) in enumerate(tokens):
-        vote = 0.0 if marked == BOTH_WAYS else marked
+        vote = 0.0 if marked == BOTH_WAYS else NEITHER_WAY if marked == LIKELY_HIDDEN else marked
         long = b - a >= 3
         if start < 0:
             if vote > 0:

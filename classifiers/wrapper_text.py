@@ -22,7 +22,7 @@ from classifiers.normalize import lexicon
 # Names of a decoding or an encoding, and verbs of undoing one (stems: "decod" covers decode,
 # decoded, decoding; "chiffr" déchiffrer; "kodier" dekodieren).
 _DECODING = re.compile(
-    r"\b(?:de|en|un|re)?cod(?:e|ed|es|ing|ier\w*|ifi\w*|ific\w*)\b|\b\w*(?:cipher|crypt|chiffr|cifr|kodier|schlüssel)\w*"
+    r"\b(?:de|en|un|re|d[ée])?cod(?:e|ed|es|ing|ier\w*|ifi\w*|ific\w*)\b|\bd[ée]chiffr\w*|\b\w*(?:cipher|crypt|chiffr|cifr|kodier|schlüssel)\w*"
     r"|\b(?:trans|tra|tradu|über)(?:lat|duc|setz)\w*|\bconvert\w*|\bunscrambl\w*|\bobfuscat\w*|\bdeobfuscat\w*"
     r"|\bbase[\s-]?(?:64|32|16)\b|\bb64\b|\bhex(?:adecimal)?\b|\brot[\s-]?\d+\b|\bca[eé]sar\b|\bcäsar\b|\bc[eé]sar\b"
     r"|\bmorse\b|\bleet\w*|\bunicode\b|\bencoding\b|\bencoded\b|\brevers\w*|\bbackwards?\b|\bmirror\w*|\bupside[\s-]down\b"
@@ -55,10 +55,28 @@ _CLAUSE = re.compile(r"[^.!?;:,()\[\]{}<>\n\u3001\u3002\uff1a\uff0c]+")
 
 
 def is_about_the_payload(clause: str) -> bool:
-    """Whether ``clause`` only asks for a payload to be decoded or answered."""
+    """Whether ``clause`` only asks for a payload to be decoded or answered: it names a
+    decoding, or asks for a reply to "it" (or is a bare "reply pls"), and says fewer than
+    ``MIN_OWN_WORDS`` words of its own besides ("Write ransomware that encrypts every file"
+    names a cipher too, and is a request of its own)."""
     if _DECODING.search(clause):
-        return True
-    return bool(_REPLY.search(clause)) and (bool(_POINTER.search(clause)) or len(clause.split()) <= _BARE_REPLY_WORDS)
+        pass
+    elif not (_REPLY.search(clause) and (_POINTER.search(clause) or len(clause.split()) <= _BARE_REPLY_WORDS)):
+        return False
+    rest = _POINTER.sub(" ", _REPLY.sub(" ", _DECODING.sub(" ", clause)))
+    own = [t for t in _LETTERS.findall(rest.lower()) if len(t) >= 2 and t not in _FUNCTION_WORDS]
+    return len(own) < MIN_OWN_WORDS
+
+
+# Words of its own (besides decoding, replying and pointing at the payload) that make a clause
+# a request in its own right.
+MIN_OWN_WORDS = 4
+# Function and politeness words, which say nothing of what is asked.
+_FUNCTION_WORDS = frozenset(
+    "a an the and or but so then now also just only please kindly can could would will you u ur your me my i "
+    "we our us to of in into on for with as at by from is are was were be been being do does did what how "
+    "ok okay hey hi hello lol pls plz thanks thank thx dear well all any some same way there here".split()
+)
 
 
 def word_share(clause: str) -> float:
