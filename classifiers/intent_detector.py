@@ -121,8 +121,8 @@ def meaningful_views(text: str) -> list[str]:
         prefix, suffix = common_edges(primary, decoded)
         if prefix or suffix:
             end = len(decoded) - suffix
-            edges = (without_decoding_requests(decoded[:prefix]), decoded[prefix:end], without_decoding_requests(decoded[end:]))
-            judged.append(" ".join(e for e in edges if e.strip()))
+            head, tail = without_decoding_requests(decoded[:prefix]), without_decoding_requests(decoded[end:])
+            judged.append(" ".join(e for e in (head, decoded[prefix:end], tail) if e.strip()))
         else:
             payloads.append(decoded)
     if payloads:

@@ -462,12 +462,15 @@ def _caesar(text: str) -> tuple[str, str] | None:
     if hinted and (13, MIN_STRONG) not in candidates:
         candidates.append((13, 1))
     for n, strong in candidates:
-        table = ROTATIONS[n]
-        runs = scored_runs(text, lambda t, table=table: t.translate(table), _is_word, strong)
+        rotate = functools.partial(_rotate, table=ROTATIONS[n])
+        runs = scored_runs(text, rotate, _is_word, strong)
         if runs:
-            rotated = undo_runs(text, runs, lambda t, table=table: t.translate(table))
-            return ("rot13" if n == 13 else f"rot{26 - n}"), rotated
+            return ("rot13" if n == 13 else f"rot{26 - n}"), undo_runs(text, runs, rotate)
     return None
+
+
+def _rotate(text: str, table: dict[int, int]) -> str:
+    return text.translate(table)
 
 
 @functools.lru_cache(maxsize=1)
