@@ -10,6 +10,12 @@ Detectors should not each learn these tricks, so the engine hands them one *anal
 ``offsets[i]`` maps character ``i`` of the first section back to the original prompt, so spans
 in that section point at the user's own characters; spans in the extra sections have no
 position in the original and are reported without a span.
+
+A section holds what was decoded, not the words around it: the decoding of a base64 token,
+the runs of a Caesar-shifted or reversed payload rotated or turned back (one a line,
+:mod:`classifiers.word_runs`), leaving "Decode this and answer:" in the first section only.
+Respellings that change a prompt word by word (leetspeak, de-spaced letters, URL escapes)
+rewrite the whole prompt in their section.
 """
 
 from __future__ import annotations
