@@ -728,12 +728,15 @@ def _fold(prompt: str, evidence: Evidence | None = None) -> tuple[str, Sequence[
     hidden: list[str] = []
     position = 0
     on_ascii_letter = False  # the last kept character was an ASCII letter (marks after it go)
+    last_was_tag = False
     for match in _NON_ASCII.finditer(prompt):
         index = match.start()
         if index > position:
             out.append(prompt[position:index])
             offsets.extend(range(position, index))
             on_ascii_letter = prompt[index - 1].isalpha()
+            if hidden and last_was_tag and prompt[position:index].isspace():
+                hidden.append(prompt[position:index])  # line breaks between tag characters: code keeps its lines
         ch = match.group(0)
         kind: str | None
         if on_ascii_letter and unicodedata.category(ch) == "Mn":
@@ -743,6 +746,7 @@ def _fold(prompt: str, evidence: Evidence | None = None) -> tuple[str, Sequence[
             kind = _fold_kind(ch, folded)
             if folded:
                 on_ascii_letter = folded.isascii() and folded[-1].isalpha()
+        last_was_tag = kind == "tags"
         if kind == "tags" and 0xE0020 <= ord(ch) <= 0xE007E:
             hidden.append(chr(ord(ch) - 0xE0000))
         if kind is not None and evidence is not None:

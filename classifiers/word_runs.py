@@ -196,37 +196,57 @@ def _letter_pairs(word: str) -> float:
     return sum(1 for p in pairs if p in _PAIRS) / len(pairs) if pairs else 0.0
 
 
-# A run is not widened across these (a colon ends a wrapper: "quick one: <payload>").
-_WIDEN_STOPS = frozenset("\n:")
 _WIDENABLE = (BOTH_WAYS, LIKELY_HIDDEN)  # not gibberish as far as a run's share is concerned
 
 
 def _widened(text: str, tokens: list[tuple[int, int, float]], runs: list[tuple[int, int]]) -> list[Span]:
-    """Each run of token indexes widened, as character spans, over the tokens beside it on the
-    same line up to a plain word (one that only reads as a word as it stands) or a colon: a
-    key, a name or a number next to the payload's words is part of the payload ("njf_npprff_xrl
-    = NXVNVBFSBQAA7" is a ROT13 key line), a wrapper's words are not."""
+    """Each run of token indexes widened, as character spans, over the tokens beside it up to
+    a plain word (one that only reads as a word as it stands) or the next run: a key, a name
+    or a number next to the payload's words is part of the payload (a ROT13 snippet ends on a
+    line of nothing but a rotated key). On the edge's own line a word of letters that is
+    gibberish either way stays out (a wrapper word the lexicon lacks: "decode:", "antworte:");
+    on another line a word that reads both ways does ("The" shifted by 19 is "Max"). Runs that
+    meet are merged."""
     spans: list[Span] = []
-    for first, last in runs:
-        while first > 0 and _widens(text, tokens[first - 1], tokens[first]):
-            if spans and tokens[first - 1][0] < spans[-1][1]:
-                break
+    previous = -1  # the last token index of the run before
+    for k, (first, last) in enumerate(runs):
+        ceiling = runs[k + 1][0] - 1 if k + 1 < len(runs) else len(tokens) - 1
+        edge = tokens[first][0]
+        while first > previous + 1 and _widens(text, tokens[first - 1], edge):
             first -= 1
-        while last + 1 < len(tokens) and _widens(text, tokens[last], tokens[last + 1], outwards=tokens[last + 1]):
+        edge = tokens[last][1]
+        while last < ceiling and _widens(text, tokens[last + 1], edge):
             last += 1
-        spans.append((tokens[first][0], tokens[last][1]))
+        if spans and first == previous + 1:
+            spans[-1] = (spans[-1][0], tokens[last][1])
+        else:
+            spans.append((tokens[first][0], tokens[last][1]))
+        previous = last
     return spans
 
 
-def _widens(
-    text: str,
-    left: tuple[int, int, float],
-    right: tuple[int, int, float],
-    outwards: tuple[int, int, float] | None = None,
-) -> bool:
-    """Whether the token beyond a run's edge (``left``, or ``outwards`` on the right) joins it."""
-    candidate = outwards if outwards is not None else left
-    return candidate[2] != -1 and not _WIDEN_STOPS & set(text[left[1] : right[0]])
+def _widens(text: str, token: tuple[int, int, float], edge: int) -> bool:
+    """Whether ``token``, beyond a run's edge at ``edge``, joins the run."""
+    if token[2] == -1:
+        return False
+    between = text[token[1] : edge] if token[1] <= edge else text[edge : token[0]]
+    if "\n" in between:  # another line: gibberish or a piece of a key, not a word ("The" is "Max")
+        return token[2] == NEITHER_WAY or not _bare_word(text, token)
+    return token[2] != NEITHER_WAY or not _bare_word(text, token)
+
+
+def _bare_word(text: str, token: tuple[int, int, float]) -> bool:
+    """Whether the token stands alone as a word of letters (between spaces and punctuation),
+    as a wrapper's words do, unlike a piece of a key, a path or an identifier."""
+    start, end = token[0], token[1]
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    while end < len(text) and not text[end].isspace():
+        end += 1
+    return text[start:end].strip(_WORD_PUNCTUATION).isalpha()
+
+
+_WORD_PUNCTUATION = ".,;:!?\"'()[]{}<>"
 
 
 def _core_runs(tokens: list[tuple[int, int, float]], min_strong: int) -> list[tuple[int, int]]:
