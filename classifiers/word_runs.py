@@ -4,11 +4,12 @@ A disguised payload usually sits inside plain words: "Decode this and answer: Je
 or "Respond to the line above" after a reversed sentence. Undoing the whole prompt would turn
 the plain wrapper into gibberish, and the detectors would read the wrapper's words as noise
 next to the payload (or, worse, judge the wrapper's wording instead of the payload). So only
-the hidden runs are undone, and the decoded section holds them alone. Each
-token votes: +1 when only its undone form is a word, -1 when only the token itself is, 0 when
-both or neither are; a run is a stretch whose votes stay positive, and only runs are undone.
-A run needs two tokens of three letters or more that vote for it, so an English prompt with a
-name or a typo that happens to spell a word backwards or shifted is left as it is.
+the hidden runs are undone, and the decoded section holds them alone. Each token votes: +1
+when only its undone form is a word, -1 when only the token itself is, 0 when it is a word
+both ways, a little against when it is a word neither way; a run is a stretch whose votes
+stay positive. A run needs two tokens of three letters or more that vote for it, and most of
+its words must vote for it, so an English prompt with a name or a typo that happens to spell
+a word backwards or shifted is left as it is, and so is ciphertext of another kind.
 
 Pure functions over a word predicate (``is_word``) so that the lexicon stays in
 :mod:`classifiers.normalize`.
@@ -90,105 +91,14 @@ BOTH_WAYS = 2.0  # the vote marker of such a token (it counts as 0 inside a run)
 NEITHER_WAY = -0.5
 LIKELY_HIDDEN = -0.25  # counts as -0.5 inside a run, but a run's edge may take it in
 # The commonest letter pairs of English: a word the lexicon lacks reads as English by them.
-_PAIRS = frozenset(
-    [
-        "th",
-        "he",
-        "in",
-        "er",
-        "an",
-        "re",
-        "on",
-        "at",
-        "en",
-        "nd",
-        "ti",
-        "es",
-        "or",
-        "te",
-        "of",
-        "ed",
-        "is",
-        "it",
-        "al",
-        "ar",
-        "st",
-        "to",
-        "nt",
-        "ng",
-        "se",
-        "ha",
-        "as",
-        "ou",
-        "io",
-        "le",
-        "ve",
-        "co",
-        "me",
-        "de",
-        "hi",
-        "ri",
-        "ro",
-        "ic",
-        "ne",
-        "ea",
-        "ra",
-        "ce",
-        "li",
-        "ch",
-        "ll",
-        "be",
-        "ma",
-        "si",
-        "om",
-        "ur",
-        "ca",
-        "el",
-        "ta",
-        "la",
-        "ns",
-        "ge",
-        "ly",
-        "ei",
-        "os",
-        "no",
-        "pe",
-        "do",
-        "su",
-        "pa",
-        "ec",
-        "ac",
-        "ot",
-        "di",
-        "ol",
-        "tr",
-        "sh",
-        "ss",
-        "il",
-        "wa",
-        "ad",
-        "so",
-        "ie",
-        "ow",
-        "us",
-        "ia",
-        "mo",
-        "un",
-        "em",
-        "lo",
-        "ke",
-        "pr",
-        "ho",
-        "ct",
-        "ni",
-        "ut",
-        "wi",
-        "ap",
-        "ay",
-        "sa",
-        "ag",
-    ]
-)
+_PAIRS = frozenset([
+    "th", "he", "in", "er", "an", "re", "on", "at", "en", "nd", "ti", "es", "or", "te", "of", "ed", "is", "it",
+    "al", "ar", "st", "to", "nt", "ng", "se", "ha", "as", "ou", "io", "le", "ve", "co", "me", "de", "hi", "ri",
+    "ro", "ic", "ne", "ea", "ra", "ce", "li", "ch", "ll", "be", "ma", "si", "om", "ur", "ca", "el", "ta", "la",
+    "ns", "ge", "ly", "ei", "os", "no", "pe", "do", "su", "pa", "ec", "ac", "ot", "di", "ol", "tr", "sh", "ss",
+    "il", "wa", "ad", "so", "ie", "ow", "us", "ia", "mo", "un", "em", "lo", "ke", "pr", "ho", "ct", "ni", "ut",
+    "wi", "ap", "ay", "sa", "ag"
+])  # fmt: skip
 
 
 def _letter_pairs(word: str) -> float:
