@@ -22,7 +22,7 @@ from classifiers.normalize import lexicon
 # Names of a decoding or an encoding, and verbs of undoing one (stems: "decod" covers decode,
 # decoded, decoding; "chiffr" déchiffrer; "kodier" dekodieren).
 _DECODING = re.compile(
-    r"\b(?:de|en|un|re|d[ée])?cod(?:e|ed|es|ing|ier\w*|ifi\w*|ific\w*)\b|\bd[ée]chiffr\w*|\b\w*(?:cipher|crypt|chiffr|cifr|kodier|schlüssel)\w*"
+    r"\b(?:de|en|un|re|d[ée])?cod(?:e|ed|es|ing|ier\w*|ifi\w*|ific\w*)\b|\bd[ée]chiffr\w*|\b\w{0,6}(?:cipher|crypt|chiffr|cifr|kodier|schlüssel)\w*"
     r"|\b(?:trans|tra|tradu|über)(?:lat|duc|setz)\w*|\bconvert\w*|\bunscrambl\w*|\bobfuscat\w*|\bdeobfuscat\w*"
     r"|\bbase[\s-]?(?:64|32|16)\b|\bb64\b|\bhex(?:adecimal)?\b|\brot[\s-]?\d+\b|\bca[eé]sar\b|\bcäsar\b|\bc[eé]sar\b"
     r"|\bmorse\b|\bleet\w*|\bunicode\b|\bencoding\b|\bencoded\b|\brevers\w*|\bbackwards?\b|\bmirror\w*|\bupside[\s-]down\b"
