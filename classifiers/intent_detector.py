@@ -33,7 +33,7 @@ import numpy.typing as npt
 import re2  # type: ignore[import-untyped]
 
 from classifiers.normalize import SECTION_BREAK, embedding_view, english_score
-from classifiers.wrapper_text import common_edges, without_decoding_requests, without_edge_requests
+from classifiers.wrapper_text import common_edges, without_decoding_requests, without_edge_requests, word_share
 from inference.embedder import Embedder, EmbedderSpec, windows
 from promptfence.core import Finding, Span, Topic
 
@@ -131,18 +131,21 @@ def meaningful_views(text: str) -> list[str]:
         wrapper = without_decoding_requests(primary, min_words=WRAPPER_MIN_WORD_SHARE)
         judged.extend(payloads)
         if wrapper.strip():
-            judged.extend(f"{wrapper}\n{payload}" for payload in payloads)
+            judged.extend(f"{wrapper}\n{payload}" for payload in payloads if word_share(payload) >= WRAPPER_MIN_WORD_SHARE)
     judged = [v for v in judged if v.strip()]
     fluency = [english_score(v) for v in judged]
-    if fluency and max(fluency) >= 0.15:
+    if fluency and max(fluency) >= FLUENT:
         judged = [v for v, f in zip(judged, fluency, strict=True) if f >= 0.05]
     if not judged:  # every decoding read as the prompt's own section does (de-spaced letters)
         judged = [without_edge_requests(primary)]
     return judged
 
 
+# The share of common English words of a section that reads as prose (ciphertext: near 0).
+FLUENT = 0.15
 # A wrapper clause with a smaller share of English words than this is ciphertext (or another
-# language, which the multilingual head reads): the English head does not judge it.
+# language, which the multilingual head reads): the English head does not judge it. Nor is a
+# wrapper read with a payload of less (a decoding that came out as gibberish).
 WRAPPER_MIN_WORD_SHARE = 0.6
 
 

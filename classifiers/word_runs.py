@@ -71,12 +71,13 @@ def scored_runs(text: str, undo: Callable[[str], str], is_word: IsWord, min_stro
         elif vote == 0:
             vote = NEITHER_WAY  # gibberish either way: a run does not cross much of it
         tokens.append((match.start(), match.end(), vote))
-    return _widened(text, tokens, [run for run in _core_runs(tokens, min_strong) if _mostly_hidden(tokens, run)])
+    runs = _widened(text, tokens, _core_runs(tokens, min_strong))
+    return [(tokens[first][0], tokens[last][1]) for first, last in runs if _mostly_hidden(tokens, (first, last))]
 
 
-# Share of a run's long tokens (not words both ways) that must read as words once undone: a
-# reversed sentence is nearly all words backwards, while a few chance words in ciphertext of
-# another kind ("gur" is "rug" backwards) are not.
+# Share of a widened run's long tokens (not words both ways) that must read as words once
+# undone: a reversed sentence is nearly all words backwards (a key or two beside it), while a
+# few chance words in ciphertext of another kind ("gur" is "rug" backwards) are not.
 MIN_HIDDEN_SHARE = 0.5
 
 
@@ -109,15 +110,15 @@ def _letter_pairs(word: str) -> float:
 _WIDENABLE = (BOTH_WAYS, LIKELY_HIDDEN)  # not gibberish as far as a run's share is concerned
 
 
-def _widened(text: str, tokens: list[tuple[int, int, float]], runs: list[tuple[int, int]]) -> list[Span]:
-    """Each run of token indexes widened, as character spans, over the tokens beside it up to
+def _widened(text: str, tokens: list[tuple[int, int, float]], runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Each run of token indexes widened over the tokens beside it up to
     a plain word (one that only reads as a word as it stands) or the next run: a key, a name
     or a number next to the payload's words is part of the payload (a ROT13 snippet ends on a
     line of nothing but a rotated key). On the edge's own line a word of letters that is
     gibberish either way stays out (a wrapper word the lexicon lacks: "decode:", "antworte:");
     on another line a word that reads both ways does ("The" shifted by 19 is "Max"). Runs that
     meet are merged."""
-    spans: list[Span] = []
+    widened: list[tuple[int, int]] = []
     previous = -1  # the last token index of the run before
     for k, (first, last) in enumerate(runs):
         ceiling = runs[k + 1][0] - 1 if k + 1 < len(runs) else len(tokens) - 1
@@ -127,12 +128,12 @@ def _widened(text: str, tokens: list[tuple[int, int, float]], runs: list[tuple[i
         edge = tokens[last][1]
         while last < ceiling and _widens(text, tokens[last + 1], edge):
             last += 1
-        if spans and first == previous + 1:
-            spans[-1] = (spans[-1][0], tokens[last][1])
+        if widened and first == previous + 1:
+            widened[-1] = (widened[-1][0], last)
         else:
-            spans.append((tokens[first][0], tokens[last][1]))
+            widened.append((first, last))
         previous = last
-    return spans
+    return widened
 
 
 def _widens(text: str, token: tuple[int, int, float], edge: int) -> bool:
