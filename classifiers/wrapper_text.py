@@ -116,7 +116,8 @@ def without_edge_requests(text: str) -> str:
         if share > EDGE_REQUEST_SHARE:
             start = b
             continue
-        start = first
+        if first > a:  # requests at the sentence's start go, whatever precedes it stays
+            start = first
         break
     for a, b in reversed(sentences):
         if b <= start:
@@ -125,7 +126,8 @@ def without_edge_requests(text: str) -> str:
         if share > EDGE_REQUEST_SHARE:
             end = a
             continue
-        end = last
+        if last < b:
+            end = last
         break
     kept = text[start:end].strip()
     return kept or text
@@ -145,8 +147,10 @@ def _kept_clauses(text: str, a: int, b: int) -> tuple[int, int, float]:
     requests = sum(len(c.split()) for _x, _y, c in clauses if is_about_the_payload(c))
     if not kept:
         return b, b, 1.0 if words else 0.0
-    last = b if kept[-1][1] == clauses[-1][1] else kept[-1][1]  # its full stop, if it ends the sentence
-    return kept[0][0], last, requests / words if words else 0.0
+    # The sentence's own marks ("<|", "!+", a full stop) stay unless a request stood there.
+    first = a if kept[0][0] == clauses[0][0] else kept[0][0]
+    last = b if kept[-1][1] == clauses[-1][1] else kept[-1][1]
+    return first, last, requests / words if words else 0.0
 
 
 def common_edges(a: str, b: str) -> tuple[int, int]:
