@@ -131,7 +131,9 @@ def meaningful_views(text: str) -> list[str]:
         wrapper = without_decoding_requests(primary, min_words=WRAPPER_MIN_WORD_SHARE)
         judged.extend(payloads)
         if wrapper.strip():
-            judged.extend(f"{wrapper}\n{payload}" for payload in payloads if word_share(payload) >= WRAPPER_MIN_WORD_SHARE)
+            judged.extend(
+                f"{wrapper}\n{payload}" for payload in payloads if word_share(payload) >= WRAPPER_MIN_WORD_SHARE
+            )
     judged = [v for v in judged if v.strip()]
     fluency = [english_score(v) for v in judged]
     if fluency and max(fluency) >= FLUENT:
