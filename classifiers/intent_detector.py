@@ -33,7 +33,14 @@ import numpy.typing as npt
 import re2  # type: ignore[import-untyped]
 
 from classifiers.normalize import SECTION_BREAK, embedding_view, english_score
-from classifiers.wrapper_text import common_edges, without_decoding_requests, without_edge_requests, word_share
+from classifiers.wrapper_text import (
+    FLUENT,
+    WRAPPER_MIN_WORD_SHARE,
+    common_edges,
+    without_decoding_requests,
+    without_edge_requests,
+    word_share,
+)
 from inference.embedder import Embedder, EmbedderSpec, windows
 from promptfence.core import Finding, Span, Topic
 
@@ -139,16 +146,8 @@ def meaningful_views(text: str) -> list[str]:
     if fluency and max(fluency) >= FLUENT:
         judged = [v for v, f in zip(judged, fluency, strict=True) if f >= 0.05]
     if not judged:  # every decoding read as the prompt's own section does (de-spaced letters)
-        judged = [without_edge_requests(primary)]
+        judged = [without_edge_requests(primary)] if primary.strip() else [v for v in views if v.strip()][-1:]
     return judged
-
-
-# The share of common English words of a section that reads as prose (ciphertext: near 0).
-FLUENT = 0.15
-# A wrapper clause with a smaller share of English words than this is ciphertext (or another
-# language, which the multilingual head reads): the English head does not judge it. Nor is a
-# wrapper read with a payload of less (a decoding that came out as gibberish).
-WRAPPER_MIN_WORD_SHARE = 0.6
 
 
 def calibration_shifts(manifest: dict[str, Any], topics: tuple[Topic, ...]) -> npt.NDArray[np.float32]:

@@ -47,6 +47,13 @@ _POINTER = re.compile(
     r"|-y\b|この|これ|это",
     re.IGNORECASE,
 )
+# The share of common English words of a section that reads as prose (ciphertext: near 0).
+FLUENT = 0.15
+# A wrapper clause with a smaller share of English words (:func:`word_share`) than this is
+# ciphertext (or another language, which the multilingual head reads): the English head does
+# not judge it. Nor is a wrapper read with a payload of less (a decoding that came out as
+# gibberish).
+WRAPPER_MIN_WORD_SHARE = 0.6
 # A clause this short that asks for a reply ("y responde", "reply pls") needs no pointer.
 _BARE_REPLY_WORDS = 4
 _LETTERS = re.compile(r"[A-Za-z]+")
