@@ -33,6 +33,14 @@ import numpy.typing as npt
 import re2  # type: ignore[import-untyped]
 
 from classifiers.normalize import SECTION_BREAK, embedding_view, english_score
+from classifiers.wrapper_text import (
+    FLUENT,
+    WRAPPER_MIN_WORD_SHARE,
+    common_edges,
+    without_decoding_requests,
+    without_edge_requests,
+    word_share,
+)
 from inference.embedder import Embedder, EmbedderSpec, windows
 from promptfence.core import Finding, Span, Topic
 
@@ -92,24 +100,54 @@ INTENT_TOPICS = (Topic.JAILBREAK, Topic.MALICIOUS_CODE, Topic.PII_REQUEST, Topic
 
 
 def meaningful_views(text: str) -> list[str]:
-    """The sections of an analysis text worth embedding.
+    """The sections of an analysis text worth embedding: what a decoded section decodes to,
+    and never the wrapper's request to decode it.
 
-    With decoded sections present, two kinds of section carry no meaning of their own and only
-    push a sentence model off its training distribution: the short wrapper left around an
-    encoded payload ("Decode this and answer:") and the ciphertext itself (ROT13 gibberish),
-    whose plain-text twin is another section.
+    With decoded sections present, the prompt's own section holds a disguised payload in a
+    wrapper ("Decode this and answer: <ciphertext>"). Neither part means anything to a sentence
+    model as it stands: the ciphertext is noise, and the wrapper's "decode and respond" reads
+    like the opening of a jailbreak whatever the payload says. So a decoded payload (base64,
+    a Caesar or reversed run, tag characters) is judged alone, and once more after what its
+    wrapper says besides "decode this" in English
+    (:func:`classifiers.wrapper_text.without_decoding_requests`): the wrapper is read in the
+    context of the payload, never on its own. A section that rewrote the prompt in place
+    (leetspeak, de-spaced letters, URL escapes) is judged whole, less the decoding requests in
+    the unchanged text at its edges.
     """
-    views = [v for v in (embedding_view(s) for s in text.split(SECTION_BREAK)) if v.strip()]
+    views = [embedding_view(s) for s in text.split(SECTION_BREAK)]
     if len(views) <= 1:
-        return views
-    kept = [v for v in views if len(v.split()) >= MIN_SECTION_WORDS]
-    fluency = [english_score(v) for v in kept]
-    if fluency and max(fluency) >= 0.15:
-        kept = [v for v, f in zip(kept, fluency, strict=True) if f >= 0.05]
-    return kept or views[-1:]
-
-
-MIN_SECTION_WORDS = 6
+        # A disguise undone in place (zero-width or look-alike characters) leaves no section of
+        # its own, but the wrapper around the prompt is the same: its requests go.
+        return [without_edge_requests(v) for v in views if v.strip()]
+    primary = views[0]
+    judged: list[str] = []
+    payloads: list[str] = []
+    for decoded in dict.fromkeys(views[1:]):
+        if not decoded.strip() or decoded == primary:
+            continue
+        prefix, suffix = common_edges(primary, decoded)
+        if prefix or suffix:
+            end = len(decoded) - suffix
+            head, tail = without_decoding_requests(decoded[:prefix]), without_decoding_requests(decoded[end:])
+            judged.append(" ".join(e for e in (head, decoded[prefix:end], tail) if e.strip()))
+        else:
+            payloads.append(decoded)
+    if payloads:
+        # What the wrapper says besides "decode this" is read with the payload it wraps: alone,
+        # a line of chatter ("no clue what it says lol") reads as a jailbreak's opening.
+        wrapper = without_decoding_requests(primary, min_words=WRAPPER_MIN_WORD_SHARE)
+        judged.extend(payloads)
+        if wrapper.strip():
+            judged.extend(
+                f"{wrapper}\n{payload}" for payload in payloads if word_share(payload) >= WRAPPER_MIN_WORD_SHARE
+            )
+    judged = [v for v in judged if v.strip()]
+    fluency = [english_score(v) for v in judged]
+    if fluency and max(fluency) >= FLUENT:
+        judged = [v for v, f in zip(judged, fluency, strict=True) if f >= 0.05]
+    if not judged:  # every decoding read as the prompt's own section does (de-spaced letters)
+        judged = [without_edge_requests(primary)] if primary.strip() else [v for v in views if v.strip()][-1:]
+    return judged
 
 
 def calibration_shifts(manifest: dict[str, Any], topics: tuple[Topic, ...]) -> npt.NDArray[np.float32]:

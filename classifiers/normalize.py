@@ -10,6 +10,12 @@ Detectors should not each learn these tricks, so the engine hands them one *anal
 ``offsets[i]`` maps character ``i`` of the first section back to the original prompt, so spans
 in that section point at the user's own characters; spans in the extra sections have no
 position in the original and are reported without a span.
+
+A section holds what was decoded, not the words around it: the decoding of a base64 token,
+the runs of a Caesar-shifted or reversed payload rotated or turned back (one a line,
+:mod:`classifiers.word_runs`), leaving "Decode this and answer:" in the first section only.
+Respellings that change a prompt word by word (leetspeak, de-spaced letters, URL escapes)
+rewrite the whole prompt in their section.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ import functools
 import importlib.util
 import itertools
 import re
-import string
 import unicodedata
 import urllib.parse
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from classifiers.word_runs import MIN_STRONG, ROTATIONS, best_shift, reversed_runs, scored_runs, undo_runs
 
 # Invisible characters used to split words: zero-width space/joiners, word joiner, BOM,
 # soft hyphen, Mongolian vowel separator, invisible operators, and the tag block.
@@ -54,8 +61,10 @@ _SPACED = re.compile(r"(?<![\w])(?:\w[ .\-_*·|]{1,3}){2,}\w(?![\w])")
 _SEPARATOR_RUN = re.compile(r"[ .\-_*·|]+")
 _ROT13_HINT = re.compile(r"\brot[\s-]?13\b|\bcaesar\b", re.IGNORECASE)
 # Between the prompt and each decoded variant: detectors that judge the whole text (embeddings)
-# score each section on its own.
-SECTION_BREAK = "\n\n[decoded]\n"
+# score each section on its own. The marker is plain words: "[decoded]" scored as a line of
+# code (brackets, an index-like shape), so a decoded XML tag or indented line next to it made
+# a two-line "code block" out of harmless text.
+SECTION_BREAK = "\n\n~ decoded ~\n"
 _BASE64 = re.compile(r"(?<![A-Za-z0-9+/=_-])[A-Za-z0-9+/_-]{16,}={0,2}(?![A-Za-z0-9+/=_-])")
 _HEX = re.compile(r"(?<![0-9A-Fa-f])(?:[0-9A-Fa-f]{2}){12,}(?![0-9A-Fa-f])")
 _PERCENT = re.compile(r"%[0-9A-Fa-f]{2}")
@@ -420,53 +429,54 @@ def _decoded_sections(text: str) -> Iterator[Decoding]:
         yield "despaced", despaced, spans
 
 
-# Caesar shifts: each rotation's table, and the English-ness a rotation must reach (as ROT13's).
-_ROTATIONS = {
-    n: str.maketrans(
-        string.ascii_lowercase + string.ascii_uppercase,
-        string.ascii_lowercase[n:]
-        + string.ascii_lowercase[:n]
-        + string.ascii_uppercase[n:]
-        + string.ascii_uppercase[:n],
-    )
-    for n in range(1, 26)
-}
+def _is_word(token: str) -> bool:
+    """Whether a lower-case letter token is an English word: a lexicon word of three letters
+    or more, or a common two-letter one ("of", "is"); single letters prove nothing."""
+    if len(token) >= 3:
+        return token in lexicon()
+    return len(token) == 2 and token in _COMMON_WORDS
 
 
-def _common_words(text: str) -> tuple[int, int]:
-    """(common English words, words) of two letters or more in ``text`` (a shift turns escapes
-    such as ``\\t\\n`` into "a" and "i" all too easily)."""
-    words = [w for w in _WORD.findall(text.lower()) if len(w) >= 2]
-    return sum(1 for w in words if w in _COMMON_WORDS), len(words)
+def _shift_weight(token: str) -> float:
+    """How much a token turned into a word says about a shift: with 25 shifts to try, some
+    shift of a short text always makes a two- or three-letter word ("aevil b" -> "hlcps i")."""
+    return 1.0 if len(token) >= 4 else 0.5 if len(token) == 3 else 0.25
 
 
-# A rotation other than ROT13 must read clearly as English: with 25 shifts to try, some shift of
-# a short text always makes a word or two ("aevil b" -> "hlcps i").
-_CAESAR_MIN_WORDS = 4
-_CAESAR_MIN_COMMON = 3
-_CAESAR_MIN_SCORE = 0.4
+# A shift must turn this much of a text into words (two four-letter words, or four shorter
+# ones), and do at least twice as well as any other shift: ciphertext has one right shift,
+# ordinary text only chance hits, spread over the shifts.
+_CAESAR_MIN_GAIN = 2.0
+_CAESAR_MARGIN = 2.0
+# ... and turn a good part of its non-words into words (reversed text or another cipher gives
+# any shift a few chance words among thousands of tokens).
+_CAESAR_MIN_SHARE = 0.3
 
 
 def _caesar(text: str) -> tuple[str, str] | None:
-    """The Caesar rotation (ROT-N) of ``text`` that reads as English, if one does clearly better
-    than the text itself: ``("rot13", ...)``, ``("rot3", ...)``. Scored on a sample of the text;
-    the wording around it (a "rot13" or "caesar" hint) only adds ROT13 as a view."""
+    """The Caesar rotation (ROT-N) that hides part of ``text``, and the hidden runs rotated
+    back (without the plain wrapper around them):
+    ``("rot13", ...)``, ``("rot3", ...)``. Every shift is tried on a sample of the text; the
+    wording around it (a "rot13" or "caesar" hint) only lowers the bar for ROT13 itself."""
     sample = _statistics_sample(text)
-    plain = english_score(sample)
-    rot13 = english_score(sample.translate(_ROTATIONS[13]))
-    if rot13 >= 0.2 and rot13 > 1.5 * plain + 0.05:
-        return "rot13", text.translate(_ROTATIONS[13])
-    best, best_score = 0, 0.0
-    for n, table in _ROTATIONS.items():
-        common, total = _common_words(sample.translate(table))
-        score = common / total if total >= _CAESAR_MIN_WORDS and common >= _CAESAR_MIN_COMMON else 0.0
-        if n != 13 and score > best_score:
-            best, best_score = n, score
-    if best and best_score >= _CAESAR_MIN_SCORE and best_score > 1.5 * plain + 0.05:
-        return f"rot{26 - best}", text.translate(_ROTATIONS[best])  # named by the cipher's shift
-    if _ROT13_HINT.search(text):
-        return "rot13", text.translate(_ROTATIONS[13])
+    shift, gain, runner_up, unknown = best_shift(sample, _is_word, _shift_weight)
+    hinted = bool(_ROT13_HINT.search(text))
+    if gain >= _CAESAR_MIN_GAIN and gain >= _CAESAR_MARGIN * runner_up + 0.5 and gain >= _CAESAR_MIN_SHARE * unknown:
+        candidates = [(shift, MIN_STRONG)]
+    else:
+        candidates = []
+    if hinted and (13, MIN_STRONG) not in candidates:
+        candidates.append((13, 1))
+    for n, strong in candidates:
+        rotate = functools.partial(_rotate, table=ROTATIONS[n])
+        runs = scored_runs(text, rotate, _is_word, strong)
+        if runs:
+            return ("rot13" if n == 13 else f"rot{26 - n}"), undo_runs(text, runs, rotate)
     return None
+
+
+def _rotate(text: str, table: dict[int, int]) -> str:
+    return text.translate(table)
 
 
 @functools.lru_cache(maxsize=1)
@@ -622,46 +632,20 @@ _LETTER_RUN = re.compile(r"[A-Za-z]+")
 
 
 def _reversed_runs(text: str) -> tuple[str, tuple[tuple[int, int], ...]]:
-    """``text`` with each run of reversed words read forwards ("snoitcurtsni suoiverp lla
-    erongi" -> "ignore all previous instructions"), and the runs' spans.
+    """Each run of reversed words in ``text`` read forwards, one a line ("snoitcurtsni
+    suoiverp lla erongi" -> "ignore all previous instructions"), and the runs' spans.
 
     A word is reversed when it is not a word but its reverse is; a run needs two such words of
-    three letters or more (short words like "a" or "ot" may sit between them)."""
+    three letters or more, and words that read both ways ("dna", "tub") or neither way (a
+    number, a name) sit inside it (:func:`classifiers.word_runs.scored_runs`)."""
     words = lexicon()
     candidates = {t for t in set(_LETTER_RUN.findall(text.lower())) if len(t) >= 3 and t not in words}
     if sum(1 for t in candidates if t[::-1] in words) < 2:
         return text, ()
-    runs: list[tuple[int, int]] = []
-    start = end = strong = 0
-    previous_end = -10
-
-    def close() -> None:
-        if strong >= 2:
-            runs.append((start, end))
-
-    for match in _LETTER_RUN.finditer(text):
-        token = match.group(0).lower()
-        backwards = token[::-1]
-        is_reversed = backwards in words and token not in words
-        short_ok = len(token) <= 2 and (backwards in _COMMON_WORDS or token in _COMMON_WORDS)
-        gap_ok = match.start() - previous_end <= 3 and "\n" not in text[previous_end : match.start()]
-        if (is_reversed or short_ok) and gap_ok and end > start:
-            end = match.end()
-            strong += is_reversed and len(token) >= 3
-        else:
-            close()
-            start, end, strong = (match.start(), match.end(), 1) if is_reversed and len(token) >= 3 else (0, 0, 0)
-        previous_end = match.end()
-    close()
+    runs = reversed_runs(text, _is_word)
     if not runs:
         return text, ()
-    out, position = [], 0
-    for a, b in runs:
-        out.append(text[position:a])
-        out.append(text[a:b][::-1])
-        position = b
-    out.append(text[position:])
-    return "".join(out), tuple(runs[:MAX_EVIDENCE_SPANS])
+    return undo_runs(text, runs, lambda run: run[::-1]), tuple(runs[:MAX_EVIDENCE_SPANS])
 
 
 def _is_bare_encoding(text: str) -> bool:
@@ -744,12 +728,15 @@ def _fold(prompt: str, evidence: Evidence | None = None) -> tuple[str, Sequence[
     hidden: list[str] = []
     position = 0
     on_ascii_letter = False  # the last kept character was an ASCII letter (marks after it go)
+    last_was_tag = False
     for match in _NON_ASCII.finditer(prompt):
         index = match.start()
         if index > position:
             out.append(prompt[position:index])
             offsets.extend(range(position, index))
             on_ascii_letter = prompt[index - 1].isalpha()
+            if hidden and last_was_tag and prompt[position:index].isspace():
+                hidden.append(prompt[position:index])  # line breaks between tag characters: code keeps its lines
         ch = match.group(0)
         kind: str | None
         if on_ascii_letter and unicodedata.category(ch) == "Mn":
@@ -759,6 +746,7 @@ def _fold(prompt: str, evidence: Evidence | None = None) -> tuple[str, Sequence[
             kind = _fold_kind(ch, folded)
             if folded:
                 on_ascii_letter = folded.isascii() and folded[-1].isalpha()
+        last_was_tag = kind == "tags"
         if kind == "tags" and 0xE0020 <= ord(ch) <= 0xE007E:
             hidden.append(chr(ord(ch) - 0xE0000))
         if kind is not None and evidence is not None:
