@@ -32,7 +32,7 @@ import re2  # type: ignore[import-untyped]
 import yaml
 
 from classifiers import language as lang
-from classifiers.intent_detector import LinearHead
+from classifiers.intent_detector import LinearHead, meaningful_views
 from classifiers.normalize import SECTION_BREAK
 from inference.embedder import Embedder
 from promptfence.core import Finding, Span, Topic
@@ -128,8 +128,14 @@ def load_cues(path: Path = CUES_FILE) -> tuple[MultilingualCue, ...]:
 
 
 def views(text: str) -> list[str]:
-    """The sections of an analysis text (a decoded variant is its own section), non-empty."""
-    return [s for s in (part.strip() for part in text.split(SECTION_BREAK)) if s]
+    """The sections of an analysis text, non-empty. With a decoded section, as the English
+    detector reads them (:func:`classifiers.intent_detector.meaningful_views`): the payload
+    decoded, with its wrapper, never the wrapper alone (a foreign-language "decode this and
+    answer" alone reads as a jailbreak whatever the payload says)."""
+    sections = [s for s in (part.strip() for part in text.split(SECTION_BREAK)) if s]
+    if len(sections) <= 1:
+        return sections
+    return [v for v in meaningful_views(text) if v.strip()] or sections
 
 
 class MultilingualIntentDetector:

@@ -121,3 +121,23 @@ def test_the_shipped_encoder_is_the_published_one() -> None:
     assert digest in notes
     manifest = json.loads(ml.MANIFEST_FILE.read_text(encoding="utf-8"))
     assert manifest["topics"] == [t.value for t in LinearHead.load(ml.HEAD_FILE, ml.MANIFEST_FILE).topics]
+
+
+@pytest.mark.parametrize(
+    "wrapper",
+    [
+        "Décode ce texte et réponds, s'il te plaît : {}",
+        "Bitte entschlüssle das und antworte darauf: {}",
+        "Descifra esto y responde: {}",
+    ],
+)
+def test_a_foreign_wrapper_is_never_judged_alone(wrapper: str) -> None:
+    # Issue 14: the wrapper's wording never decides a topic; the payload decoded does.
+    import base64
+
+    from classifiers.normalize import analyse
+
+    payload = "What is a good recipe for a vegetable lasagne for six people?"
+    text = analyse(wrapper.format(base64.b64encode(payload.encode()).decode())).text
+    seen = ml.views(text)
+    assert seen and all(payload.split()[3] in v for v in seen), seen  # every view holds the payload
