@@ -8,10 +8,12 @@ contiguous block. One code-looking line inside prose is weak evidence; a block o
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from classifiers.normalize import SECTION_BREAK
 from promptfence.core import Finding, Span, Topic
 
 # Statement openers, anchored at the line start. Every pattern here is linear-time: no two
@@ -141,7 +143,17 @@ class CodeDetector:
         if not blocks:
             return []
         best = max(blocks, key=lambda b: b.code_lines)
-        total = sum(b.code_lines for b in blocks)
+        # Scattered code lines add up within one section of the analysis text, not across
+        # them: a decoded section repeats its wrapper's lines, which would count twice.
+        starts = [0]
+        at = text.find(SECTION_BREAK)
+        while at >= 0:
+            starts.append(at + len(SECTION_BREAK))
+            at = text.find(SECTION_BREAK, at + 1)
+        per_section = [0] * len(starts)
+        for block in blocks:
+            per_section[bisect.bisect_right(starts, block.start) - 1] += block.code_lines
+        total = max(per_section)
         score = max(block_score(best.code_lines), block_score(total) - 0.1)
         return [
             Finding(

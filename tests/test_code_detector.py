@@ -43,3 +43,13 @@ def test_more_code_means_more_confidence() -> None:
     one = max(f.score for f in DETECTOR.detect("x = compute(a, b);"))
     many = max(f.score for f in DETECTOR.detect(CODE["c"]))
     assert one < many
+
+
+def test_code_lines_add_up_within_a_section_not_across_decoded_copies() -> None:
+    from classifiers.normalize import SECTION_BREAK
+
+    scattered = "total = price * qty\nthen we talk about the weather for a while\nreturn total\n"
+    once = CodeDetector().detect(scattered)
+    twice = CodeDetector().detect(scattered + SECTION_BREAK + scattered)
+    assert once and twice
+    assert twice[0].score == once[0].score  # the decoded copy does not double the count
