@@ -59,7 +59,9 @@ def test_a_request_paragraph_is_a_segment_whole_and_prose_is_not() -> None:
 
 
 def test_request_like_sentences_of_a_long_paragraph_are_segments() -> None:
-    long_paragraph = " ".join(_PROSE * 3) + " I need to find the home address of the club's treasurer. " + " ".join(_PROSE)
+    long_paragraph = (
+        " ".join(_PROSE * 3) + " I need to find the home address of the club's treasurer. " + " ".join(_PROSE)
+    )
     assert request_segments(long_paragraph) == ("I need to find the home address of the club's treasurer.",)
 
 
@@ -75,7 +77,10 @@ def test_entity_blocks_are_short_blocks_that_name_things() -> None:
     text = _buried(record, 4000, 0.3)
     assert entity_blocks(text) == (record,)
     assert entity_blocks(_document(4000)) == ()
-    assert len(entity_blocks("\n\n".join(f"Order 10{n:03d} shipped to Harbour Street, Leeds" for n in range(100)))) == MAX_ENTITY_SEGMENTS
+    assert (
+        len(entity_blocks("\n\n".join(f"Order 10{n:03d} shipped to Harbour Street, Leeds" for n in range(100))))
+        == MAX_ENTITY_SEGMENTS
+    )
 
 
 def test_segments_are_found_when_the_windows_are_sampled() -> None:
