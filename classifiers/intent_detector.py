@@ -354,20 +354,48 @@ _DIGITS = re.compile(r"\d{3,}")
 _CAPITALISED = re.compile(r"[A-ZÀ-ÞΑ-ΩА-Я][\w.'-]*")
 
 
+# Capitalised in any prose: not a sign that a block names someone or something.
+_CALENDAR_WORDS = frozenset(
+    [
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+    ]
+)
+
+
 def _names_things(block: str) -> bool:
     """Words of letters (four or more: a cell of a financial table is not a record) naming
-    things: two capitalised words that do not open a sentence, or a run of digits among five
-    or more words."""
+    things: two different capitalised words that do not open a sentence (weekdays and months
+    aside), or a run of digits among five or more words."""
     words = block.split()
     lettered = [w for w in words if sum(c.isalpha() for c in w) >= 2]
     if len(lettered) < 4:
         return False
-    inner = sum(
-        1
+    inner = {
+        bare
         for i, w in enumerate(words[1:], 1)
-        if _CAPITALISED.fullmatch(w.strip(',:;()"')) and words[i - 1][-1] not in ".!?:"
-    )
-    return inner >= 2 or (len(lettered) >= 5 and _DIGITS.search(block) is not None)
+        if _CAPITALISED.fullmatch(bare := w.strip(',:;()"'))
+        and words[i - 1][-1] not in ".!?:"
+        and bare.rstrip(".").lower() not in _CALENDAR_WORDS
+    }
+    return len(inner) >= 2 or (len(lettered) >= 5 and _DIGITS.search(block) is not None)
 
 
 def entity_blocks(view: str, limit: int = MAX_ENTITY_SEGMENTS) -> tuple[str, ...]:
