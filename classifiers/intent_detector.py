@@ -8,9 +8,14 @@ a laptop without downloads. This detector embeds the prompt with the MiniLM mode
 instructions") add evidence of a different kind, so the engine's noisy-or combines them.
 
 Long prompts are embedded window by window: the document's mean vector says what the prompt
-is about, the most suspicious window catches an instruction buried in a long paste. Past
-``max_windows`` windows, windows are sampled evenly across the whole text (each at most
-``MAX_WINDOW_CHARS``), noted as ``sampled:intent``.
+is about, the most suspicious window (x0.9) a role-play or a statement that fills much of it.
+Past ``max_windows`` windows, windows are sampled evenly across the whole text (each at most
+``MAX_WINDOW_CHARS``), noted as ``sampled:intent``. A request buried in a long paste is found
+as if it stood alone (issue 14 item 2): the text's request-like blocks and sentences
+(:func:`request_segments`) and its short blocks that name things (:func:`entity_blocks`, for
+PII only) are embedded one by one, sampled text included, and count by their maximum, never a
+sum. The head's PII is not read over a long text (harmless prose averages into "a personal
+record"); there PII is Presidio's values and the entity blocks.
 
 The text preparation (sections, de-obfuscated views, windows, phrase cues) is pure Python over
 the whole prompt and holds the GIL; the engine runs it in its worker pool
@@ -189,27 +194,52 @@ class LinearHead:
 
 
 SAMPLED_NOTE = "sampled:intent"
+# A window (96 words cut anywhere) must be more certain than the document to count; a segment
+# (a block or sentence the text itself delimits) counts as if it stood alone.
+WINDOW_WEIGHT = 0.9
+SEGMENT_WEIGHT = 1.0
+
+
+def _discount_named_person(scores: dict[Topic, float]) -> dict[Topic, float]:
+    """Asking about a named person ("Jane Doe's address?") is a PII *request*; what the
+    embedding calls personal content there is the name in the question. Concrete values (an
+    SSN, an email) still count through Presidio."""
+    if Topic.PII in scores and Topic.PII_REQUEST in scores:
+        scores[Topic.PII] *= 1.0 - scores[Topic.PII_REQUEST]
+    return scores
 
 
 @dataclass(frozen=True)
 class IntentInput:
     """What the model step needs of a prompt: the windows of each meaningful section (see
     :func:`meaningful_views`), the phrase cues that matched (id, start, end), and the
-    request-like sentences of a long text (:func:`request_segments`), judged one by one."""
+    request-like parts of a long text (:func:`request_segments`), judged one by one."""
 
     sections: tuple[tuple[str, ...], ...]
     cues: tuple[tuple[str, int, int], ...]
     sampled: bool = False
     segments: tuple[str, ...] = ()
+    # The short blocks of a long text that name things (digits, capitalised words), judged one
+    # by one for PII content only (:func:`entity_blocks`).
+    entity_segments: tuple[str, ...] = ()
 
 
-# Sentences (or lines) of a long text that read like a request: a question, or one that opens
-# with a request verb. Each is embedded on its own so that one harmful line in a long harmless
-# paste is judged as if it stood alone; the score is the maximum, never a sum, so many harmless
-# lines do not add up to an alarm.
-MAX_SEGMENTS = 8
-SEGMENT_WEIGHT = 0.9  # like a window: one sentence must be more certain than the document
+# The request-like parts of a long text: a block (paragraph) that holds a question or opens
+# with a request verb, whole, and such sentences of longer blocks. Each is embedded on its own,
+# so one harmful line in a long harmless paste is judged as if it stood alone, and scored by
+# the maximum, never a sum, so many harmless lines do not add up to an alarm. Only request-like
+# parts: a harmless document's ordinary sentences, each read alone, are off the head's training
+# distribution, and one of a hundred scores high by chance.
+MAX_SEGMENTS = 24
+# A block up to this many words is a segment whole (the length of one window: a prompt pasted
+# as its own paragraph is then embedded exactly as if it stood alone).
+SEGMENT_BLOCK_WORDS = 96
+# Characters of a view scanned for segments; a longer view is scanned in evenly spaced slices
+# of this much in all (its windows are sampled too).
+SEGMENT_SCAN_CHARS = 128 * 1024
+SEGMENT_SCAN_SLICES = 8
 _SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
+_BLOCK_BREAK = re.compile(r"\n[ \t\r\f\v]*\n")
 _REQUEST_OPENERS = frozenset(
     [
         "write",
@@ -272,27 +302,149 @@ _REQUEST_OPENERS = frozenset(
         "hack",
         "crack",
         "steal",
+        "take",
+        "combine",
+        "use",
+        "answer",
+        "respond",
+        "reply",
+        "assume",
+        "become",
+        "play",
+        "stay",
+        "say",
+        "do",
+        "never",
+        "always",
+        "locate",
+        "identify",
+        "track",
+        "access",
+        "collect",
+        "scrape",
+        "compile",
+        "enumerate",
+        "let's",
+        "suppose",
     ]
 )
 _LEAD_WORDS = frozenset(
-    ["please", "now", "then", "also", "and", "so", "ok", "okay", "finally", "lastly", "next", "btw"]
+    ["please", "now", "then", "also", "and", "so", "ok", "okay", "finally", "lastly", "next", "btw", "hey", "hi"]
+)
+# A request in the first or second person: "I need to find ...", "you are now ...".
+_REQUEST_PHRASE = re.compile(
+    r"(?:i|we)\s+(?:really\s+)?(?:need|want|wish|must|have\s+to|would\s+like|am\s+trying|are\s+trying|am\s+looking|are\s+looking)\b"
+    "|(?:i|we)['\u2019]d\\s+like\\b|i['\u2019]m\\s+(?:trying|looking)\\b"
+    r"|you\s+(?:are|will|must|shall|should|have\s+to|need\s+to)\b|from\s+now\s+on\b|let\s+us\b",
+    re.IGNORECASE,
 )
 _SEGMENT_WORDS = (4, 60)
 
 
+def _request_like(sentence: str) -> bool:
+    words = sentence.split()
+    lead = [w.strip(",:;\"'()").lower() for w in words[:3]]
+    skipped = 0
+    while lead and lead[0] in _LEAD_WORDS:
+        lead.pop(0)
+        skipped += 1
+    if sentence.endswith("?") or (bool(lead) and lead[0] in _REQUEST_OPENERS):
+        return True
+    return bool(_REQUEST_PHRASE.match(" ".join(words[skipped : skipped + 6])))
+
+
+def _scanned(view: str) -> list[str]:
+    """The view, or evenly spaced slices of it when it is too long to scan whole."""
+    if len(view) <= SEGMENT_SCAN_CHARS:
+        return [view]
+    size = SEGMENT_SCAN_CHARS // SEGMENT_SCAN_SLICES
+    starts = np.linspace(0, len(view) - size, SEGMENT_SCAN_SLICES).round().astype(int).tolist()
+    return [view[s : s + size] for s in starts]
+
+
 def request_segments(view: str, limit: int = MAX_SEGMENTS) -> tuple[str, ...]:
-    """The request-like sentences of ``view`` (at most ``limit``, evenly spread when more)."""
+    """The request-like blocks and sentences of ``view`` (at most ``limit``, evenly spread when
+    more; a part repeated counts once)."""
     found: list[str] = []
-    for match in _SENTENCE.finditer(view):
-        sentence = match.group(0).strip()
-        words = sentence.split()
-        if not _SEGMENT_WORDS[0] <= len(words) <= _SEGMENT_WORDS[1]:
-            continue
-        lead = [w.strip(",:;\"'()").lower() for w in words[:3]]
-        while lead and lead[0] in _LEAD_WORDS:
-            lead.pop(0)
-        if sentence.endswith("?") or (lead and lead[0] in _REQUEST_OPENERS):
-            found.append(sentence)
+    for piece in _scanned(view):
+        for block in _BLOCK_BREAK.split(piece):
+            sentences = [m.group(0).strip() for m in _SENTENCE.finditer(block)]
+            if _SEGMENT_WORDS[0] <= len(block.split()) <= SEGMENT_BLOCK_WORDS:
+                if any(_request_like(s) for s in sentences):
+                    found.append(" ".join(block.split()))
+                continue
+            found.extend(
+                s for s in sentences if _SEGMENT_WORDS[0] <= len(s.split()) <= _SEGMENT_WORDS[1] and _request_like(s)
+            )
+    found = list(dict.fromkeys(found))
+    if len(found) > limit:
+        picks = np.linspace(0, len(found) - 1, limit).round().astype(int)
+        found = [found[i] for i in sorted(set(picks.tolist()))]
+    return tuple(found)
+
+
+# The head's PII class read over a long text is noise (a long harmless document averages into
+# "personal record"), yet a short block of names and numbers read alone is what it was trained
+# on (an address, a customer line). Such blocks of a long text are judged for PII on their own.
+MAX_ENTITY_SEGMENTS = 8
+ENTITY_BLOCK_WORDS = (3, 60)
+_DIGITS = re.compile(r"\d{3,}")
+_CAPITALISED = re.compile(r"[A-ZÀ-ÞΑ-ΩА-Я][\w.'-]*")
+
+
+# Capitalised in any prose: not a sign that a block names someone or something.
+_CALENDAR_WORDS = frozenset(
+    [
+        "monday",
+        "tuesday",
+        "wednesday",
+        "thursday",
+        "friday",
+        "saturday",
+        "sunday",
+        "january",
+        "february",
+        "march",
+        "april",
+        "may",
+        "june",
+        "july",
+        "august",
+        "september",
+        "october",
+        "november",
+        "december",
+    ]
+)
+
+
+def _names_things(block: str) -> bool:
+    """Words of letters (four or more: a cell of a financial table is not a record) naming
+    things: two different capitalised words that do not open a sentence (weekdays and months
+    aside), or a run of digits among five or more words."""
+    words = block.split()
+    lettered = [w for w in words if sum(c.isalpha() for c in w) >= 2]
+    if len(lettered) < 4:
+        return False
+    inner = {
+        bare
+        for i, w in enumerate(words[1:], 1)
+        if _CAPITALISED.fullmatch(bare := w.strip(',:;()"'))
+        and words[i - 1][-1] not in ".!?:"
+        and bare.rstrip(".").lower() not in _CALENDAR_WORDS
+    }
+    return len(inner) >= 2 or (len(lettered) >= 5 and _DIGITS.search(block) is not None)
+
+
+def entity_blocks(view: str, limit: int = MAX_ENTITY_SEGMENTS) -> tuple[str, ...]:
+    """The short blocks (paragraphs, lines of a record) of ``view`` that name things (at most
+    ``limit``, evenly spread when more; a block repeated counts once)."""
+    found: list[str] = []
+    for piece in _scanned(view):
+        for block in _BLOCK_BREAK.split(piece):
+            if ENTITY_BLOCK_WORDS[0] <= len(block.split()) <= ENTITY_BLOCK_WORDS[1] and _names_things(block):
+                found.append(" ".join(block.split()))
+    found = list(dict.fromkeys(found))
     if len(found) > limit:
         picks = np.linspace(0, len(found) - 1, limit).round().astype(int)
         found = [found[i] for i in sorted(set(picks.tolist()))]
@@ -310,22 +462,31 @@ class IntentPreparer:
     def prepare(self, text: str) -> IntentInput:
         sections: list[tuple[str, ...]] = []
         segments: list[str] = []
+        entities: list[str] = []
         sampled = False
         if text.strip():
             for view in meaningful_views(text):
                 pieces = windows(view, self.window_words, self.overlap_words, self.max_windows)
                 sampled = sampled or pieces.sampled
                 sections.append(tuple(pieces))
-                # Only a text longer than one window can bury a request (a sampled one is
-                # judged by its windows: splitting a megabyte into sentences costs too much).
-                if len(pieces) > 1 and not pieces.sampled:
+                # Only a text longer than one window can bury a request; a sampled one too
+                # (a request between the sampled windows would be missed), scanned in slices.
+                if len(pieces) > 1 and len(segments) < MAX_SEGMENTS:
                     segments.extend(request_segments(view, MAX_SEGMENTS - len(segments)))
+                if len(pieces) > 1 and len(entities) < MAX_ENTITY_SEGMENTS:
+                    entities.extend(entity_blocks(view, MAX_ENTITY_SEGMENTS - len(entities)))
         cues = []
         for cue in CUES:
             match = cue.pattern.search(text)
             if match:
                 cues.append((cue.cue_id, match.start(), match.end()))
-        return IntentInput(tuple(sections), tuple(cues), sampled, tuple(segments[:MAX_SEGMENTS]))
+        return IntentInput(
+            tuple(sections),
+            tuple(cues),
+            sampled,
+            tuple(segments[:MAX_SEGMENTS]),
+            tuple(entities[:MAX_ENTITY_SEGMENTS]),
+        )
 
 
 def _build_preparer(window_words: int, overlap_words: int, max_windows: int) -> IntentPreparer:
@@ -362,16 +523,33 @@ class IntentDetector:
         mean /= max(float(np.linalg.norm(mean)), 1e-9)
         doc = self.head.probabilities(mean)[0]
         if len(windows) > 1:
-            # A single window must be more certain than the document to count (x0.9).
-            worst = self.head.probabilities(windows).max(axis=0) * 0.9
+            # A single window must be more certain than the document to count.
+            worst = self.head.probabilities(windows).max(axis=0) * WINDOW_WEIGHT
             doc = np.maximum(doc, worst)
         scores = {topic: float(doc[i]) for i, topic in enumerate(self.head.topics)}
-        if Topic.PII in scores and Topic.PII_REQUEST in scores:
-            # Asking about a named person ("Jane Doe's address?") is a PII *request*; what the
-            # embedding calls personal content there is the name in the question. Concrete
-            # values (an SSN, an email) still count through Presidio.
-            scores[Topic.PII] *= 1.0 - scores[Topic.PII_REQUEST]
+        if len(windows) > 1 and Topic.PII in scores:
+            # Over a long text the head's PII is noise: long harmless prose averages into a
+            # "personal record" (0.6-0.9 on office prose). There PII is Presidio's values and
+            # the short blocks that name things (entity segments), each read alone.
+            scores[Topic.PII] = 0.0
+        _discount_named_person(scores)
         return scores
+
+    def _segment_scores(
+        self, requests: npt.NDArray[np.float32], entities: npt.NDArray[np.float32]
+    ) -> dict[Topic, float]:
+        """The most suspicious request-like part (every topic but PII: a request naming a
+        person is not PII content) and the most personal entity block (PII only)."""
+        best: dict[Topic, float] = {}
+        if len(requests):
+            top = self.head.probabilities(requests).max(axis=0) * SEGMENT_WEIGHT
+            best.update((t, float(top[i])) for i, t in enumerate(self.head.topics) if t is not Topic.PII)
+        if len(entities) and Topic.PII in self.head.topics:
+            probs = self.head.probabilities(entities)
+            rows = [_discount_named_person(dict(zip(self.head.topics, map(float, row), strict=True))) for row in probs]
+            # A line the head calls financial is a statement's figures, not a personal record.
+            best[Topic.PII] = max(r[Topic.PII] * (1.0 - r.get(Topic.FINANCIAL, 0.0)) for r in rows) * SEGMENT_WEIGHT
+        return best
 
     def section_scores(self, text: str) -> dict[Topic, float]:
         """The most suspicious section wins: a decoded variant is judged apart from the
@@ -393,18 +571,17 @@ class IntentDetector:
         findings: list[Finding] = []
         texts = [w for section in prepared.sections for w in section]
         if texts:
-            vectors = self.embedder.embed([*texts, *prepared.segments])  # one model call
+            # One model call for the windows, the request-like parts and the entity blocks.
+            vectors = self.embedder.embed([*texts, *prepared.segments, *prepared.entity_segments])
             best: dict[Topic, float] = {}
             at = 0
             for section in prepared.sections:
                 for topic, score in self._scores(vectors[at : at + len(section)]).items():
                     best[topic] = max(best.get(topic, 0.0), score)
                 at += len(section)
-            if prepared.segments:
-                segment_scores = self.head.probabilities(vectors[at:]).max(axis=0) * SEGMENT_WEIGHT
-                for i, topic in enumerate(self.head.topics):
-                    if topic is not Topic.PII:  # a sentence naming a person is not PII content
-                        best[topic] = max(best.get(topic, 0.0), float(segment_scores[i]))
+            split = at + len(prepared.segments)
+            for topic, score in self._segment_scores(vectors[at:split], vectors[split:]).items():
+                best[topic] = max(best.get(topic, 0.0), score)
             for topic, score in best.items():
                 if score >= 0.2:
                     findings.append(

@@ -16,6 +16,7 @@ import argparse
 import collections
 import hashlib
 import json
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,13 @@ from sklearn.linear_model import LogisticRegression
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from classifiers.intent_detector import DATA_DIR, HEAD_FILE, INTENT_TOPICS, MANIFEST_FILE  # noqa: E402
+from classifiers.intent_detector import (  # noqa: E402
+    DATA_DIR,
+    HEAD_FILE,
+    INTENT_TOPICS,
+    MANIFEST_FILE,
+    request_segments,
+)
 from classifiers.normalize import embedding_view  # noqa: E402
 from inference.embedder import (  # noqa: E402
     Embedder,
@@ -41,6 +48,14 @@ VERSION = "intent-head-1"
 # Held-out style sets the brief forbids training on, whatever their licence.
 FORBIDDEN_SOURCES = ("jailbreakbench", "tensor-trust", "tensortrust", "xstest", "propile", "garak/probes")
 EXEMPLARS = "exemplars"
+# Generated long harmless documents (classifiers/data/intent_long_negatives.yaml), with
+# ``--long-negatives``: always in, like the exemplars, but weighted as ordinary rows, and never
+# a held-out source. Off by default: tried for issue 14 item 2, the head trained with them
+# kept fewer buried JAILBREAK detections and no fewer false alarms than the segment scoring
+# alone (BENCH_NOTES_issue-14-seg.md), so the shipped head is trained without them.
+LONG_NEGATIVES = "long_negatives"
+LONG_NEGATIVES_FILE = DATA_DIR / "intent_long_negatives.yaml"
+ALWAYS_IN = (EXEMPLARS, LONG_NEGATIVES)
 
 
 def allowed(row: dict[str, object]) -> bool:
@@ -59,6 +74,44 @@ def doc_vector(embedder: Embedder, text: str) -> np.ndarray:
     return mean / max(float(np.linalg.norm(mean)), 1e-9)
 
 
+def long_harmless_rows(path: Path = LONG_NEGATIVES_FILE, documents: int = 80, seed: int = 14) -> list[str]:
+    """Harmless texts the head reads at run time in a long paste: whole documents (1,500 to
+    12,000 characters, one to three domains), 96-word windows of them, and their request-like
+    parts as :func:`~classifiers.intent_detector.request_segments` cuts them, plus each harmless
+    request alone. Seeded, so a retrain sees the same rows."""
+    domains = yaml.safe_load(path.read_text())["domains"]
+    names = sorted(domains)
+    rng = random.Random(seed)
+    rows: list[str] = []
+    for name in names:
+        rows.extend(domains[name]["requests"])
+    for _ in range(documents):
+        length = rng.choice((1500, 3000, 6000, 12000))
+        chosen = rng.sample(names, rng.choice((1, 1, 2, 3)))
+        paragraphs: list[str] = []
+        size = 0
+        while size < length:
+            domain = domains[rng.choice(chosen)]
+            sentences = rng.sample(domain["statements"], rng.randint(2, 6))
+            if rng.random() < 0.35:
+                sentences.insert(rng.randrange(len(sentences) + 1), rng.choice(domain["requests"]))
+            paragraph = " ".join(sentences)
+            if rng.random() < 0.15:
+                paragraph = "\n".join(f"- {s}" for s in sentences)
+            if rng.random() < 0.1:
+                paragraphs.append(rng.choice(domain["requests"]))
+            paragraphs.append(paragraph)
+            size += len(paragraph) + 2
+        document = "\n\n".join(paragraphs)
+        rows.append(document)
+        words = document.split()
+        for _ in range(2):
+            start = rng.randrange(max(1, len(words) - 96))
+            rows.append(" ".join(words[start : start + 96]))
+        rows.extend(request_segments(document, 4))
+    return list(dict.fromkeys(rows))
+
+
 @dataclass
 class TrainingSet:
     """What the head is trained on: texts, their intent labels and the source (group) of each."""
@@ -70,7 +123,7 @@ class TrainingSet:
     skipped: collections.Counter[str] = field(default_factory=collections.Counter)
 
 
-def load_training(dataset: Path) -> TrainingSet:
+def load_training(dataset: Path, long_negatives: bool = False) -> TrainingSet:
     """Our exemplars (group ``exemplars``) and the dataset rows :func:`allowed` admits (group:
     the row's ``source``). ``promptfence eval --loso`` trains on the same set, less one source."""
     data = TrainingSet()
@@ -82,6 +135,13 @@ def load_training(dataset: Path) -> TrainingSet:
                 data.labels.append(set() if topic == "BENIGN" else {topic})
                 data.groups.append(EXEMPLARS)
                 data.manifest_sources[(f"classifiers/data/{path.name}", "Apache-2.0 (PromptFence)")] += 1
+    for text in long_harmless_rows() if long_negatives else ():
+        data.texts.append(text)
+        data.labels.append(set())
+        data.groups.append(LONG_NEGATIVES)
+        data.manifest_sources[
+            (f"classifiers/data/{LONG_NEGATIVES_FILE.name} (generated)", "Apache-2.0 (PromptFence)")
+        ] += 1
 
     for line in dataset.read_text().splitlines():
         if not line.strip():
@@ -176,10 +236,11 @@ def main() -> None:
     parser.add_argument("--C", type=float, default=4.0)
     parser.add_argument("--exemplar-weight", type=float, default=2.0)
     parser.add_argument("--cache", help="reuse embeddings from this .npz while iterating (never shipped)")
+    parser.add_argument("--long-negatives", action="store_true", help="add generated long harmless documents")
     args = parser.parse_args()
 
     embedder = SentenceTransformerEmbedder(EmbedderSpec(default_minilm_path()))
-    data = load_training(args.dataset)
+    data = load_training(args.dataset, args.long_negatives)
     texts, labels, groups = data.texts, data.labels, data.groups
     manifest_sources, skipped = data.manifest_sources, data.skipped
 
@@ -196,7 +257,7 @@ def main() -> None:
         biases.append(model.intercept_[0])
         # Leave-one-source-out: train without a source, score that source (exemplars always in).
         held = np.full(len(y), np.nan)
-        for group in sorted(set(groups) - {EXEMPLARS}):
+        for group in sorted(set(groups) - set(ALWAYS_IN)):
             test = group_arr == group
             if y[~test].sum() == 0:
                 continue
