@@ -30,6 +30,7 @@ INSPECTOR_SIDE = frozenset(
         "test_conversation_window.py",
         "test_custom_topics.py",
         "test_custom_topics_e2e.py",
+        "test_intent_segments.py",
         "test_custom_topics_llm.py",
         "test_engine.py",
         "test_eval_cmd.py",
