@@ -257,7 +257,11 @@ def test_browser_filters_opens_a_conversation_and_decrypts_locally(viewer: Viewe
     )
     assert {r.get_attribute("data-conversation-id") for r in rows} == {"conv-browser"}
     rows[0].click()
-    users = _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#conv-records .msg-user"), "decrypted prompts")
+    # The page decrypts and appends one turn at a time: wait for both.
+    users = _wait(
+        lambda: (u := browser.find_elements(By.CSS_SELECTOR, "#conv-records .msg-user")) and len(u) >= 2 and u,
+        "decrypted prompts",
+    )
     assert [u.text.split("\n", 1)[1] for u in users] == [
         f"Summarise the Q3 numbers for ACME {CANARY}",
         f"Now add Jane Roe's SSN 219-09-9999 {CANARY}",
