@@ -74,7 +74,8 @@ class TopicRow(Base):
     record_id: Mapped[str] = mapped_column(
         String(64), ForeignKey("log_record.record_id", ondelete="CASCADE"), primary_key=True
     )
-    topic: Mapped[str] = mapped_column(String(32), primary_key=True)
+    # 64: a custom topic's longest name (promptfence.core.CUSTOM_TOPIC_NAME); revision 0004.
+    topic: Mapped[str] = mapped_column(String(64), primary_key=True)
     score: Mapped[float] = mapped_column(Float)
     confidence: Mapped[str] = mapped_column(String(8))
 

@@ -205,7 +205,8 @@ class LogFilter:
     app: str | None = None
     app_type: str | None = None
     operation: str | None = None
-    topic: Topic | None = None
+    # A built-in topic (``Topic``, a str) or a custom topic's name (``is_custom_topic_name``).
+    topic: str | None = None
     min_confidence: Confidence = Confidence.LOW
     action: Action | None = None
     dlp_match: bool | None = None
@@ -583,7 +584,7 @@ class LogStore:
             query = query.where(
                 RecordRow.record_id.in_(
                     select(TopicRow.record_id).where(
-                        TopicRow.topic == flt.topic.value, TopicRow.score >= _min_score(flt.min_confidence)
+                        TopicRow.topic == str(flt.topic), TopicRow.score >= _min_score(flt.min_confidence)
                     )
                 )
             )
@@ -645,12 +646,17 @@ def _record_columns(sealed: SealedRecord) -> dict[str, Any]:
     )
 
 
+def _topic_scores(meta: dict[str, Any]) -> dict[str, Any]:
+    """Built-in and custom topics alike, so ``--topic`` and the chart count a company's topics too."""
+    return {**(meta.get("topics") or {}), **(meta.get("custom_topics") or {})}
+
+
 def _child_rows(sealed: SealedRecord) -> list[tuple[type[Any], list[dict[str, Any]]]]:
     rid = sealed.record_id
     seals = [{"record_id": rid, "key_id": kid, "blob": blob} for kid, blob in sorted(sealed.seals.items())]
     topics = [
         {"record_id": rid, "topic": str(name), "score": float(value["score"]), "confidence": str(value["confidence"])}
-        for name, value in (sealed.metadata.get("topics") or {}).items()
+        for name, value in _topic_scores(sealed.metadata).items()
     ]
     groups = [
         {"record_id": rid, "group_name": str(g)[:128]} for g in dict.fromkeys(sealed.metadata.get("groups") or [])

@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from logs.store import LogFilter, LogStore, StoredRecord, StoreUnavailable
-from promptfence.core import Action, Confidence, Topic
+from promptfence.core import Action, Confidence, Topic, is_custom_topic_name
 
 log = logging.getLogger("promptfence.viewer")
 
@@ -164,7 +164,7 @@ def filter_from_query(query: Any) -> LogFilter:
         return str(value) if value else None
 
     try:
-        topic = Topic(query["topic"]) if query.get("topic") else None
+        topic = _topic(str(query["topic"])) if query.get("topic") else None
         action = Action(query["action"]) if query.get("action") else None
         confidence = Confidence.parse(query["min_confidence"]) if query.get("min_confidence") else Confidence.LOW
     except ValueError as exc:
@@ -184,6 +184,13 @@ def filter_from_query(query: Any) -> LogFilter:
         prompt_captured=_bool(query.get("prompt_captured")),
         conversation_id=text("conversation_id"),
     )
+
+
+def _topic(name: str) -> str:
+    """A built-in topic or a custom topic's name; anything else is a bad query."""
+    if name in {t.value for t in Topic} or is_custom_topic_name(name):
+        return name
+    raise ValueError(f"unknown topic {name!r}")
 
 
 def _sealed(record: StoredRecord) -> dict[str, Any]:

@@ -132,7 +132,7 @@ def test_replay_and_migrate(env: Env) -> None:
     assert not spool.pending()
     assert env.store.get(spooled.record_id) is not None
     code, out, _ = env.run("logs", "migrate")
-    assert code == 0 and "revision 0003" in out
+    assert code == 0 and "revision 0004" in out
 
 
 def test_feedback_command(env: Env) -> None:
@@ -158,3 +158,23 @@ def test_feedback_command(env: Env) -> None:
     assert code == 2 and "no log record" in err
     with pytest.raises(SystemExit):
         env.run("feedback", rid, "--false-positive", "NOT_A_TOPIC")
+
+
+def test_list_filters_on_a_custom_topic_and_rejects_a_malformed_name(env: Env) -> None:
+    import dataclasses
+
+    from logs.viewer import BadQuery, filter_from_query
+
+    base = make_record("falcon", conversation="conv-falcon")
+    env.store.write(
+        dataclasses.replace(base, inspection=dataclasses.replace(base.inspection, custom_topics={"PROJECT_FALCON": 0.9}))
+    )
+    code, out, err = env.run("logs", "list", "--json", "--topic", "project_falcon")
+    assert code == 0, err
+    assert {json.loads(x)["conversation_id"] for x in out.splitlines()} == {"conv-falcon"}
+    with pytest.raises(SystemExit):
+        env.run("logs", "list", "--topic", "not a topic!")
+    assert "unknown topic 'not a topic!'" in env.capsys.readouterr().err
+    assert filter_from_query({"topic": "PROJECT_FALCON"}).topic == "PROJECT_FALCON"
+    with pytest.raises(BadQuery, match="unknown topic"):
+        filter_from_query({"topic": "lower case"})

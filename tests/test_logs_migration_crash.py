@@ -28,7 +28,7 @@ from logs.store import LogStore, Recipient
 from tests.support.logdb import make_record
 
 RUNS = 20
-HEAD = "0003"
+HEAD = "0004"
 
 
 def _child(url: str, fd: int, pause_after: int | None) -> None:

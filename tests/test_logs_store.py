@@ -4,6 +4,7 @@ feedback, migrations, and no plaintext anywhere in the database."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import time
 import uuid
@@ -18,7 +19,7 @@ from sqlalchemy import create_engine, text
 
 from logs.sealing import KeyPair, write_key_pair
 from logs.store import MIGRATIONS, LogFilter, LogStore, Recipient, StoredRecord
-from promptfence.core import Action, Confidence, OperationKind, Topic
+from promptfence.core import Action, Confidence, LogRecord, OperationKind, Topic
 from promptfence.errors import KeyMaterialError
 from tests.support.logdb import BACKENDS, LogDB, make_log_db, make_record
 
@@ -232,7 +233,7 @@ def test_feedback_reports_read_api(store: LogStore, tmp_path: Path) -> None:
 
 
 def test_schema_is_made_by_alembic_and_a_skeleton_database_is_upgraded(log_db: LogDB, tmp_path: Path) -> None:
-    """A database at the walking skeleton's schema (revision 0001) keeps its records through 0003."""
+    """A database at the walking skeleton's schema (revision 0001) keeps its records through the head revision."""
     priv, pub = _keys(tmp_path, "admin")
     engine = create_engine(log_db.url)
     cfg = AlembicConfig()
@@ -263,11 +264,60 @@ def test_schema_is_made_by_alembic_and_a_skeleton_database_is_upgraded(log_db: L
     engine.dispose()
     store = LogStore(log_db.url)
     store.migrate()
-    assert store.schema_revision() == "0003"
+    assert store.schema_revision() == "0004"
     [stored] = store.find(LogFilter(group="ops", topic=Topic.PII))
     assert stored.open(priv).prompt == "from the skeleton days"
     store.migrate()  # idempotent
     store.close()
     fresh = LogStore(log_db.url)  # a second process finds it at head
-    assert fresh.schema_revision() == "0003"
+    assert fresh.schema_revision() == "0004"
     fresh.close()
+
+
+LONG_CUSTOM = "PROJECT_FALCON_ROADMAP_AND_CONTRACT_TERMS_2027"  # 46 characters: over the old 32
+
+
+def _record_ids(records: list[StoredRecord]) -> set[str]:
+    return {r.record_id for r in records}
+
+
+def _with_custom_topics(record: LogRecord, scores: dict[str, float]) -> LogRecord:
+    return dataclasses.replace(record, inspection=dataclasses.replace(record.inspection, custom_topics=scores))
+
+
+def test_custom_topics_are_filtered_counted_and_offered_like_built_in_ones(store: LogStore) -> None:
+    hour = 3600.0
+    t0 = (time.time() // hour) * hour - 2 * hour
+    hit = _with_custom_topics(make_record("roadmap", timestamp=t0 + 1), {LONG_CUSTOM: 0.9, "OTHER_TOPIC": 0.1})
+    miss = make_record("weather", timestamp=t0 + 2, topics={"PII": 0.9})
+    store.write(hit)
+    store.write(miss)
+    assert _record_ids(store.find(LogFilter(topic=LONG_CUSTOM))) == {hit.record_id}
+    assert store.find(LogFilter(topic="OTHER_TOPIC")) == []  # below low confidence
+    assert _record_ids(store.find(LogFilter(topic="OTHER_TOPIC", min_confidence=Confidence.NONE))) == {hit.record_id}
+    by_topic = store.stats(None, "topic", 3600)
+    assert by_topic["series"][LONG_CUSTOM] == [1] and by_topic["series"]["PII"] == [1]
+    assert LONG_CUSTOM in store.facets()["topic"]
+
+
+def test_migration_0004_backfills_custom_topics_of_older_records(log_db: LogDB, tmp_path: Path) -> None:
+    _, pub = _keys(tmp_path, "admin")
+    store = LogStore(log_db.url, [Recipient.from_file(pub)])
+    record = _with_custom_topics(make_record("roadmap", topics={"PII": 0.9}), {LONG_CUSTOM: 0.8})
+    store.write(record)
+    store.close()
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    engine = create_engine(log_db.url)
+    with engine.begin() as conn:  # back to the schema that kept built-in topics only
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0003")
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT topic FROM log_topic")).scalars().all() == ["PII"]
+    engine.dispose()
+    upgraded = LogStore(log_db.url)
+    upgraded.migrate()
+    assert upgraded.schema_revision() == "0004"
+    assert _record_ids(upgraded.find(LogFilter(topic=LONG_CUSTOM))) == {record.record_id}
+    assert _record_ids(upgraded.find(LogFilter(topic=Topic.PII))) == {record.record_id}
+    upgraded.close()

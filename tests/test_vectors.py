@@ -244,7 +244,7 @@ def test_migrations_use_their_own_version_table(tmp_path: Path) -> None:
     store.migrate()
     tables = set(store.table_names())
     assert {"alembic_version", "vectors_alembic_version", "vector_centroid", "log_record"} <= tables
-    assert logs.schema_revision() == "0003"
+    assert logs.schema_revision() == "0004"
     logs.close()
     store.close()
 

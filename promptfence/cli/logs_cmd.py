@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptfence.cli import add_config_option
 from promptfence.config import Config, load_config
-from promptfence.core import Action, Confidence, OperationKind, Payload, Topic
+from promptfence.core import Action, Confidence, OperationKind, Payload, Topic, is_custom_topic_name
 from promptfence.errors import KeyMaterialError, PromptFenceError
 
 if TYPE_CHECKING:
@@ -53,12 +53,24 @@ def parse_time(text: str, *, now: float | None = None) -> float:
 
 
 def _topic(text: str) -> Topic:
+    """A built-in topic (feedback: the memory learns built-in topics only)."""
     try:
         return Topic(text.strip().upper())
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"unknown topic {text!r} (expected one of: {', '.join(t.value for t in Topic)})"
         ) from None
+
+
+def _any_topic(text: str) -> str:
+    """A built-in topic or a custom topic's name (a company's topic files), upper-cased."""
+    name = text.strip().upper()
+    if name in {t.value for t in Topic} or is_custom_topic_name(name):
+        return name
+    raise argparse.ArgumentTypeError(
+        f"unknown topic {text!r} (expected one of: {', '.join(t.value for t in Topic)},"
+        " or a custom topic's name: 2-64 upper-case letters, digits or '_', starting with a letter)"
+    )
 
 
 def _confidence(text: str) -> Confidence:
@@ -78,7 +90,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     lst.add_argument("--app", help="app name, e.g. chatgpt")
     lst.add_argument("--app-type", help="app type, e.g. genai_chat")
     lst.add_argument("--operation", choices=[k.value for k in OperationKind])
-    lst.add_argument("--topic", type=_topic, help="records where this topic was detected")
+    lst.add_argument("--topic", type=_any_topic, help="records where this topic was detected")
     lst.add_argument("--min-confidence", type=_confidence, default=Confidence.LOW, help="for --topic: low|medium|high")
     lst.add_argument("--action", choices=[a.value for a in Action])
     dlp = lst.add_mutually_exclusive_group()
