@@ -28,16 +28,10 @@ from logs.store import LogStore, Recipient, load_or_create_digest_key, prompt_hm
 from promptfence.cli import main
 from promptfence.core import LogRecord, Payload, text_digest
 from promptfence.errors import RecordNotDurable
-from tests.support.logdb import BACKENDS, PG_BASE, LogDB, make_log_db, make_record
+from tests.support.logdb import PG_BASE, LogDB, make_log_db, make_record
 from tests.support.procs import free_port
 
 CANARY = f"canary-{uuid.uuid4().hex}"
-
-
-@pytest.fixture(params=BACKENDS)
-def log_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogDB]:
-    with make_log_db(request.param, tmp_path) as db:
-        yield db
 
 
 @pytest.fixture

@@ -14,15 +14,9 @@ from logs.sealing import KeyPair, write_key_pair
 from logs.spool import Spool
 from logs.store import LogStore, Recipient, seal_record
 from promptfence.cli import main
-from tests.support.logdb import BACKENDS, LogDB, make_log_db, make_record
+from tests.support.logdb import LogDB, make_record
 
 CANARY = f"canary-{uuid.uuid4().hex}"
-
-
-@pytest.fixture(params=BACKENDS)
-def log_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogDB]:
-    with make_log_db(request.param, tmp_path) as db:
-        yield db
 
 
 class Env:

@@ -6,28 +6,14 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from logs.recorder import AsyncRecorder, Outcome, SpoolingWriter
-from logs.sealing import KeyPair, write_key_pair
 from logs.spool import Spool, spool_size
 from logs.store import LogStore, Recipient, seal_record
-from tests.support.logdb import BACKENDS, LogDB, make_log_db, make_record
-
-
-@pytest.fixture(params=BACKENDS)
-def log_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogDB]:
-    with make_log_db(request.param, tmp_path) as db:
-        yield db
-
-
-@pytest.fixture
-def recipients(tmp_path: Path) -> list[Recipient]:
-    write_key_pair(KeyPair.generate(), tmp_path / "admin.key", tmp_path / "admin.pub")
-    return [Recipient.from_file(tmp_path / "admin.pub")]
+from tests.support.logdb import LogDB, make_record
 
 
 def test_spool_round_trip_torn_line_and_junk(tmp_path: Path, recipients: list[Recipient]) -> None:

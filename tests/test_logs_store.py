@@ -21,15 +21,9 @@ from logs.sealing import KeyPair, write_key_pair
 from logs.store import MIGRATIONS, LogFilter, LogStore, Recipient, StoredRecord
 from promptfence.core import Action, Confidence, LogRecord, OperationKind, Topic
 from promptfence.errors import KeyMaterialError
-from tests.support.logdb import BACKENDS, LogDB, make_log_db, make_record
+from tests.support.logdb import LogDB, make_record
 
 DAY = 86400.0
-
-
-@pytest.fixture(params=BACKENDS)
-def log_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogDB]:
-    with make_log_db(request.param, tmp_path) as db:
-        yield db
 
 
 def _keys(tmp_path: Path, name: str) -> tuple[Path, Path]:

@@ -27,7 +27,7 @@ from aiohttp import web
 from logs.sealing import KeyPair, seal, write_key_pair
 from logs.store import LogStore, Recipient
 from logs.viewer import STATIC, build_app
-from tests.support.logdb import BACKENDS, LogDB, make_log_db, make_record
+from tests.support.logdb import LogDB, make_record
 from tests.support.procs import free_port, repo_root
 
 CANARY = f"canary-{uuid.uuid4().hex}"
@@ -42,12 +42,6 @@ class Viewer:
     key: Path
     other_key: Path
     requests: list[tuple[str, str, bytes]] = field(default_factory=list)
-
-
-@pytest.fixture(params=BACKENDS)
-def log_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LogDB]:
-    with make_log_db(request.param, tmp_path) as db:
-        yield db
 
 
 @pytest.fixture
