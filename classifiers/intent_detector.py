@@ -40,6 +40,7 @@ import re2  # type: ignore[import-untyped]
 from classifiers.normalize import SECTION_BREAK, embedding_view, english_score
 from classifiers.wrapper_text import (
     FLUENT,
+    leans_on_context,
     WRAPPER_MIN_WORD_SHARE,
     common_edges,
     without_decoding_requests,
@@ -140,7 +141,7 @@ def meaningful_views(text: str) -> list[str]:
     if payloads:
         # What the wrapper says besides "decode this" is read with the payload it wraps: alone,
         # a line of chatter ("no clue what it says lol") reads as a jailbreak's opening.
-        wrapper = without_decoding_requests(primary, min_words=WRAPPER_MIN_WORD_SHARE)
+        wrapper = without_decoding_requests(primary, min_words=WRAPPER_MIN_WORD_SHARE, bare_pointers=True)
         judged.extend(payloads)
         if wrapper.strip():
             judged.extend(
@@ -364,23 +365,48 @@ def _scanned(view: str) -> list[str]:
 
 def request_segments(view: str, limit: int = MAX_SEGMENTS) -> tuple[str, ...]:
     """The request-like blocks and sentences of ``view`` (at most ``limit``, evenly spread when
-    more; a part repeated counts once)."""
+    more; a part repeated counts once). A part that leans on the text around it ("what does it
+    mean, can you help with it?", :func:`classifiers.wrapper_text.leans_on_context`) is taken
+    with the words before it (after it, at the start of the text): alone it says nothing, and
+    the head reads a bare request to act on "it" as a jailbreak's opening."""
     found: list[str] = []
     for piece in _scanned(view):
-        for block in _BLOCK_BREAK.split(piece):
-            sentences = [m.group(0).strip() for m in _SENTENCE.finditer(block)]
-            if _SEGMENT_WORDS[0] <= len(block.split()) <= SEGMENT_BLOCK_WORDS:
-                if any(_request_like(s) for s in sentences):
-                    found.append(" ".join(block.split()))
+        for block_match in _BLOCK_PIECE.finditer(piece):
+            block = block_match.group(0)
+            if not block.strip():
                 continue
-            found.extend(
-                s for s in sentences if _SEGMENT_WORDS[0] <= len(s.split()) <= _SEGMENT_WORDS[1] and _request_like(s)
-            )
+            if _SEGMENT_WORDS[0] <= len(block.split()) <= SEGMENT_BLOCK_WORDS:
+                if any(_request_like(m.group(0).strip()) for m in _SENTENCE.finditer(block)):
+                    found.append(_in_context(piece, block_match.start(), block_match.end()))
+                continue
+            at = block_match.start()
+            for m in _SENTENCE.finditer(block):
+                sentence = m.group(0).strip()
+                if _SEGMENT_WORDS[0] <= len(sentence.split()) <= _SEGMENT_WORDS[1] and _request_like(sentence):
+                    found.append(_in_context(piece, at + m.start(), at + m.end()))
     found = list(dict.fromkeys(found))
     if len(found) > limit:
         picks = np.linspace(0, len(found) - 1, limit).round().astype(int)
         found = [found[i] for i in sorted(set(picks.tolist()))]
     return tuple(found)
+
+
+# Blocks of a piece with their positions (the text between blank lines).
+_BLOCK_PIECE = re.compile(r"(?:(?!\n[ \t\r\f\v]*\n)[\s\S])+")
+# Words of the surrounding text that a part leaning on it is read with (half a window).
+CONTEXT_WORDS = 48
+
+
+def _in_context(piece: str, start: int, end: int) -> str:
+    """``piece[start:end]`` as a segment (whitespace collapsed); with the words before it (or,
+    with none, after it) when it leans on its context."""
+    part = " ".join(piece[start:end].split())
+    if not leans_on_context(part):
+        return part
+    before = piece[:start].split()[-CONTEXT_WORDS:]
+    if before:
+        return " ".join([*before, part])
+    return " ".join([part, *piece[end:].split()[:CONTEXT_WORDS]])
 
 
 # The head's PII class read over a long text is noise (a long harmless document averages into
