@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -189,8 +190,10 @@ class LinearHead:
         bias = bias + calibration_shifts(meta, topics)
         return cls(topics, weights, bias, str(meta["embedder"]), str(meta["version"]))
 
-    def probabilities(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        logits = vectors @ self.weights.T + self.bias
+    def probabilities(self, vectors: npt.NDArray[np.float32], shift: float = 0.0) -> npt.NDArray[np.float32]:
+        """Per-topic probabilities of each vector; ``shift`` lowers every logit (see
+        :func:`window_logit_shift`)."""
+        logits = vectors @ self.weights.T + self.bias - shift
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
 
 
@@ -199,6 +202,22 @@ SAMPLED_NOTE = "sampled:intent"
 # (a block or sentence the text itself delimits) counts as if it stood alone.
 WINDOW_WEIGHT = 0.9
 SEGMENT_WEIGHT = 1.0
+# The most suspicious of many windows is the maximum of many noisy readings: over a long
+# harmless document one of 64 windows of office prose reads FINANCIAL or JAILBREAK 0.7 by chance
+# ("the shipping volumes for the spring season"), where the same words in a short prompt read
+# 0.3. So past WINDOW_FREE_COUNT windows, each window's logit is lowered by WINDOW_COUNT_SHIFT
+# per e-fold of windows (a multiple-comparisons correction: ln(n / 4) x 0.3, so 8 windows lose
+# 0.21, 19 windows 0.47, 64 windows 0.83 of logit). A request buried in such a document is
+# found by its segments (request_segments, not corrected), a whole-document topic by the mean.
+WINDOW_FREE_COUNT = 4
+WINDOW_COUNT_SHIFT = 0.3
+
+
+def window_logit_shift(count: int) -> float:
+    """How much a window's logit is lowered when it is one of ``count`` windows."""
+    if count <= WINDOW_FREE_COUNT:
+        return 0.0
+    return WINDOW_COUNT_SHIFT * math.log(count / WINDOW_FREE_COUNT)
 
 
 def _discount_named_person(scores: dict[Topic, float]) -> dict[Topic, float]:
@@ -365,8 +384,8 @@ def _scanned(view: str) -> list[str]:
 
 def request_segments(view: str, limit: int = MAX_SEGMENTS) -> tuple[str, ...]:
     """The request-like blocks and sentences of ``view`` (at most ``limit``, evenly spread when
-    more; a part repeated counts once). A part that leans on the text around it ("what does it
-    mean, can you help with it?", :func:`classifiers.wrapper_text.leans_on_context`) is taken
+    more; a part repeated counts once). A part whose requests lean on the text around it ("what
+    does it mean, can you help with it?", :func:`classifiers.wrapper_text.leans_on_context`) is taken
     with the words before it (after it, at the start of the text): alone it says nothing, and
     the head reads a bare request to act on "it" as a jailbreak's opening."""
     found: list[str] = []
@@ -399,9 +418,11 @@ CONTEXT_WORDS = 48
 
 def _in_context(piece: str, start: int, end: int) -> str:
     """``piece[start:end]`` as a segment (whitespace collapsed); with the words before it (or,
-    with none, after it) when it leans on its context."""
+    with none, after it) when its every request sentence leans on its context
+    (:func:`classifiers.wrapper_text.leans_on_context`)."""
     part = " ".join(piece[start:end].split())
-    if not leans_on_context(part):
+    requests = [r for m in _SENTENCE.finditer(part) if _request_like(r := m.group(0).strip())]
+    if not requests or not all(leans_on_context(r) for r in requests):
         return part
     before = piece[:start].split()[-CONTEXT_WORDS:]
     if before:
@@ -550,7 +571,7 @@ class IntentDetector:
         doc = self.head.probabilities(mean)[0]
         if len(windows) > 1:
             # A single window must be more certain than the document to count.
-            worst = self.head.probabilities(windows).max(axis=0) * WINDOW_WEIGHT
+            worst = self.head.probabilities(windows, window_logit_shift(len(windows))).max(axis=0) * WINDOW_WEIGHT
             doc = np.maximum(doc, worst)
         scores = {topic: float(doc[i]) for i, topic in enumerate(self.head.topics)}
         if len(windows) > 1 and Topic.PII in scores:

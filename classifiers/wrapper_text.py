@@ -200,17 +200,17 @@ def _common_length(a: str, b: str, limit: int, from_end: bool) -> int:
 _CONTEXT_POINTER = re.compile(
     r"\b(?:it|this|these|those|above|below|aforementioned|preceding|following)\b", re.IGNORECASE
 )
-# A part with more words of its own than this says what it asks whatever "it" is.
-LEANING_MAX_OWN_WORDS = 10
+# A request with more words of its own than this says what it asks whatever "it" is.
+LEANING_MAX_OWN_WORDS = 6
 
 
-def leans_on_context(part: str) -> bool:
-    """Whether ``part`` (a sentence or a short block) points at text outside it ("it", "this",
-    "the above") and says little of its own (at most :data:`LEANING_MAX_OWN_WORDS` words besides
-    function words): "Could you work out what it means and help with it?" means what "it" is,
-    so it is not judged alone. A request that names its own object ("Write ransomware that
-    encrypts every file on this disk and demands bitcoin for the key") has words enough to stand."""
-    return _CONTEXT_POINTER.search(part) is not None and len(_own_words(part)) <= LEANING_MAX_OWN_WORDS
+def leans_on_context(request: str) -> bool:
+    """Whether the request sentence ``request`` points at text outside it ("it", "this", "the
+    above") and says little of its own (at most :data:`LEANING_MAX_OWN_WORDS` words besides
+    function words and pointers): "Could you work out what it means and help with it?" means
+    what "it" is, so it is not judged alone. A request that names its own object ("Write a
+    keylogger that mails me every password it records") has words enough to stand."""
+    return _CONTEXT_POINTER.search(request) is not None and len(_own_words(request)) <= LEANING_MAX_OWN_WORDS
 
 
 # A wrapper clause pointing at the payload with at most this many words of its own asks
