@@ -41,9 +41,9 @@ import re2  # type: ignore[import-untyped]
 from classifiers.normalize import SECTION_BREAK, embedding_view, english_score
 from classifiers.wrapper_text import (
     FLUENT,
-    leans_on_context,
     WRAPPER_MIN_WORD_SHARE,
     common_edges,
+    leans_on_context,
     without_decoding_requests,
     without_edge_requests,
     word_share,
@@ -203,14 +203,14 @@ SAMPLED_NOTE = "sampled:intent"
 WINDOW_WEIGHT = 0.9
 SEGMENT_WEIGHT = 1.0
 # The most suspicious of many windows is the maximum of many noisy readings: over a long
-# harmless document one of 64 windows of office prose reads FINANCIAL or JAILBREAK 0.7 by chance
-# ("the shipping volumes for the spring season"), where the same words in a short prompt read
-# 0.3. So past WINDOW_FREE_COUNT windows, each window's logit is lowered by WINDOW_COUNT_SHIFT
-# per e-fold of windows (a multiple-comparisons correction: ln(n / 4) x 0.3, so 8 windows lose
-# 0.21, 19 windows 0.47, 64 windows 0.83 of logit). A request buried in such a document is
+# harmless document one of 64 windows of office prose reads FINANCIAL or JAILBREAK 0.7-0.78 by
+# chance ("the shipping volumes for the spring season"), and more windows, more such chances.
+# So past WINDOW_FREE_COUNT windows, each window's logit is lowered by WINDOW_COUNT_SHIFT
+# per e-fold of windows (a multiple-comparisons correction: ln(n / 4) x 0.4, so 8 windows lose
+# 0.28, 19 windows 0.62, 64 windows 1.11 of logit). A request buried in such a document is
 # found by its segments (request_segments, not corrected), a whole-document topic by the mean.
 WINDOW_FREE_COUNT = 4
-WINDOW_COUNT_SHIFT = 0.3
+WINDOW_COUNT_SHIFT = 0.4
 
 
 def window_logit_shift(count: int) -> float:
