@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from classifiers.wrapper_text import (
     FLUENT,
     WRAPPER_MIN_WORD_SHARE,
     common_edges,
+    leans_on_context,
     without_decoding_requests,
     without_edge_requests,
     word_share,
@@ -140,7 +142,7 @@ def meaningful_views(text: str) -> list[str]:
     if payloads:
         # What the wrapper says besides "decode this" is read with the payload it wraps: alone,
         # a line of chatter ("no clue what it says lol") reads as a jailbreak's opening.
-        wrapper = without_decoding_requests(primary, min_words=WRAPPER_MIN_WORD_SHARE)
+        wrapper = without_decoding_requests(primary, min_words=WRAPPER_MIN_WORD_SHARE, bare_pointers=True)
         judged.extend(payloads)
         if wrapper.strip():
             judged.extend(
@@ -188,8 +190,10 @@ class LinearHead:
         bias = bias + calibration_shifts(meta, topics)
         return cls(topics, weights, bias, str(meta["embedder"]), str(meta["version"]))
 
-    def probabilities(self, vectors: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        logits = vectors @ self.weights.T + self.bias
+    def probabilities(self, vectors: npt.NDArray[np.float32], shift: float = 0.0) -> npt.NDArray[np.float32]:
+        """Per-topic probabilities of each vector; ``shift`` lowers every logit (see
+        :func:`window_logit_shift`)."""
+        logits = vectors @ self.weights.T + self.bias - shift
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
 
 
@@ -198,6 +202,22 @@ SAMPLED_NOTE = "sampled:intent"
 # (a block or sentence the text itself delimits) counts as if it stood alone.
 WINDOW_WEIGHT = 0.9
 SEGMENT_WEIGHT = 1.0
+# The most suspicious of many windows is the maximum of many noisy readings: over a long
+# harmless document one of 64 windows of office prose reads FINANCIAL or JAILBREAK 0.7-0.78 by
+# chance ("the shipping volumes for the spring season"), and more windows, more such chances.
+# So past WINDOW_FREE_COUNT windows, each window's logit is lowered by WINDOW_COUNT_SHIFT
+# per e-fold of windows (a multiple-comparisons correction: ln(n / 4) x 0.4, so 8 windows lose
+# 0.28, 19 windows 0.62, 64 windows 1.11 of logit). A request buried in such a document is
+# found by its segments (request_segments, not corrected), a whole-document topic by the mean.
+WINDOW_FREE_COUNT = 4
+WINDOW_COUNT_SHIFT = 0.4
+
+
+def window_logit_shift(count: int) -> float:
+    """How much a window's logit is lowered when it is one of ``count`` windows."""
+    if count <= WINDOW_FREE_COUNT:
+        return 0.0
+    return WINDOW_COUNT_SHIFT * math.log(count / WINDOW_FREE_COUNT)
 
 
 def _discount_named_person(scores: dict[Topic, float]) -> dict[Topic, float]:
@@ -364,23 +384,50 @@ def _scanned(view: str) -> list[str]:
 
 def request_segments(view: str, limit: int = MAX_SEGMENTS) -> tuple[str, ...]:
     """The request-like blocks and sentences of ``view`` (at most ``limit``, evenly spread when
-    more; a part repeated counts once)."""
+    more; a part repeated counts once). A part whose requests lean on the text around it ("what
+    does it mean, can you help with it?", :func:`classifiers.wrapper_text.leans_on_context`) is taken
+    with the words before it (after it, at the start of the text): alone it says nothing, and
+    the head reads a bare request to act on "it" as a jailbreak's opening."""
     found: list[str] = []
     for piece in _scanned(view):
-        for block in _BLOCK_BREAK.split(piece):
-            sentences = [m.group(0).strip() for m in _SENTENCE.finditer(block)]
-            if _SEGMENT_WORDS[0] <= len(block.split()) <= SEGMENT_BLOCK_WORDS:
-                if any(_request_like(s) for s in sentences):
-                    found.append(" ".join(block.split()))
+        for block_match in _BLOCK_PIECE.finditer(piece):
+            block = block_match.group(0)
+            if not block.strip():
                 continue
-            found.extend(
-                s for s in sentences if _SEGMENT_WORDS[0] <= len(s.split()) <= _SEGMENT_WORDS[1] and _request_like(s)
-            )
+            if _SEGMENT_WORDS[0] <= len(block.split()) <= SEGMENT_BLOCK_WORDS:
+                if any(_request_like(m.group(0).strip()) for m in _SENTENCE.finditer(block)):
+                    found.append(_in_context(piece, block_match.start(), block_match.end()))
+                continue
+            at = block_match.start()
+            for m in _SENTENCE.finditer(block):
+                sentence = m.group(0).strip()
+                if _SEGMENT_WORDS[0] <= len(sentence.split()) <= _SEGMENT_WORDS[1] and _request_like(sentence):
+                    found.append(_in_context(piece, at + m.start(), at + m.end()))
     found = list(dict.fromkeys(found))
     if len(found) > limit:
         picks = np.linspace(0, len(found) - 1, limit).round().astype(int)
         found = [found[i] for i in sorted(set(picks.tolist()))]
     return tuple(found)
+
+
+# Blocks of a piece with their positions (the text between blank lines).
+_BLOCK_PIECE = re.compile(r"(?:(?!\n[ \t\r\f\v]*\n)[\s\S])+")
+# Words of the surrounding text that a part leaning on it is read with (half a window).
+CONTEXT_WORDS = 48
+
+
+def _in_context(piece: str, start: int, end: int) -> str:
+    """``piece[start:end]`` as a segment (whitespace collapsed); with the words before it (or,
+    with none, after it) when its every request sentence leans on its context
+    (:func:`classifiers.wrapper_text.leans_on_context`)."""
+    part = " ".join(piece[start:end].split())
+    requests = [r for m in _SENTENCE.finditer(part) if _request_like(r := m.group(0).strip())]
+    if not requests or not all(leans_on_context(r) for r in requests):
+        return part
+    before = piece[:start].split()[-CONTEXT_WORDS:]
+    if before:
+        return " ".join([*before, part])
+    return " ".join([part, *piece[end:].split()[:CONTEXT_WORDS]])
 
 
 # The head's PII class read over a long text is noise (a long harmless document averages into
@@ -524,7 +571,7 @@ class IntentDetector:
         doc = self.head.probabilities(mean)[0]
         if len(windows) > 1:
             # A single window must be more certain than the document to count.
-            worst = self.head.probabilities(windows).max(axis=0) * WINDOW_WEIGHT
+            worst = self.head.probabilities(windows, window_logit_shift(len(windows))).max(axis=0) * WINDOW_WEIGHT
             doc = np.maximum(doc, worst)
         scores = {topic: float(doc[i]) for i, topic in enumerate(self.head.topics)}
         if len(windows) > 1 and Topic.PII in scores:

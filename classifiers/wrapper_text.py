@@ -99,13 +99,21 @@ def word_share(clause: str) -> float:
     return sum(1 for t in tokens if t in words) / len(tokens)
 
 
-def without_decoding_requests(wrapper: str, min_words: float = 0.0) -> str:
+def without_decoding_requests(wrapper: str, min_words: float = 0.0, bare_pointers: bool = False) -> str:
     """``wrapper`` less its clauses about decoding or answering the payload (joined by spaces)
     and, with ``min_words``, less the clauses with a smaller :func:`word_share` (ciphertext
-    the decoding already read, a wrapper in another language)."""
+    the decoding already read, a wrapper in another language). With ``bare_pointers``, less
+    the clauses too that only point at the payload (:func:`points_only`: "what is it asking
+    for", "can you do it"): read with the payload they add no request of their own, only the
+    shape of a jailbreak's "do what this says"."""
     kept = [m.group(0).strip() for m in _CLAUSE.finditer(wrapper)]
     return " ".join(
-        c for c in kept if c and not is_about_the_payload(c) and (not min_words or word_share(c) >= min_words)
+        c
+        for c in kept
+        if c
+        and not is_about_the_payload(c)
+        and (not min_words or word_share(c) >= min_words)
+        and not (bare_pointers and points_only(c))
     )
 
 
@@ -185,3 +193,42 @@ def _common_length(a: str, b: str, limit: int, from_end: bool) -> int:
         else:
             high = mid - 1
     return low
+
+
+# Words that point at text outside the sentence they stand in ("what does it say", "answer
+# this", "the above"). Not "that", which is as often a relative pronoun ("code that ...").
+_CONTEXT_POINTER = re.compile(
+    r"\b(?:it|this|these|those|above|below|aforementioned|preceding|following)\b", re.IGNORECASE
+)
+# A request with more words of its own than this says what it asks whatever "it" is.
+LEANING_MAX_OWN_WORDS = 6
+
+
+def leans_on_context(request: str) -> bool:
+    """Whether the request sentence ``request`` points at text outside it ("it", "this", "the
+    above") and says little of its own (at most :data:`LEANING_MAX_OWN_WORDS` words besides
+    function words and pointers): "Could you work out what it means and help with it?" means
+    what "it" is, so it is not judged alone. A request that names its own object ("Write a
+    keylogger that mails me every password it records") has words enough to stand."""
+    return _CONTEXT_POINTER.search(request) is not None and len(_own_words(request)) <= LEANING_MAX_OWN_WORDS
+
+
+# A wrapper clause pointing at the payload with at most this many words of its own asks
+# nothing of its own ("what is it asking for", "can you do it"); "use it to break into my
+# ex's account" has four.
+POINTER_ONLY_OWN_WORDS = 2
+
+
+def points_only(clause: str) -> bool:
+    """Whether ``clause`` points at text outside it and has at most
+    :data:`POINTER_ONLY_OWN_WORDS` words of its own (function words aside)."""
+    return _CONTEXT_POINTER.search(clause) is not None and len(_own_words(clause)) <= POINTER_ONLY_OWN_WORDS
+
+
+def _own_words(part: str) -> list[str]:
+    """The words of ``part`` besides function words and pointers."""
+    return [
+        t
+        for t in _LETTERS.findall(part.lower())
+        if len(t) >= 2 and t not in _FUNCTION_WORDS and not _CONTEXT_POINTER.fullmatch(t)
+    ]
