@@ -130,3 +130,18 @@ def test_without_write_behind_every_join_commits_before_it_returns(url: str) -> 
     mem.observe(near(v, 13), nearest=mem.search(near(v, 13), 1)[0])
     assert mem.pending == 0 and stored_members(url, cid) == 2
     mem.store.close()
+
+
+def test_the_queue_keeps_at_most_max_behind_joins(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vectors.memory as memory_module
+
+    monkeypatch.setattr(memory_module, "MAX_BEHIND", 3)
+    mem = memory(url, write_behind_s=30.0)
+    v = unit(14)
+    mem.observe(v)
+    nearest = mem.search(near(v, 15), 1)[0]
+    for seed in range(20, 25):
+        mem.observe(near(v, seed), nearest=nearest)
+    assert mem.pending == 3 and mem.dropped == 2  # the oldest two went first
+    mem.close()
+    mem.store.close()

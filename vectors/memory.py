@@ -247,6 +247,8 @@ class VectorMemory:
             overflow = len(self._behind) - MAX_BEHIND
             if overflow > 0:
                 del self._behind[:overflow]
+                if not self.dropped:
+                    log.warning("memory %s: queued joins dropped (database unavailable)", self.spec.tenant)
                 self.dropped += overflow
             full = len(self._behind) >= FLUSH_AT
             if self._flusher is None:
