@@ -56,6 +56,7 @@ INSPECTOR_SIDE = frozenset(
         "test_vectors.py",
         "test_memory_group_commit.py",
         "test_worker_spares.py",
+        "test_issue17_write_behind.py",
     }
 )
 SIDES = ("proxy", "inspector")

@@ -296,7 +296,11 @@ class NeighbourDetector:
         return labels
 
     def close(self) -> None:
-        """Write an index snapshot for a faster next start, then release the database."""
+        """Write queued joins and an index snapshot for a faster next start, then release the database."""
+        try:
+            self.memory.close()
+        except Exception as exc:  # the database is down: the queued joins are lost, and said so
+            log.warning("memory write-behind flush failed: %s", type(exc).__name__)
         try:
             self.memory.snapshot()
         except Exception as exc:  # a snapshot is only a cache
@@ -344,6 +348,8 @@ def build_neighbour_detector(config: Config, embedder: Embedder) -> NeighbourDet
             join_similarity=mem.join_similarity,
             retention_days=mem.retention_days,
             sync_interval_s=mem.sync_interval_s,
+            # Joins are written behind within the same bound as other processes' staleness.
+            write_behind_s=mem.sync_interval_s,
             index=IndexSpec(
                 dimension=embedder.dimension,
                 approximate_above=mem.approximate_above,

@@ -11,6 +11,20 @@ Online clustering (:meth:`VectorMemory.observe`): a new vector joins the nearest
 cosine similarity reaches ``join_similarity`` (running mean, re-normalised) or starts a new
 centroid, so the memory grows with the number of *kinds* of prompt, not prompts. Centroids not
 used for ``retention_days`` expire (:meth:`VectorMemory.expire`).
+
+Write-behind (``write_behind_s`` > 0, issue 17). Committing an observation was most of the
+memory's CPU on a prompt's path (the SQLite commit, SQLAlchemy's unit of work, the index sync
+after it). An observation that *joins* an existing centroid already knows the id it will be
+assigned (the nearest one's), so it is queued and answered at once; a background thread commits
+the queue at most ``write_behind_s`` later, in one transaction and one index sync, with the
+touched centroids' last-use times. An observation that *starts* a centroid is committed before
+it returns, as before (its new id goes into the prompt's log record), taking the queue with it.
+What this costs, and is bounded: after ``kill -9`` the joins of the last ``write_behind_s``
+seconds are lost (counters and running means lag by those prompts; no record names a centroid
+that was never written); this process's own searches see a join's moved mean within
+``write_behind_s``; if the joined centroid expired meanwhile, the join starts a new centroid, so
+that prompt's log record names a centroid that no longer exists and feedback on it counts
+nothing. :meth:`VectorMemory.flush` (called by :meth:`snapshot` at shutdown) writes the queue.
 """
 
 from __future__ import annotations
@@ -46,6 +60,16 @@ class MemorySpec:
     # A search checks the database for other processes' changes at most this often (seconds);
     # this process's own writes are applied at once. 0: before every search.
     sync_interval_s: float = 0.0
+    # Joins of existing centroids (and last-use touches) are committed by a background thread
+    # at most this long after the prompt (seconds); 0: every observation commits before it
+    # returns. A crash loses at most this window's joins (see the module docstring).
+    write_behind_s: float = 0.0
+
+
+# Queued joins past this many (the database refuses writes for a long time) drop the oldest.
+MAX_BEHIND = 10_000
+# A queue this long is flushed at once rather than at the next interval.
+FLUSH_AT = 256
 
 
 @dataclass(frozen=True)
@@ -72,6 +96,15 @@ class VectorMemory:
         self._generation: int | None = None
         self._last_sync_check = float("-inf")
         self._lock = threading.RLock()
+        # Write-behind (spec.write_behind_s > 0): queued joins and touches, and their flusher.
+        self._behind: list[Observation] = []
+        self._behind_touch: set[int] = set()
+        self._behind_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._flusher: threading.Thread | None = None
+        self._closed = False
+        self.dropped = 0  # queued joins dropped because the database refused them too long
         self._start()
 
     # -- keeping in step with the database --------------------------------------------------
@@ -171,15 +204,110 @@ class VectorMemory:
         observation = Observation(
             vector, None if nearest is None else (nearest.centroid_id, nearest.similarity), labels
         )
+        if (
+            self.spec.write_behind_s > 0
+            and nearest is not None
+            and nearest.similarity >= self.spec.join_similarity
+            and not self._closed
+        ):
+            # A join: its centroid id is known now; the write can follow the answer.
+            self._defer(observations=(observation,))
+            return Assignment(nearest.centroid_id, True, nearest.similarity)
         return self._observations.submit(observation)
 
     def _commit_observations(self, observations: Sequence[Observation]) -> list[Assignment]:
-        assignments = self.store.assign_many(self.namespace_id, observations, join_similarity=self.spec.join_similarity)
+        behind = self._drain()  # queued joins ride along in the same transaction
+        try:
+            assignments = self.store.assign_many(
+                self.namespace_id, [*behind, *observations], join_similarity=self.spec.join_similarity
+            )
+        except BaseException:
+            self._requeue(behind)
+            raise
         self.sync()  # the next search sees these centroids
-        return assignments
+        return assignments[len(behind) :]
 
     def touch(self, centroid_ids: Iterable[int]) -> None:
+        if self.spec.write_behind_s > 0 and not self._closed:
+            self._defer(touched=centroid_ids)
+            return
         self.store.touch(centroid_ids)
+
+    # -- write-behind -----------------------------------------------------------------------
+    @property
+    def pending(self) -> int:
+        """Joins queued and not yet committed."""
+        with self._behind_lock:
+            return len(self._behind)
+
+    def _defer(self, *, observations: Sequence[Observation] = (), touched: Iterable[int] = ()) -> None:
+        with self._behind_lock:
+            self._behind.extend(observations)
+            self._behind_touch.update(touched)
+            overflow = len(self._behind) - MAX_BEHIND
+            if overflow > 0:
+                del self._behind[:overflow]
+                if not self.dropped:
+                    log.warning("memory %s: queued joins dropped (database unavailable)", self.spec.tenant)
+                self.dropped += overflow
+            full = len(self._behind) >= FLUSH_AT
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_loop, name="memory-write-behind", daemon=True)
+                self._flusher.start()
+        if full:
+            self._wake.set()
+
+    def _drain(self) -> list[Observation]:
+        with self._behind_lock:
+            behind, self._behind = self._behind, []
+            return behind
+
+    def _requeue(self, behind: Sequence[Observation]) -> None:
+        """Put refused joins back in front (bounded: the oldest go first)."""
+        if not behind:
+            return
+        with self._behind_lock:
+            self._behind[:0] = behind
+            overflow = len(self._behind) - MAX_BEHIND
+            if overflow > 0:
+                del self._behind[:overflow]
+                self.dropped += overflow
+                log.warning("memory %s: %d queued join(s) dropped (database unavailable)", self.spec.tenant, overflow)
+
+    def _flush_loop(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.spec.write_behind_s)
+            self._wake.clear()
+            try:
+                self.flush()
+            except Exception as exc:  # the database is down: keep the queue, try again later
+                log.warning("memory write-behind failed: %s", type(exc).__name__)
+
+    def flush(self) -> int:
+        """Commit the queued joins and touches now (one transaction, one index sync); how many joins."""
+        with self._flush_lock:
+            with self._behind_lock:
+                touched, self._behind_touch = self._behind_touch, set()
+            behind = self._drain()
+            if behind:
+                try:
+                    self.store.assign_many(self.namespace_id, behind, join_similarity=self.spec.join_similarity)
+                except BaseException:
+                    self._requeue(behind)
+                    raise
+                self.sync()
+            if touched:
+                self.store.touch(touched)
+            return len(behind)
+
+    def close(self) -> None:
+        """Write what is queued and stop the flusher (later observations commit at once)."""
+        self._closed = True
+        self._wake.set()
+        flusher = self._flusher
+        if flusher is not None:
+            flusher.join(timeout=5.0)
+        self.flush()
 
     def report(self, centroid_ids: Iterable[int], topic: Topic, verdict: str) -> list[int]:
         counted = self.store.report(self.spec.tenant, centroid_ids, topic, verdict)
@@ -195,7 +323,9 @@ class VectorMemory:
         return removed
 
     def snapshot(self) -> Path | None:
-        """Write the index and the generation it reflects (for a faster next start)."""
+        """Write the index and the generation it reflects (for a faster next start); queued
+        joins are committed first."""
+        self.flush()  # outside self._lock: the flusher takes the flush lock, then this one
         paths = self._snapshot_paths()
         if paths is None:
             return None
