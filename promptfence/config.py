@@ -345,7 +345,10 @@ class MemoryConfig:
     retention_days: float = 60.0
     # How stale another process's memory changes (an admin's report, another inspector's
     # centroids) may be when a prompt is looked up, in seconds: checking the database before
-    # every lookup cost a query per prompt. This inspector's own writes count at once. 0: always check.
+    # every lookup cost a query per prompt. This inspector's own writes count at once. It also
+    # bounds the write-behind: a prompt that joins an existing centroid is written at most this
+    # long after its answer (a kill -9 loses at most that; README "Embedding memory").
+    # 0: always check, and write every observation before the answer.
     sync_interval_s: float = 0.5
     # Detectors whose spans are replaced by [TYPE] placeholders before a prompt is embedded.
     redact_with: list[str] = field(default_factory=lambda: ["presidio", "secrets"])

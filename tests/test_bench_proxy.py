@@ -47,5 +47,8 @@ def test_bench_proxy_reports_every_phase(tmp_path: Path) -> None:
         if phase["phase"] == "inspected":
             assert used["inspector"] > 0, phase  # the prompts reached the inspector
     assert [row["concurrency"] for row in report["inspection"]] == [1, 2]
-    assert report["non_genai"]["ratio"] is not None
+    ng = report["non_genai"]
+    assert ng["rounds"] == 3 and len(ng["round_ratios"]) == 3 and ng["ratio"] == sorted(ng["round_ratios"])[1]
+    non_genai = [p["via"] for p in report["phases"] if p["phase"] == "non-genai"]
+    assert non_genai == ["mitmdump", "promptfence", "promptfence", "mitmdump", "mitmdump", "promptfence"]
     assert "Write a haiku" not in result.stdout + result.stderr  # prompts are never printed
