@@ -13,7 +13,7 @@ from typing import Any
 
 from promptfence.core import Action, ShadowDecision
 from tests.support.logdb import make_record
-from tests.test_viewer import OUTPUT, Viewer, _get, _wait, browser, log_db, viewer  # noqa: F401
+from tests.test_viewer import OUTPUT, Viewer, _get, _wait, browser, viewer  # noqa: F401
 
 REASON = "needed for the INC-77 post-mortem"
 
