@@ -23,7 +23,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -646,7 +646,7 @@ def _record_columns(sealed: SealedRecord) -> dict[str, Any]:
     )
 
 
-def _topic_scores(meta: dict[str, Any]) -> dict[str, Any]:
+def topic_scores(meta: Mapping[str, Any]) -> dict[str, Any]:
     """Built-in and custom topics alike, so ``--topic`` and the chart count a company's topics too."""
     return {**(meta.get("topics") or {}), **(meta.get("custom_topics") or {})}
 
@@ -656,7 +656,7 @@ def _child_rows(sealed: SealedRecord) -> list[tuple[type[Any], list[dict[str, An
     seals = [{"record_id": rid, "key_id": kid, "blob": blob} for kid, blob in sorted(sealed.seals.items())]
     topics = [
         {"record_id": rid, "topic": str(name), "score": float(value["score"]), "confidence": str(value["confidence"])}
-        for name, value in _topic_scores(sealed.metadata).items()
+        for name, value in topic_scores(sealed.metadata).items()
     ]
     groups = [
         {"record_id": rid, "group_name": str(g)[:128]} for g in dict.fromkeys(sealed.metadata.get("groups") or [])

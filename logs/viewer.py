@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from logs.store import LogFilter, LogStore, StoredRecord, StoreUnavailable
-from promptfence.core import Action, Confidence, Topic, is_custom_topic_name
+from promptfence.core import Action, Confidence, Topic, is_topic_name
 
 log = logging.getLogger("promptfence.viewer")
 
@@ -188,7 +188,7 @@ def filter_from_query(query: Any) -> LogFilter:
 
 def _topic(name: str) -> str:
     """A built-in topic or a custom topic's name; anything else is a bad query."""
-    if name in {t.value for t in Topic} or is_custom_topic_name(name):
+    if is_topic_name(name):
         return name
     raise ValueError(f"unknown topic {name!r}")
 

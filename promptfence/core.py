@@ -373,6 +373,11 @@ def is_custom_topic_name(name: str) -> bool:
     return bool(CUSTOM_TOPIC_NAME.match(name)) and name not in {t.value for t in Topic}
 
 
+def is_topic_name(name: str) -> bool:
+    """A built-in topic or a custom topic's name: what a log filter may select."""
+    return name in {t.value for t in Topic} or is_custom_topic_name(name)
+
+
 @dataclass(frozen=True)
 class CustomFinding:
     """Evidence for a company-defined topic (``PROJECT_FALCON``): which detector, how strong,

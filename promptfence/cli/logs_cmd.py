@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from promptfence.cli import add_config_option
 from promptfence.config import Config, load_config
-from promptfence.core import Action, Confidence, OperationKind, Payload, Topic, is_custom_topic_name
+from promptfence.core import Action, Confidence, OperationKind, Payload, Topic, is_topic_name
 from promptfence.errors import KeyMaterialError, PromptFenceError
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def _topic(text: str) -> Topic:
 def _any_topic(text: str) -> str:
     """A built-in topic or a custom topic's name (a company's topic files), upper-cased."""
     name = text.strip().upper()
-    if name in {t.value for t in Topic} or is_custom_topic_name(name):
+    if is_topic_name(name):
         return name
     raise argparse.ArgumentTypeError(
         f"unknown topic {text!r} (expected one of: {', '.join(t.value for t in Topic)},"
@@ -188,7 +188,9 @@ def _when(meta: dict[str, Any]) -> str:
 def _topics(meta: dict[str, Any]) -> str:
     """Detected topics (low and above; a score under low is no detection), or why there are
     none: a record whose inspection failed as a whole says so instead of ``-``."""
-    topics = {**(meta.get("topics") or {}), **(meta.get("custom_topics") or {})}
+    from logs.store import topic_scores
+
+    topics = topic_scores(meta)
     shown = ",".join(f"{name}:{value['confidence']}" for name, value in topics.items() if value["confidence"] != "none")
     if shown:
         return shown
