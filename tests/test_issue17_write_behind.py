@@ -4,13 +4,14 @@ interval; new centroids commit before they return; nothing queued is lost on a c
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vectors.memory import MemorySpec, VectorMemory
-from vectors.store import MemoryUnavailable, VectorStore, normalise
+from vectors.store import Assignment, MemoryUnavailable, VectorStore, normalise
 
 DIM = 16
 
@@ -31,6 +32,11 @@ def stored_members(url: str, centroid_id: int) -> int:
         return states[0].members if states else 0
     finally:
         other.close()
+
+
+def join(mem: VectorMemory, vector: np.ndarray) -> Assignment:
+    """Observe a vector as the inspector does: with its nearest centroid found first."""
+    return mem.observe(vector, nearest=mem.search(vector, 1)[0])
 
 
 def memory(url: str, write_behind_s: float) -> VectorMemory:
@@ -67,7 +73,7 @@ def test_the_flusher_commits_within_the_interval(url: str) -> None:
     v = unit(3)
     cid = mem.observe(v).centroid_id
     for seed in range(10, 15):
-        mem.observe(near(v, seed), nearest=mem.search(near(v, seed), 1)[0])
+        join(mem, near(v, seed))
     deadline = time.monotonic() + 3.0
     while stored_members(url, cid) < 6 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -81,7 +87,7 @@ def test_a_new_centroid_takes_the_queued_joins_along(url: str) -> None:
     mem = memory(url, write_behind_s=30.0)
     v = unit(4)
     cid = mem.observe(v).centroid_id
-    mem.observe(near(v, 5), nearest=mem.search(near(v, 5), 1)[0])
+    join(mem, near(v, 5))
     assert mem.pending == 1
     other = mem.observe(unit(6))  # unrelated: a new centroid, committed now with the queue
     assert not other.joined and other.centroid_id != cid
@@ -94,11 +100,11 @@ def test_close_writes_the_queue_and_later_joins_commit_at_once(url: str) -> None
     mem = memory(url, write_behind_s=30.0)
     v = unit(7)
     cid = mem.observe(v).centroid_id
-    mem.observe(near(v, 8), nearest=mem.search(near(v, 8), 1)[0])
+    join(mem, near(v, 8))
     mem.touch([cid])
     mem.close()
     assert stored_members(url, cid) == 2
-    mem.observe(near(v, 9), nearest=mem.search(near(v, 9), 1)[0])
+    join(mem, near(v, 9))
     assert mem.pending == 0 and stored_members(url, cid) == 3
     mem.store.close()
 
@@ -107,7 +113,7 @@ def test_a_refused_flush_keeps_the_queue_for_the_next_one(url: str, monkeypatch:
     mem = memory(url, write_behind_s=30.0)
     v = unit(10)
     cid = mem.observe(v).centroid_id
-    mem.observe(near(v, 11), nearest=mem.search(near(v, 11), 1)[0])
+    join(mem, near(v, 11))
     real = mem.store.assign_many
 
     def down(*_a: object, **_k: object) -> object:
@@ -127,7 +133,7 @@ def test_without_write_behind_every_join_commits_before_it_returns(url: str) -> 
     mem = memory(url, write_behind_s=0.0)
     v = unit(12)
     cid = mem.observe(v).centroid_id
-    mem.observe(near(v, 13), nearest=mem.search(near(v, 13), 1)[0])
+    join(mem, near(v, 13))
     assert mem.pending == 0 and stored_members(url, cid) == 2
     mem.store.close()
 
@@ -143,5 +149,32 @@ def test_the_queue_keeps_at_most_max_behind_joins(url: str, monkeypatch: pytest.
     for seed in range(20, 25):
         mem.observe(near(v, seed), nearest=nearest)
     assert mem.pending == 3 and mem.dropped == 2  # the oldest two went first
+    mem.close()
+    mem.store.close()
+
+
+def test_a_refused_flush_keeps_the_last_use_times_for_the_next_one(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mem = memory(url, write_behind_s=30.0)
+    cid = mem.observe(unit(16)).centroid_id
+    mem.touch([cid])
+    real = mem.store.touch
+    seen: list[set[int]] = []
+
+    def down(_ids: Iterable[int]) -> None:
+        raise MemoryUnavailable("memory database error (test)")
+
+    def recording(ids: Iterable[int]) -> None:
+        ids = set(ids)
+        seen.append(ids)
+        real(ids)
+
+    monkeypatch.setattr(mem.store, "touch", down)
+    with pytest.raises(MemoryUnavailable):
+        mem.flush()
+    monkeypatch.setattr(mem.store, "touch", recording)
+    mem.flush()
+    assert seen == [{cid}]
     mem.close()
     mem.store.close()

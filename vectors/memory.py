@@ -244,12 +244,9 @@ class VectorMemory:
         with self._behind_lock:
             self._behind.extend(observations)
             self._behind_touch.update(touched)
-            overflow = len(self._behind) - MAX_BEHIND
-            if overflow > 0:
-                del self._behind[:overflow]
-                if not self.dropped:
-                    log.warning("memory %s: queued joins dropped (database unavailable)", self.spec.tenant)
-                self.dropped += overflow
+            first_drop = not self.dropped
+            if self._trim_locked() and first_drop:
+                log.warning("memory %s: queued joins dropped (database unavailable)", self.spec.tenant)
             full = len(self._behind) >= FLUSH_AT
             if self._flusher is None:
                 self._flusher = threading.Thread(target=self._flush_loop, name="memory-write-behind", daemon=True)
@@ -268,11 +265,18 @@ class VectorMemory:
             return
         with self._behind_lock:
             self._behind[:0] = behind
-            overflow = len(self._behind) - MAX_BEHIND
-            if overflow > 0:
-                del self._behind[:overflow]
-                self.dropped += overflow
-                log.warning("memory %s: %d queued join(s) dropped (database unavailable)", self.spec.tenant, overflow)
+            overflow = self._trim_locked()
+        if overflow:
+            log.warning("memory %s: %d queued join(s) dropped (database unavailable)", self.spec.tenant, overflow)
+
+    def _trim_locked(self) -> int:
+        """Drop the oldest queued joins past MAX_BEHIND (caller holds the queue lock); how many."""
+        overflow = len(self._behind) - MAX_BEHIND
+        if overflow <= 0:
+            return 0
+        del self._behind[:overflow]
+        self.dropped += overflow
+        return overflow
 
     def _flush_loop(self) -> None:
         while not self._closed:
@@ -289,15 +293,20 @@ class VectorMemory:
             with self._behind_lock:
                 touched, self._behind_touch = self._behind_touch, set()
             behind = self._drain()
-            if behind:
-                try:
-                    self.store.assign_many(self.namespace_id, behind, join_similarity=self.spec.join_similarity)
-                except BaseException:
-                    self._requeue(behind)
-                    raise
-                self.sync()
-            if touched:
-                self.store.touch(touched)
+            try:
+                if behind:
+                    try:
+                        self.store.assign_many(self.namespace_id, behind, join_similarity=self.spec.join_similarity)
+                    except BaseException:
+                        self._requeue(behind)
+                        raise
+                    self.sync()
+                if touched:
+                    self.store.touch(touched)
+            except BaseException:
+                with self._behind_lock:  # a refused flush keeps the last-use times for the next one
+                    self._behind_touch |= touched
+                raise
             return len(behind)
 
     def close(self) -> None:
